@@ -1,0 +1,11 @@
+//! pgplane's domain vocabulary: typed ids, roles, plans, the resources the API shows, input
+//! validation and the one error type every layer speaks. Nothing here performs I/O, so the
+//! agent, the CLI and the API can share these types without pulling in a database driver.
+
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod page;
+pub mod validate;
+
+pub use error::{Error, FieldError};

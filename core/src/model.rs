@@ -1,0 +1,471 @@
+//! The resources the public API shows and accepts. Stored as rows by `pgplane-store`,
+//! serialized as JSON by `pgplane-api`, documented by utoipa.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::*;
+use crate::page_of;
+
+/// A string-valued enum stored as `text` and sent as snake_case JSON.
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($s => Ok($name::$variant),)+ other => Err(format!("unknown {} {other:?}", stringify!($name))) }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// A user's role inside one tenant. Each role can do what the ones below it can.
+    TenantRole {
+        /// Everything, including deleting the tenant and managing owners.
+        Owner = "owner",
+        /// Manages members (except owners), apps and databases.
+        Admin = "admin",
+        /// Manages apps and databases.
+        Member = "member",
+        /// Reads everything, changes nothing.
+        ReadOnly = "read_only",
+    }
+);
+
+impl TenantRole {
+    fn rank(&self) -> u8 {
+        match self {
+            TenantRole::ReadOnly => 0,
+            TenantRole::Member => 1,
+            TenantRole::Admin => 2,
+            TenantRole::Owner => 3,
+        }
+    }
+    /// True when this role grants at least what `other` grants.
+    pub fn at_least(&self, other: TenantRole) -> bool {
+        self.rank() >= other.rank()
+    }
+}
+
+string_enum!(
+    /// Roles of the platform's own staff and services, outside any tenant.
+    PlatformRole {
+        /// Runs the platform: manages users, sees every tenant, sees dead jobs.
+        Operator = "operator",
+        /// The billing service: reads addon periods of every tenant, nothing else.
+        Billing = "billing",
+    }
+);
+
+string_enum!(
+    /// Plan families.
+    PlanTier {
+        /// Development, no SLA.
+        Sandbox = "sandbox",
+        /// One node, daily backups.
+        Starter = "starter",
+        /// Leader + follower, two gateways, automatic failover.
+        Business = "business",
+    }
+);
+
+/// An hourly price in millionths of the currency unit (no floating point money).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Price {
+    /// Millionths of the currency unit per hour: 13_700 is 0.0137 per hour.
+    pub amount_micros: i64,
+    /// ISO 4217 currency code.
+    pub currency: String,
+}
+
+/// A plan of the catalog. Plans are data, seeded by a migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Plan {
+    /// Stable plan identifier, e.g. `starter-2`.
+    pub id: String,
+    pub name: String,
+    pub tier: PlanTier,
+    pub description: String,
+    /// PostgreSQL members (1, or 2 for leader + follower).
+    pub data_nodes: i32,
+    /// HAProxy gateways in front of the members.
+    pub gateways: i32,
+    pub memory_mb: i32,
+    pub disk_gb: i32,
+    pub max_connections: i32,
+    /// On-demand backups kept at once.
+    pub backup_quota_total: i32,
+    /// On-demand backups allowed per day.
+    pub backup_quota_per_day: i32,
+    /// Days daily backups are kept (0: no daily backups).
+    pub daily_backup_retention_days: i32,
+    /// Point-in-time recovery.
+    pub pitr: bool,
+    /// How far back point-in-time recovery reaches, in days (0 without PITR).
+    pub pitr_window_days: i32,
+    /// Monthly availability promise in percent; absent means no SLA.
+    pub sla_percent: Option<String>,
+    pub price_per_hour: Price,
+    /// Orderable by every tenant; other plans need an operator's grant.
+    pub public: bool,
+    /// False for retired plans: existing databases keep them, new ones cannot use them.
+    pub available: bool,
+}
+page_of!(PlanPage, Plan);
+
+/// A PostgreSQL major version databases can be created with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PostgresVersion {
+    /// Major version, e.g. `15`.
+    pub version: String,
+    /// Used when a create request names no version.
+    pub default: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionList {
+    pub items: Vec<PostgresVersion>,
+}
+
+/// A person or service account.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    pub name: String,
+    /// Set for the platform's operators and billing service.
+    pub platform_role: Option<PlatformRole>,
+    pub created_at: DateTime<Utc>,
+}
+page_of!(UserPage, User);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateUser {
+    pub email: String,
+    pub name: String,
+    #[serde(default)]
+    pub platform_role: Option<PlatformRole>,
+}
+
+/// The caller and the tenants they belong to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    pub user: User,
+    pub memberships: Vec<Membership>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Membership {
+    pub tenant_id: TenantId,
+    pub tenant_name: String,
+    pub role: TenantRole,
+}
+
+/// A long-lived API token. Its secret is shown once, at creation, and stored only as a hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub user_id: UserId,
+    pub name: String,
+    /// The first characters of the secret, to recognize it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+page_of!(ApiTokenPage, ApiToken);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateApiToken {
+    pub name: String,
+    /// Days until the token expires; absent means it never expires.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// The answer to a token creation: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiToken {
+    pub token: ApiToken,
+    /// The secret. Store it now: it cannot be shown again.
+    pub secret: String,
+}
+
+/// Exchange of a long-lived API token for a short-lived access token (JWT).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenExchange {
+    pub api_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessToken {
+    /// Send as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until expiry.
+    pub expires_in: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A tenant (account).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+page_of!(TenantPage, Tenant);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateTenant {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateTenant {
+    pub name: String,
+}
+
+/// A user's membership in a tenant, seen from the tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
+    pub role: TenantRole,
+    pub created_at: DateTime<Utc>,
+}
+page_of!(MemberPage, Member);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddMember {
+    /// Email of an existing user.
+    pub email: String,
+    pub role: TenantRole,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateMember {
+    pub role: TenantRole,
+}
+
+/// An application of a tenant; databases attach to apps.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct App {
+    pub id: AppId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+page_of!(AppPage, App);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateApp {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateApp {
+    pub name: String,
+}
+
+string_enum!(
+    /// Lifecycle of a database.
+    DatabaseStatus {
+        /// Accepted; provisioning has not finished.
+        Creating = "creating",
+        /// Running and reachable.
+        Available = "available",
+        /// A plan change is in progress.
+        ChangingPlan = "changing_plan",
+        /// Deletion requested or in progress.
+        Deleting = "deleting",
+        /// Gone.
+        Deleted = "deleted",
+        /// The last operation failed; see its error.
+        Error = "error",
+    }
+);
+
+/// Settings a tenant controls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseSettings {
+    /// Refuse connections without TLS.
+    pub force_tls: bool,
+    /// Reachable from the internet (requires `force_tls`).
+    pub internet_exposure: bool,
+    /// Preferred UTC hour (0–23) of the daily backup; absent lets the platform choose.
+    pub backup_hour: Option<i32>,
+}
+
+/// A partial change of settings; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UpdateDatabaseSettings {
+    pub force_tls: Option<bool>,
+    pub internet_exposure: Option<bool>,
+    pub backup_hour: Option<i32>,
+}
+
+/// Where clients connect (the gateway), once provisioned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: i32,
+}
+
+/// A managed PostgreSQL database, attached to an app as an addon.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Database {
+    pub id: DatabaseId,
+    pub tenant_id: TenantId,
+    pub app_id: AppId,
+    pub addon_id: AddonId,
+    pub name: String,
+    /// Plan id, e.g. `starter-2`.
+    pub plan: String,
+    /// PostgreSQL major version.
+    pub version: String,
+    pub status: DatabaseStatus,
+    pub settings: DatabaseSettings,
+    /// Absent until the database is provisioned.
+    pub endpoint: Option<Endpoint>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+page_of!(DatabasePage, Database);
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateDatabase {
+    pub name: String,
+    /// Plan id from `GET /v1/plans`.
+    pub plan: String,
+    /// PostgreSQL major version from `GET /v1/versions`; the default when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub settings: Option<UpdateDatabaseSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChangePlan {
+    pub plan: String,
+}
+
+string_enum!(
+    /// What an operation does.
+    OperationKind {
+        Create = "create",
+        ChangePlan = "change_plan",
+        Delete = "delete",
+    }
+);
+
+string_enum!(
+    /// pending → running → done | error; `canceled` when a deletion superseded it before it ran.
+    OperationStatus {
+        Pending = "pending",
+        Running = "running",
+        Done = "done",
+        Error = "error",
+        Canceled = "canceled",
+    }
+);
+
+impl OperationStatus {
+    pub fn is_finished(&self) -> bool {
+        matches!(self, OperationStatus::Done | OperationStatus::Error | OperationStatus::Canceled)
+    }
+}
+
+/// A long-running change to a database, carried out by the scheduler and the agents.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Operation {
+    pub id: OperationId,
+    pub tenant_id: TenantId,
+    pub database_id: DatabaseId,
+    pub kind: OperationKind,
+    pub status: OperationStatus,
+    /// Percent done, 0 to 100.
+    pub progress: i32,
+    /// What it is doing now.
+    pub step: Option<String>,
+    /// Why it failed, when `status` is `error`.
+    pub error: Option<String>,
+    /// What was asked, e.g. `{"from_plan": "starter-1", "to_plan": "business-2"}`.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+page_of!(OperationPage, Operation);
+
+/// One stretch of time an addon spent on one plan: what billing charges.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddonPeriod {
+    pub id: AddonPeriodId,
+    pub plan: String,
+    pub price_per_hour: Price,
+    pub started_at: DateTime<Utc>,
+    /// Absent while the period is running.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// An app's subscription to a database plan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Addon {
+    pub id: AddonId,
+    pub tenant_id: TenantId,
+    pub app_id: AppId,
+    pub database_id: DatabaseId,
+    /// Always `postgresql` for now.
+    pub kind: String,
+    /// The current (or last) plan.
+    pub plan: String,
+    pub created_at: DateTime<Utc>,
+    /// Set once the addon is deleted.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Every plan period, oldest first.
+    pub periods: Vec<AddonPeriod>,
+}
+page_of!(AddonPage, Addon);
+
+/// An addon period with its owners, as the billing service reads it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BillingPeriod {
+    pub id: AddonPeriodId,
+    pub addon_id: AddonId,
+    pub tenant_id: TenantId,
+    pub app_id: AppId,
+    pub database_id: DatabaseId,
+    pub plan: String,
+    pub price_per_hour: Price,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+page_of!(BillingPeriodPage, BillingPeriod);
+
+/// Answer of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}

@@ -1,0 +1,405 @@
+//! Databases and their operations. Every change of desired state is written together with
+//! its operation (and, for billing, the addon's plan periods) in one transaction.
+
+use chrono::{DateTime, Utc};
+use pgplane_core::ids::{AddonId, AddonPeriodId, AppId, DatabaseId, OperationId, TenantId};
+use pgplane_core::model::{
+    Database, DatabaseSettings, DatabaseStatus, Endpoint, Operation, OperationKind, OperationStatus, Plan, TenantRole,
+};
+use pgplane_core::page::PageRequest;
+use serde_json::json;
+use sqlx::{FromRow, Postgres, Transaction};
+
+use crate::{db_error, parse_enum, Actor, Error, Result, Scoped, Store};
+
+#[derive(FromRow)]
+struct DatabaseRow {
+    id: DatabaseId,
+    tenant_id: TenantId,
+    app_id: AppId,
+    addon_id: AddonId,
+    name: String,
+    plan_id: String,
+    version: String,
+    status: String,
+    force_tls: bool,
+    internet_exposure: bool,
+    backup_hour: Option<i32>,
+    endpoint_host: Option<String>,
+    endpoint_port: Option<i32>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl DatabaseRow {
+    fn into_database(self) -> Result<Database> {
+        Ok(Database {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            app_id: self.app_id,
+            addon_id: self.addon_id,
+            name: self.name,
+            plan: self.plan_id,
+            version: self.version,
+            status: parse_enum(&self.status)?,
+            settings: DatabaseSettings {
+                force_tls: self.force_tls,
+                internet_exposure: self.internet_exposure,
+                backup_hour: self.backup_hour,
+            },
+            endpoint: match (self.endpoint_host, self.endpoint_port) {
+                (Some(host), Some(port)) => Some(Endpoint { host, port }),
+                _ => None,
+            },
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const DB_COLUMNS: &str = "d.id, d.tenant_id, d.app_id, d.addon_id, d.name, d.plan_id, d.version, d.status, \
+     d.force_tls, d.internet_exposure, d.backup_hour, d.endpoint_host, d.endpoint_port, d.created_at, d.updated_at";
+
+#[derive(FromRow)]
+struct OperationRow {
+    id: OperationId,
+    tenant_id: TenantId,
+    database_id: DatabaseId,
+    kind: String,
+    status: String,
+    progress: i32,
+    step: Option<String>,
+    error: Option<String>,
+    params: serde_json::Value,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl OperationRow {
+    fn into_operation(self) -> Result<Operation> {
+        Ok(Operation {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            database_id: self.database_id,
+            kind: parse_enum(&self.kind)?,
+            status: parse_enum(&self.status)?,
+            progress: self.progress,
+            step: self.step,
+            error: self.error,
+            params: self.params,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+const OP_COLUMNS: &str =
+    "o.id, o.tenant_id, o.database_id, o.kind, o.status, o.progress, o.step, o.error, o.params, o.created_at, o.started_at, o.finished_at";
+
+/// What a create request resolved to, after validation.
+pub struct NewDatabase<'a> {
+    pub tenant_id: TenantId,
+    pub app_id: AppId,
+    pub name: &'a str,
+    pub plan: &'a Plan,
+    pub version: &'a str,
+    pub settings: DatabaseSettings,
+}
+
+fn parse_role(role: Option<String>) -> Result<TenantRole> {
+    Ok(role.as_deref().map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner))
+}
+
+async fn operation_insert(
+    tx: &mut Transaction<'_, Postgres>,
+    actor: &Actor,
+    tenant: TenantId,
+    database: DatabaseId,
+    kind: OperationKind,
+    params: serde_json::Value,
+) -> Result<Operation> {
+    let row: OperationRow = sqlx::query_as(&format!(
+        "INSERT INTO operations AS o (id, tenant_id, database_id, kind, status, params, requested_by) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6) RETURNING {OP_COLUMNS}"
+    ))
+    .bind(OperationId::new())
+    .bind(tenant)
+    .bind(database)
+    .bind(kind.as_str())
+    .bind(params)
+    .bind(actor.user_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    row.into_operation()
+}
+
+/// Closes the addon's running plan period and, when `next` is given, opens one on that plan.
+async fn addon_switch_period(tx: &mut Transaction<'_, Postgres>, addon: AddonId, next: Option<&Plan>) -> Result<()> {
+    sqlx::query("UPDATE addon_periods SET ended_at = now() WHERE addon_id = $1 AND ended_at IS NULL")
+        .bind(addon)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    match next {
+        Some(plan) => {
+            sqlx::query(
+                "INSERT INTO addon_periods (id, addon_id, plan_id, price_micros_per_hour, currency, started_at) \
+                 VALUES ($1, $2, $3, $4, $5, now())",
+            )
+            .bind(AddonPeriodId::new())
+            .bind(addon)
+            .bind(&plan.id)
+            .bind(plan.price_per_hour.amount_micros)
+            .bind(&plan.price_per_hour.currency)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            sqlx::query("UPDATE addons SET plan_id = $2 WHERE id = $1").bind(addon).bind(&plan.id).execute(&mut **tx).await
+        }
+        None => sqlx::query("UPDATE addons SET ended_at = now() WHERE id = $1 AND ended_at IS NULL").bind(addon).execute(&mut **tx).await,
+    }
+    .map_err(db_error)?;
+    Ok(())
+}
+
+impl Store {
+    /// Records a new database (status `creating`), its addon and first plan period, and the
+    /// pending `create` operation, atomically.
+    pub async fn database_create(&self, actor: &Actor, new: NewDatabase<'_>) -> Result<(Database, Operation)> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let addon = AddonId::new();
+        let live_app: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1 AND deleted_at IS NULL FOR SHARE)")
+            .bind(new.app_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if !live_app {
+            return Err(Error::not_found("app"));
+        }
+        sqlx::query("INSERT INTO addons (id, tenant_id, app_id, plan_id) VALUES ($1, $2, $3, $4)")
+            .bind(addon)
+            .bind(new.tenant_id)
+            .bind(new.app_id)
+            .bind(&new.plan.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        addon_switch_period(&mut tx, addon, Some(new.plan)).await?;
+        let row: DatabaseRow = sqlx::query_as(&format!(
+            "INSERT INTO databases AS d (id, tenant_id, app_id, addon_id, name, plan_id, version, status, \
+                force_tls, internet_exposure, backup_hour) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10) RETURNING {DB_COLUMNS}"
+        ))
+        .bind(DatabaseId::new())
+        .bind(new.tenant_id)
+        .bind(new.app_id)
+        .bind(addon)
+        .bind(new.name)
+        .bind(&new.plan.id)
+        .bind(new.version)
+        .bind(new.settings.force_tls)
+        .bind(new.settings.internet_exposure)
+        .bind(new.settings.backup_hour)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let database = row.into_database()?;
+        let op = operation_insert(
+            &mut tx,
+            actor,
+            new.tenant_id,
+            database.id,
+            OperationKind::Create,
+            json!({ "plan": new.plan.id, "version": new.version }),
+        )
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok((database, op))
+    }
+
+    /// The database with the caller's role in its tenant; deleted ones are not found.
+    pub async fn database_get(&self, actor: &Actor, id: DatabaseId) -> Result<Scoped<Database>> {
+        #[derive(FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            db: DatabaseRow,
+            role: Option<String>,
+        }
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {DB_COLUMNS}, m.role FROM databases d \
+             LEFT JOIN memberships m ON m.tenant_id = d.tenant_id AND m.user_id = $2 \
+             WHERE d.id = $1 AND d.status <> 'deleted' AND (m.role IS NOT NULL OR $3)"
+        ))
+        .bind(id)
+        .bind(actor.user_id)
+        .bind(actor.is_operator())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let row = row.ok_or(Error::not_found("database"))?;
+        Ok(Scoped { role: parse_role(row.role)?, item: row.db.into_database()? })
+    }
+
+    pub async fn database_list(&self, app: AppId, page: &PageRequest) -> Result<(Vec<Database>, Option<String>)> {
+        let rows: Vec<DatabaseRow> = sqlx::query_as(&format!(
+            "SELECT {DB_COLUMNS} FROM databases d WHERE d.app_id = $1 AND d.status <> 'deleted' \
+             AND ($2::uuid IS NULL OR d.id > $2) ORDER BY d.id LIMIT $3"
+        ))
+        .bind(app)
+        .bind(page.after_uuid()?)
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let (rows, next) = page.finish(rows, |r| r.id.to_string());
+        Ok((rows.into_iter().map(DatabaseRow::into_database).collect::<Result<_>>()?, next))
+    }
+
+    /// Locks the database row for a change of desired state; deleted ones are not found.
+    async fn database_lock(tx: &mut Transaction<'_, Postgres>, id: DatabaseId) -> Result<Database> {
+        let row: Option<DatabaseRow> = sqlx::query_as(&format!(
+            "SELECT {DB_COLUMNS} FROM databases d WHERE d.id = $1 AND d.status <> 'deleted' FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        row.ok_or(Error::not_found("database"))?.into_database()
+    }
+
+    /// Moves the database to another plan: desired plan, billing period and a pending
+    /// `change_plan` operation, atomically.
+    pub async fn database_change_plan(&self, actor: &Actor, id: DatabaseId, plan: &Plan) -> Result<Operation> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let db = Self::database_lock(&mut tx, id).await?;
+        if db.status == DatabaseStatus::Deleting {
+            return Err(Error::conflict("database_deleting", "the database is being deleted"));
+        }
+        if db.plan == plan.id {
+            return Err(Error::conflict("same_plan", format!("the database is already on plan {:?}", plan.id)));
+        }
+        let op = operation_insert(
+            &mut tx,
+            actor,
+            db.tenant_id,
+            id,
+            OperationKind::ChangePlan,
+            json!({ "from_plan": db.plan, "to_plan": plan.id }),
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE databases SET plan_id = $2, status = 'changing_plan', generation = generation + 1, updated_at = now() \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&plan.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        addon_switch_period(&mut tx, db.addon_id, Some(plan)).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(op)
+    }
+
+    /// Asks for the database's deletion. Pending operations are canceled; a running one makes
+    /// this a conflict. Asking again while the deletion is pending returns the same operation.
+    pub async fn database_delete(&self, actor: &Actor, id: DatabaseId) -> Result<Operation> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let db = Self::database_lock(&mut tx, id).await?;
+        let active: Option<OperationRow> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS} FROM operations o WHERE o.database_id = $1 AND o.status IN ('pending', 'running')"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let Some(active) = active {
+            let active = active.into_operation()?;
+            if active.kind == OperationKind::Delete {
+                return Ok(active);
+            }
+            if active.status == OperationStatus::Running {
+                return Err(Error::conflict(
+                    "operation_in_progress",
+                    format!("operation {} is running; delete again when it has finished", active.id),
+                ));
+            }
+            sqlx::query(
+                "UPDATE operations SET status = 'canceled', finished_at = now(), error = 'superseded by deletion' \
+                 WHERE id = $1",
+            )
+            .bind(active.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        let op = operation_insert(&mut tx, actor, db.tenant_id, id, OperationKind::Delete, json!({})).await?;
+        sqlx::query(
+            "UPDATE databases SET status = 'deleting', generation = generation + 1, updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        addon_switch_period(&mut tx, db.addon_id, None).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(op)
+    }
+
+    pub async fn database_update_settings(&self, id: DatabaseId, settings: &DatabaseSettings) -> Result<Database> {
+        let row: Option<DatabaseRow> = sqlx::query_as(&format!(
+            "UPDATE databases d SET force_tls = $2, internet_exposure = $3, backup_hour = $4, \
+                generation = generation + 1, updated_at = now() \
+             WHERE d.id = $1 AND d.status NOT IN ('deleting', 'deleted') RETURNING {DB_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(settings.force_tls)
+        .bind(settings.internet_exposure)
+        .bind(settings.backup_hour)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.ok_or_else(|| Error::conflict("database_deleting", "the database is being deleted"))?.into_database()
+    }
+
+    /// The operation with the caller's role in its tenant, or not found.
+    pub async fn operation_get(&self, actor: &Actor, id: OperationId) -> Result<Scoped<Operation>> {
+        #[derive(FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            op: OperationRow,
+            role: Option<String>,
+        }
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS}, m.role FROM operations o \
+             LEFT JOIN memberships m ON m.tenant_id = o.tenant_id AND m.user_id = $2 \
+             WHERE o.id = $1 AND (m.role IS NOT NULL OR $3)"
+        ))
+        .bind(id)
+        .bind(actor.user_id)
+        .bind(actor.is_operator())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let row = row.ok_or(Error::not_found("operation"))?;
+        Ok(Scoped { role: parse_role(row.role)?, item: row.op.into_operation()? })
+    }
+
+    pub async fn operation_list(&self, database: DatabaseId, page: &PageRequest) -> Result<(Vec<Operation>, Option<String>)> {
+        let rows: Vec<OperationRow> = sqlx::query_as(&format!(
+            "SELECT {OP_COLUMNS} FROM operations o WHERE o.database_id = $1 \
+             AND ($2::uuid IS NULL OR o.id < $2) ORDER BY o.id DESC LIMIT $3"
+        ))
+        .bind(database)
+        .bind(page.after_uuid()?)
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let (rows, next) = page.finish(rows, |r| r.id.to_string());
+        Ok((rows.into_iter().map(OperationRow::into_operation).collect::<Result<_>>()?, next))
+    }
+}

@@ -1,0 +1,89 @@
+//! Every SQL statement of the control plane lives here, one module per resource, named
+//! resource-first (`database_create`, `app_list`). Tenant-scoped reads join the caller's
+//! membership into the query itself, so another tenant's row is simply not found.
+
+mod error;
+pub mod accounts;
+pub mod apps;
+pub mod billing;
+pub mod databases;
+pub mod idempotency;
+pub mod plans;
+pub mod tenants;
+pub mod tokens;
+
+use pgplane_core::ids::UserId;
+use pgplane_core::model::{PlatformRole, TenantRole};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::time::Duration;
+
+pub use error::db_error;
+pub use pgplane_core::Error;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Migrations of the control-plane schema, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Who is asking. Built by the API from a verified access token.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor {
+    pub user_id: UserId,
+    pub platform_role: Option<PlatformRole>,
+}
+
+impl Actor {
+    pub fn is_operator(&self) -> bool {
+        self.platform_role == Some(PlatformRole::Operator)
+    }
+}
+
+/// A tenant-scoped resource together with the caller's role in its tenant
+/// (operators act as owners).
+#[derive(Debug, Clone)]
+pub struct Scoped<T> {
+    pub item: T,
+    pub role: TenantRole,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Connects a pool; `max_connections` bounds what one process takes from the server.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url.parse().map_err(|e| Error::internal(format!("invalid database URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.application_name("pgplane"))
+            .await
+            .map_err(db_error)?;
+        Ok(Self::new(pool))
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| Error::internal(format!("migration failed: {e}")))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Readiness: the control-plane database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_error)?;
+        Ok(())
+    }
+}
+
+/// Parses a text column into one of core's string enums.
+pub(crate) fn parse_enum<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T> {
+    s.parse().map_err(Error::internal)
+}
