@@ -210,6 +210,7 @@ CREATE TABLE idempotency_keys (
     request_hash  bytea NOT NULL,
     status_code   integer,
     content_type  text,
+    location      text,
     response_body bytea,
     created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, key)

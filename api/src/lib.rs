@@ -1,1 +1,102 @@
-//! placeholder
+//! pgplane's public REST API. Handlers are thin: they authenticate, validate, check the
+//! caller's role and call the store; errors become problem+json in `error`. The OpenAPI
+//! document is generated from the handlers' annotations (`openapi()`).
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod idempotency;
+pub mod openapi;
+pub mod ratelimit;
+mod routes;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::Router;
+use pgplane_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+pub use auth::JwtKeys;
+pub use openapi::openapi;
+use ratelimit::RateLimiter;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Tunables of the API process.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Requests per second allowed per API token (sustained).
+    pub rate_per_second: u32,
+    /// Requests a token may send at once before the sustained rate applies.
+    pub rate_burst: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { rate_per_second: 50, rate_burst: 200 }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub jwt: Arc<JwtKeys>,
+    pub rate_limiter: Arc<RateLimiter>,
+}
+
+impl AppState {
+    pub fn new(store: Store, jwt: JwtKeys, config: &ApiConfig) -> Self {
+        AppState {
+            store,
+            jwt: Arc::new(jwt),
+            rate_limiter: Arc::new(RateLimiter::new(config.rate_per_second, config.rate_burst)),
+        }
+    }
+}
+
+/// The whole HTTP application: routes, OpenAPI document, middleware.
+pub fn app(state: AppState) -> Router {
+    let (router, doc) = routes::router().split_for_parts();
+    let doc = Arc::new(doc);
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    router
+        .route("/v1/openapi.json", axum::routing::get(move || async move { axum::Json(doc.as_ref().clone()) }))
+        .fallback(error::not_found_fallback)
+        .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request<_>| {
+                            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id, user_id = tracing::field::Empty)
+                        })
+                        .on_request(())
+                        .on_response(|res: &axum::response::Response, latency: Duration, _: &Span| {
+                            tracing::info!(status = res.status().as_u16(), latency_us = latency.as_micros() as u64, "answered");
+                        }),
+                )
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(DefaultBodyLimit::max(BODY_LIMIT))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency)),
+        )
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,1 +1,158 @@
-fn main() {}
+//! The `pgplane` binary.
+
+mod bootstrap;
+mod up;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pgplane_api::{ApiConfig, AppState, JwtKeys};
+use pgplane_store::Store;
+use secrecy::{ExposeSecret, SecretString};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "pgplane", version, about = "Managed PostgreSQL control plane")]
+struct Cli {
+    /// Log format: `text` or `json`. Levels come from RUST_LOG (default `info`).
+    #[arg(long, global = true, env = "PGPLANE_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Starts everything on embedded defaults: a private control-plane PostgreSQL (unless
+    /// --database-url is given) and the API.
+    Up(up::UpArgs),
+    /// Runs the API against an existing control-plane database.
+    Api(ApiArgs),
+    /// Applies the control-plane migrations and exits.
+    Migrate(DbArgs),
+    /// Creates a platform operator with an API token and prints the token once.
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// Prints the OpenAPI document.
+    Openapi,
+    /// The scheduler (workflows, timers, agent API). It arrives with the job queue.
+    Scheduler,
+    /// The node agent. It arrives with the job queue.
+    Agent,
+}
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_string()))
+}
+
+#[derive(clap::Args)]
+struct DbArgs {
+    /// Control-plane database URL.
+    #[arg(long, env = "PGPLANE_DATABASE_URL", value_parser = secret, hide_env_values = true)]
+    database_url: SecretString,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address the API listens on.
+    #[arg(long, env = "PGPLANE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Requests per second allowed per API token.
+    #[arg(long, env = "PGPLANE_RATE_LIMIT_PER_SECOND", default_value_t = ApiConfig::default().rate_per_second)]
+    rate_limit_per_second: u32,
+    /// Requests a token may burst before the per-second limit applies.
+    #[arg(long, env = "PGPLANE_RATE_LIMIT_BURST", default_value_t = ApiConfig::default().rate_burst)]
+    rate_limit_burst: u32,
+    /// Connections the API keeps to the control-plane database.
+    #[arg(long, env = "PGPLANE_DB_POOL_SIZE", default_value_t = 16)]
+    db_pool_size: u32,
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Secret that signs access tokens (at least 32 bytes); every API process of a platform
+    /// must share it.
+    #[arg(long, env = "PGPLANE_JWT_SECRET", value_parser = secret, hide_env_values = true)]
+    jwt_secret: Option<SecretString>,
+    /// File holding the signing secret (instead of --jwt-secret).
+    #[arg(long, env = "PGPLANE_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Api(args) => run_api(args).await,
+        Command::Migrate(args) => {
+            let store = Store::connect(args.database_url.expose_secret(), 2).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Bootstrap(args) => bootstrap::run(args).await,
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&pgplane_api::openapi())?);
+            Ok(())
+        }
+        Command::Scheduler | Command::Agent => {
+            eprintln!("pgplane: the scheduler and the agent are not part of this build yet; `pgplane up` runs the API");
+            std::process::exit(2);
+        }
+    }
+}
+
+pub fn jwt_keys(secret: &[u8]) -> Result<JwtKeys> {
+    anyhow::ensure!(secret.len() >= 32, "the JWT signing secret must be at least 32 bytes");
+    Ok(JwtKeys::from_secret(secret))
+}
+
+async fn run_api(args: ApiArgs) -> Result<()> {
+    let secret = match (&args.jwt_secret, &args.jwt_secret_file) {
+        (Some(s), _) => s.expose_secret().as_bytes().to_vec(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        (None, None) => anyhow::bail!("give the access-token signing secret with --jwt-secret or --jwt-secret-file"),
+    };
+    let store = Store::connect(args.db.database_url.expose_secret(), args.serve.db_pool_size).await?;
+    store.migrate().await?;
+    serve(store, jwt_keys(&secret)?, &args.serve, |addr| tracing::info!(%addr, "API listening")).await
+}
+
+/// Runs the API until Ctrl-C or SIGTERM.
+pub async fn serve(store: Store, jwt: JwtKeys, args: &ServeArgs, on_listen: impl FnOnce(SocketAddr)) -> Result<()> {
+    let config = ApiConfig { rate_per_second: args.rate_limit_per_second, rate_burst: args.rate_limit_burst };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {} (choose another address with --listen)", args.listen))?;
+    on_listen(listener.local_addr()?);
+    pgplane_api::serve(listener, AppState::new(store, jwt, &config), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -2,11 +2,11 @@
 //! the store maps database constraint violations into it. Client-facing messages live here;
 //! internal detail stays in `Internal` and is logged, never sent.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// One invalid input field, reported with 422.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     /// JSON pointer-ish path of the field, e.g. `name` or `settings.backup_hour`.
     pub field: String,

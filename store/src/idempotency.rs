@@ -17,11 +17,19 @@ pub enum Begin {
     /// First use of the key: run the request, then `idempotency_finish`.
     New,
     /// The key answered before: send this again.
-    Replay { status: u16, content_type: Option<String>, body: Vec<u8> },
+    Replay { status: u16, content_type: Option<String>, location: Option<String>, body: Vec<u8> },
     /// The same key is being used by a request still running.
     InFlight,
     /// The key was used for a different request.
     Mismatch,
+}
+
+/// The first answer, to be replayed.
+pub struct StoredAnswer<'a> {
+    pub status: u16,
+    pub content_type: Option<&'a str>,
+    pub location: Option<&'a str>,
+    pub body: &'a [u8],
 }
 
 #[derive(FromRow)]
@@ -31,6 +39,7 @@ struct KeyRow {
     request_hash: Vec<u8>,
     status_code: Option<i32>,
     content_type: Option<String>,
+    location: Option<String>,
     response_body: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
 }
@@ -60,7 +69,7 @@ impl Store {
             return Ok(Begin::New);
         }
         let row: Option<KeyRow> = sqlx::query_as(
-            "SELECT method, path, request_hash, status_code, content_type, response_body, created_at \
+            "SELECT method, path, request_hash, status_code, content_type, location, response_body, created_at \
              FROM idempotency_keys WHERE user_id = $1 AND key = $2",
         )
         .bind(user)
@@ -74,7 +83,7 @@ impl Store {
         }
         match (row.status_code, row.response_body) {
             (Some(status), Some(body)) => {
-                Ok(Begin::Replay { status: status as u16, content_type: row.content_type, body })
+                Ok(Begin::Replay { status: status as u16, content_type: row.content_type, location: row.location, body })
             }
             _ if (Utc::now() - row.created_at).num_seconds() > IN_FLIGHT_TIMEOUT_SECS => {
                 // The first attempt died without answering: let this one take the key over.
@@ -94,15 +103,16 @@ impl Store {
         }
     }
 
-    pub async fn idempotency_finish(&self, user: UserId, key: &str, status: u16, content_type: Option<&str>, body: &[u8]) -> Result<()> {
+    pub async fn idempotency_finish(&self, user: UserId, key: &str, answer: &StoredAnswer<'_>) -> Result<()> {
         sqlx::query(
-            "UPDATE idempotency_keys SET status_code = $3, content_type = $4, response_body = $5 WHERE user_id = $1 AND key = $2",
+            "UPDATE idempotency_keys SET status_code = $3, content_type = $4, location = $5, response_body = $6 WHERE user_id = $1 AND key = $2",
         )
         .bind(user)
         .bind(key)
-        .bind(i32::from(status))
-        .bind(content_type)
-        .bind(body)
+        .bind(i32::from(answer.status))
+        .bind(answer.content_type)
+        .bind(answer.location)
+        .bind(answer.body)
         .execute(&self.pool)
         .await
         .map_err(db_error)?;

@@ -1,0 +1,202 @@
+//! Databases: create, change plan and delete answer 202 with an operation that the
+//! scheduler carries out; settings change synchronously.
+
+use axum::extract::State;
+use axum::response::Response;
+use pgplane_core::error::Validator;
+use pgplane_core::ids::{AppId, DatabaseId, OperationId};
+use pgplane_core::model::{
+    ChangePlan, CreateDatabase, Database, DatabasePage, DatabaseSettings, Operation, OperationPage, TenantRole,
+    UpdateDatabaseSettings,
+};
+use pgplane_core::page::PageParams;
+use pgplane_core::{validate, Error, FieldError};
+use pgplane_store::databases::NewDatabase;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::accepted;
+use crate::auth::{require_role, Auth};
+use crate::error::ApiResult;
+use crate::extract::{Json, Path, Query};
+use crate::openapi::Errors;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(database_list, database_create))
+        .routes(routes!(database_get, database_delete))
+        .routes(routes!(database_change_plan))
+        .routes(routes!(settings_get, settings_update))
+        .routes(routes!(operation_list))
+        .routes(routes!(operation_get))
+}
+
+/// Applies a partial change to settings and checks the result as a whole.
+fn merge_settings(current: &DatabaseSettings, patch: &UpdateDatabaseSettings, prefix: &str, v: &mut Validator) -> DatabaseSettings {
+    let merged = DatabaseSettings {
+        force_tls: patch.force_tls.unwrap_or(current.force_tls),
+        internet_exposure: patch.internet_exposure.unwrap_or(current.internet_exposure),
+        backup_hour: patch.backup_hour.or(current.backup_hour),
+    };
+    if let Some(h) = patch.backup_hour {
+        v.check(validate::hour(&format!("{prefix}backup_hour"), h));
+    }
+    if merged.internet_exposure && !merged.force_tls {
+        v.push(FieldError::new(
+            format!("{prefix}internet_exposure"),
+            "force_tls_required",
+            "internet exposure is refused until force_tls is on",
+        ));
+    }
+    merged
+}
+
+/// Orders a database for an app (members). Answers 202 with the `create` operation; the
+/// new database's id is its `database_id`.
+#[utoipa::path(
+    post, path = "/v1/apps/{app_id}/databases", tag = "databases", security(("bearer" = [])),
+    params(("app_id" = AppId, Path)), request_body = CreateDatabase,
+    responses((status = 202, body = Operation), Errors)
+)]
+async fn database_create(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(app_id): Path<AppId>,
+    Json(input): Json<CreateDatabase>,
+) -> ApiResult<Response> {
+    let app = state.store.app_get(&actor, app_id).await?;
+    require_role(app.role, TenantRole::Member)?;
+    let tenant = app.item.tenant_id;
+    let mut v = Validator::new();
+    v.check(validate::slug_name("name", &input.name));
+    let defaults = DatabaseSettings { force_tls: false, internet_exposure: false, backup_hour: None };
+    let settings = merge_settings(&defaults, &input.settings.clone().unwrap_or_default(), "settings.", &mut v);
+    let plan = match state.store.plan_for_tenant(tenant, &input.plan, "plan").await {
+        Ok(p) => Some(p),
+        Err(Error::Validation { errors }) => {
+            errors.into_iter().for_each(|e| v.push(e));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let version = match state.store.version_resolve(input.version.as_deref()).await {
+        Ok(ver) => Some(ver),
+        Err(Error::Validation { errors }) => {
+            errors.into_iter().for_each(|e| v.push(e));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    v.finish()?;
+    let (Some(plan), Some(version)) = (plan, version) else { return Err(Error::internal("validation let a gap").into()) };
+    let new = NewDatabase { tenant_id: tenant, app_id, name: &input.name, plan: &plan, version: &version, settings };
+    let (_, op) = state.store.database_create(&actor, new).await?;
+    Ok(accepted(op))
+}
+
+/// Lists an app's databases (those being deleted included, deleted ones not).
+#[utoipa::path(
+    get, path = "/v1/apps/{app_id}/databases", tag = "databases", security(("bearer" = [])),
+    params(("app_id" = AppId, Path), PageParams), responses((status = 200, body = DatabasePage), Errors)
+)]
+async fn database_list(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(app_id): Path<AppId>,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<DatabasePage>> {
+    state.store.app_get(&actor, app_id).await?;
+    Ok(Json(DatabasePage::new(state.store.database_list(app_id, &page.validate()?).await?)))
+}
+
+/// Shows a database.
+#[utoipa::path(
+    get, path = "/v1/databases/{database_id}", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), responses((status = 200, body = Database), Errors)
+)]
+async fn database_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<DatabaseId>) -> ApiResult<Json<Database>> {
+    Ok(Json(state.store.database_get(&actor, id).await?.item))
+}
+
+/// Deletes a database (members). Answers 202 with the `delete` operation; asking again
+/// while it is pending answers the same operation.
+#[utoipa::path(
+    delete, path = "/v1/databases/{database_id}", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), responses((status = 202, body = Operation), Errors)
+)]
+async fn database_delete(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<DatabaseId>) -> ApiResult<Response> {
+    require_role(state.store.database_get(&actor, id).await?.role, TenantRole::Member)?;
+    Ok(accepted(state.store.database_delete(&actor, id).await?))
+}
+
+/// Moves a database to another plan (members). Answers 202 with the `change_plan` operation.
+#[utoipa::path(
+    post, path = "/v1/databases/{database_id}/change-plan", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), request_body = ChangePlan,
+    responses((status = 202, body = Operation), Errors)
+)]
+async fn database_change_plan(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+    Json(input): Json<ChangePlan>,
+) -> ApiResult<Response> {
+    let db = state.store.database_get(&actor, id).await?;
+    require_role(db.role, TenantRole::Member)?;
+    let plan = state.store.plan_for_tenant(db.item.tenant_id, &input.plan, "plan").await?;
+    Ok(accepted(state.store.database_change_plan(&actor, id, &plan).await?))
+}
+
+/// Shows a database's settings.
+#[utoipa::path(
+    get, path = "/v1/databases/{database_id}/settings", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), responses((status = 200, body = DatabaseSettings), Errors)
+)]
+async fn settings_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<DatabaseId>) -> ApiResult<Json<DatabaseSettings>> {
+    Ok(Json(state.store.database_get(&actor, id).await?.item.settings))
+}
+
+/// Changes settings (members): force TLS, internet exposure (refused unless force TLS is
+/// on), preferred daily backup hour. Absent fields keep their value.
+#[utoipa::path(
+    patch, path = "/v1/databases/{database_id}/settings", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), request_body = UpdateDatabaseSettings,
+    responses((status = 200, body = DatabaseSettings), Errors)
+)]
+async fn settings_update(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+    Json(patch): Json<UpdateDatabaseSettings>,
+) -> ApiResult<Json<DatabaseSettings>> {
+    let db = state.store.database_get(&actor, id).await?;
+    require_role(db.role, TenantRole::Member)?;
+    let mut v = Validator::new();
+    let merged = merge_settings(&db.item.settings, &patch, "", &mut v);
+    v.finish()?;
+    Ok(Json(state.store.database_update_settings(id, &merged).await?.settings))
+}
+
+/// Lists a database's operations, newest first.
+#[utoipa::path(
+    get, path = "/v1/databases/{database_id}/operations", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path), PageParams), responses((status = 200, body = OperationPage), Errors)
+)]
+async fn operation_list(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<OperationPage>> {
+    state.store.database_get(&actor, id).await?;
+    Ok(Json(OperationPage::new(state.store.operation_list(id, &page.validate()?).await?)))
+}
+
+/// Shows an operation: status, progress, error.
+#[utoipa::path(
+    get, path = "/v1/operations/{operation_id}", tag = "databases", security(("bearer" = [])),
+    params(("operation_id" = OperationId, Path)), responses((status = 200, body = Operation), Errors)
+)]
+async fn operation_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<OperationId>) -> ApiResult<Json<Operation>> {
+    Ok(Json(state.store.operation_get(&actor, id).await?.item))
+}

@@ -1,0 +1,51 @@
+//! Routes, one module per resource. `routes!` registers a handler and its OpenAPI
+//! operation together, so the document cannot forget an endpoint.
+
+mod apps;
+mod billing;
+mod databases;
+mod plans;
+mod session;
+mod system;
+mod tenants;
+mod users;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pgplane_core::model::Operation;
+use serde::Serialize;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::openapi::ApiDoc;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(system::router())
+        .merge(session::router())
+        .merge(plans::router())
+        .merge(users::router())
+        .merge(tenants::router())
+        .merge(apps::router())
+        .merge(databases::router())
+        .merge(billing::router())
+}
+
+/// 201 with a Location header.
+fn created<T: Serialize>(location: String, body: T) -> Response {
+    let mut res = (StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+/// 202 with the operation, which the Location header points to.
+fn accepted(op: Operation) -> Response {
+    let mut res = (StatusCode::ACCEPTED, axum::Json(&op)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/operations/{}", op.id)) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}

@@ -1,0 +1,112 @@
+//! `pgplane up`: one command that gives a newcomer a working control plane. Without a
+//! database URL it runs a private PostgreSQL under the state folder; it keeps a signing
+//! secret and an operator's API token there too, so the next `up` finds everything again.
+
+use anyhow::{Context, Result};
+use pgplane_localpg::{find_bindir, write_private, Durability, LocalPg};
+use pgplane_store::Store;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection;
+use std::path::{Path, PathBuf};
+
+use crate::ServeArgs;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Folder for pgplane's state (private PostgreSQL, secrets). Default: /var/lib/pgplane
+    /// as root, else $XDG_STATE_HOME/pgplane or ~/.local/state/pgplane.
+    #[arg(long, env = "PGPLANE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Use this control-plane database instead of a private one.
+    #[arg(long, env = "PGPLANE_DATABASE_URL", value_parser = crate::secret, hide_env_values = true)]
+    database_url: Option<SecretString>,
+    /// Folder with PostgreSQL's initdb and postgres (found automatically otherwise).
+    #[arg(long, env = "PGPLANE_PG_BINDIR")]
+    pg_bindir: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn default_state_dir() -> PathBuf {
+    if pgplane_localpg::is_root() {
+        return PathBuf::from("/var/lib/pgplane");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(x).join("pgplane");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/pgplane")
+}
+
+/// Reads a secret kept in the state folder, creating it on first use.
+fn state_secret(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(s.trim().to_string());
+    }
+    let s = make();
+    write_private(path, &s)?;
+    Ok(s)
+}
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let (url, local_pg) = match &args.database_url {
+        Some(url) => (url.expose_secret().to_string(), None),
+        None => {
+            let bindir = find_bindir(args.pg_bindir.as_deref())?;
+            let dir = state_dir.join("pg");
+            tracing::info!(data = %dir.display(), bindir = %bindir.display(), "starting the private control-plane PostgreSQL");
+            let pg = tokio::task::spawn_blocking(move || LocalPg::start(&dir, &bindir, Durability::Durable)).await??;
+            create_database_if_missing(&pg.url("postgres"), "pgplane").await?;
+            (pg.url("pgplane"), Some(pg))
+        }
+    };
+    let store = Store::connect(&url, args.serve.db_pool_size).await?;
+    store.migrate().await?;
+
+    let jwt_secret = state_secret(&state_dir.join("jwt-secret"), random_secret)?;
+    let token_file = state_dir.join("admin-token");
+    if !token_file.exists() {
+        let token = crate::bootstrap::operator_token(&store, "admin@localhost.localdomain", "pgplane up").await?;
+        write_private(&token_file, &token)?;
+    }
+
+    let jwt = crate::jwt_keys(jwt_secret.as_bytes())?;
+    let result = crate::serve(store, jwt, &args.serve, |addr| {
+        let pg_line = match &local_pg {
+            Some(pg) => format!("private PostgreSQL on 127.0.0.1:{} (data in {})", pg.port(), pg.dir().display()),
+            None => "the database given by --database-url".to_string(),
+        };
+        println!(
+            "\npgplane is up.\n  API:            http://{addr}  (OpenAPI: http://{addr}/v1/openapi.json)\n  \
+             Control plane:  {pg_line}\n  Operator token: {token}  (an API token of the platform operator)\n\n\
+             Get an access token (valid one hour) and call the API:\n  \
+             TOKEN=$(curl -s -X POST http://{addr}/v1/auth/token -H 'content-type: application/json' \\\n      \
+             -d \"{{\\\"api_token\\\":\\\"$(cat {token})\\\"}}\" | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n  \
+             curl -s http://{addr}/v1/me -H \"authorization: Bearer $TOKEN\"\n\nCtrl-C stops everything.",
+            token = token_file.display()
+        );
+    })
+    .await;
+    drop(local_pg);
+    result
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Creates `name` on the server if it is not there yet.
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<()> {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+    }
+    Ok(())
+}
