@@ -1,1 +1,245 @@
+//! Test harness: a real PostgreSQL server per test process (started here unless
+//! `PGPLANE_TEST_DATABASE_URL` names one), a fresh migrated control-plane database per
+//! test, and the API served on a loopback port, driven over real HTTP.
 
+use anyhow::Result;
+use pgplane_api::{ApiConfig, AppState, JwtKeys};
+use pgplane_core::model::{CreateUser, PlatformRole};
+use pgplane_localpg::{find_bindir, LocalPg};
+use pgplane_store::Store;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+/// The server-level URL (any database) tests create their databases on.
+fn server_url() -> &'static str {
+    static SERVER: OnceLock<(Option<LocalPg>, String)> = OnceLock::new();
+    &SERVER
+        .get_or_init(|| match std::env::var("PGPLANE_TEST_DATABASE_URL") {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let bindir = find_bindir(std::env::var_os("PGPLANE_PG_BINDIR").as_deref().map(std::path::Path::new))
+                    .expect("PostgreSQL binaries for the tests");
+                let pg = LocalPg::temporary(&bindir).expect("starting a PostgreSQL for the tests");
+                let url = pg.url("postgres");
+                (Some(pg), url)
+            }
+        })
+        .1
+}
+
+/// Replaces the database name of a URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map(|(b, q)| (b, Some(q))).unwrap_or((url, None));
+    let base = &base[..base.rfind('/').expect("URL with a path")];
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// A fresh, migrated control-plane database; returns its URL.
+pub async fn fresh_database() -> Result<String> {
+    let server = server_url();
+    let name = format!("pgplane_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(server).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    conn.close().await?;
+    let url = with_database(server, &name);
+    Store::connect(&url, 2).await?.migrate().await?;
+    Ok(url)
+}
+
+/// The API running against a fresh database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub db_url: String,
+    pub http: reqwest::Client,
+    operator: Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the API with a generous rate limit.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(ApiConfig { rate_per_second: 10_000, rate_burst: 10_000 }).await
+}
+
+pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
+    let db_url = fresh_database().await.expect("fresh control-plane database");
+    let store = Store::connect(&db_url, 8).await.expect("pool");
+    let secret: [u8; 32] = rand_bytes();
+    let state = AppState::new(store.clone(), JwtKeys::from_secret(&secret), &config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(pgplane_api::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let mut app = TestApp {
+        addr,
+        store,
+        db_url,
+        http: http.clone(),
+        operator: Client { http, base, bearer: None },
+        shutdown: Some(tx),
+    };
+    app.operator = app.user_with_role("operator@platform.test", Some(PlatformRole::Operator)).await;
+    app
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(16) {
+        chunk.copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    out
+}
+
+impl TestApp {
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client without credentials.
+    pub fn anonymous(&self) -> Client {
+        Client { http: self.http.clone(), base: self.base(), bearer: None }
+    }
+
+    /// A client authenticated as the platform operator.
+    pub fn operator(&self) -> Client {
+        self.operator.clone()
+    }
+
+    /// A new user (created through the store), holding an access token.
+    pub async fn user_with_role(&self, email: &str, role: Option<PlatformRole>) -> Client {
+        let user = self
+            .store
+            .user_create(&CreateUser { email: email.into(), name: email.split('@').next().unwrap_or("user").into(), platform_role: role })
+            .await
+            .expect("user");
+        let (_, secret) = self.store.token_create(user.id, "test", None).await.expect("token");
+        self.client_for_api_token(&secret).await
+    }
+
+    pub async fn user(&self, email: &str) -> Client {
+        self.user_with_role(email, None).await
+    }
+
+    /// Exchanges an API token for an access token.
+    pub async fn client_for_api_token(&self, api_token: &str) -> Client {
+        let (status, body) = self.anonymous().post("/v1/auth/token", &serde_json::json!({ "api_token": api_token })).await;
+        assert_eq!(status, StatusCode::OK, "token exchange: {body}");
+        Client {
+            http: self.http.clone(),
+            base: self.base(),
+            bearer: Some(body["access_token"].as_str().expect("access_token").to_string()),
+        }
+    }
+
+    /// A digest of every control-plane row: equal digests mean nothing changed.
+    pub async fn fingerprint(&self) -> String {
+        let mut parts = Vec::new();
+        for table in [
+            "users", "api_tokens", "tenants", "memberships", "tenant_plan_grants", "apps", "addons", "addon_periods",
+            "databases", "operations", "backups", "plans",
+        ] {
+            let digest: Option<String> =
+                sqlx::query_scalar(&format!("SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t"))
+                    .fetch_one(self.store.pool())
+                    .await
+                    .expect("fingerprint");
+            parts.push(format!("{table}:{}", digest.unwrap_or_default()));
+        }
+        parts.join(",")
+    }
+
+    /// A tenant owned by `owner` with one app; returns (tenant id, app id).
+    pub async fn tenant_with_app(&self, owner: &Client, name: &str) -> (String, String) {
+        let (s, tenant) = owner.post("/v1/tenants", &serde_json::json!({ "name": name })).await;
+        assert_eq!(s, StatusCode::CREATED, "{tenant}");
+        let tid = tenant["id"].as_str().expect("id").to_string();
+        let (s, app) = owner.post(&format!("/v1/tenants/{tid}/apps"), &serde_json::json!({ "name": "web" })).await;
+        assert_eq!(s, StatusCode::CREATED, "{app}");
+        (tid, app["id"].as_str().expect("id").to_string())
+    }
+}
+
+/// An HTTP client of the API, optionally holding an access token.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub bearer: Option<String>,
+}
+
+/// A whole answer: status, headers and JSON body (Null when empty).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = &self.bearer {
+            rb = rb.bearer_auth(b);
+        }
+        rb
+    }
+
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Answer {
+        let res = rb.send().await.expect("request");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("body");
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+        Answer { status, headers, body }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        let mut rb = self.request(method, path);
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let a = self.send(rb).await;
+        (a.status, a.body)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, None).await
+    }
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+}
+
+/// Asserts a problem+json answer of the given status and `type` suffix.
+#[track_caller]
+pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, kind: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["type"], format!("urn:pgplane:problem:{kind}"), "{body}");
+    assert_eq!(body["status"], expected.as_u16(), "{body}");
+}
