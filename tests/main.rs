@@ -1,1 +1,8 @@
+//! One integration-test binary (it builds once), a module per feature.
+
+mod auth;
+mod databases;
+mod isolation;
+mod limits;
 mod openapi;
+mod tenants;
