@@ -3,8 +3,8 @@
 //! request, applies the token's rate limit and leaves the `Actor` in the request.
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -64,7 +64,8 @@ impl JwtKeys {
             iat: now.timestamp(),
             exp: now.timestamp() + ACCESS_TOKEN_SECS,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(Error::internal)?;
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(Error::internal)?;
         Ok(AccessToken {
             access_token: token,
             token_type: "Bearer".into(),
@@ -74,14 +75,14 @@ impl JwtKeys {
     }
 
     fn verify(&self, token: &str) -> Result<Claims, Error> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims).map_err(|e| {
+            match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     Error::unauthorized("the access token has expired; exchange your API token for a new one")
                 }
                 _ => Error::unauthorized("the access token is invalid"),
-            })
+            }
+        })
     }
 }
 
@@ -122,11 +123,9 @@ pub struct Auth(pub Actor);
 impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Authenticated>()
-            .map(|a| Auth(a.actor))
-            .ok_or_else(|| ApiError(Error::unauthorized("send Authorization: Bearer <access token>; get one from POST /v1/auth/token")))
+        parts.extensions.get::<Authenticated>().map(|a| Auth(a.actor)).ok_or_else(|| {
+            ApiError(Error::unauthorized("send Authorization: Bearer <access token>; get one from POST /v1/auth/token"))
+        })
     }
 }
 

@@ -51,7 +51,9 @@ fn problem(status: StatusCode, slug: &str, title: &str, detail: String) -> Probl
 impl ApiError {
     pub fn to_problem(&self) -> Problem {
         match &self.0 {
-            Error::NotFound { kind } => problem(StatusCode::NOT_FOUND, "not-found", "Not found", format!("{kind} not found")),
+            Error::NotFound { kind } => {
+                problem(StatusCode::NOT_FOUND, "not-found", "Not found", format!("{kind} not found"))
+            }
             Error::Validation { errors } => Problem {
                 errors: errors.clone(),
                 ..problem(
@@ -61,7 +63,9 @@ impl ApiError {
                     errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "),
                 )
             },
-            Error::BadRequest { message } => problem(StatusCode::BAD_REQUEST, "bad-request", "Bad request", message.clone()),
+            Error::BadRequest { message } => {
+                problem(StatusCode::BAD_REQUEST, "bad-request", "Bad request", message.clone())
+            }
             Error::Conflict { code, message } => Problem {
                 code: Some((*code).to_string()),
                 ..problem(StatusCode::CONFLICT, "conflict", "Conflict", message.clone())

@@ -28,7 +28,10 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     let Some(auth) = req.extensions().get::<Authenticated>().copied() else { return next.run(req).await };
     let key = match key.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
-        _ => return ApiError(Error::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")).into_response(),
+        _ => {
+            return ApiError(Error::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters"))
+                .into_response()
+        }
     };
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, BODY_LIMIT).await {
@@ -36,7 +39,8 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Err(_) => return ApiError(Error::PayloadTooLarge).into_response(),
     };
     let path = parts.uri.path().to_string();
-    let hash = Sha256::new().chain_update(parts.uri.query().unwrap_or("")).chain_update([0]).chain_update(&bytes).finalize();
+    let hash =
+        Sha256::new().chain_update(parts.uri.query().unwrap_or("")).chain_update([0]).chain_update(&bytes).finalize();
     let user = auth.actor.user_id;
     match state.store.idempotency_begin(user, &key, parts.method.as_str(), &path, &hash).await {
         Err(e) => return ApiError(e).into_response(),
@@ -52,8 +56,11 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             return res;
         }
         Ok(Begin::InFlight) => {
-            return ApiError(Error::conflict("idempotency_key_in_use", "a request with this Idempotency-Key is still running"))
-                .into_response()
+            return ApiError(Error::conflict(
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still running",
+            ))
+            .into_response()
         }
         Ok(Begin::Mismatch) => {
             return ApiError(Error::invalid(

@@ -23,7 +23,11 @@ const SWEEP_AT: usize = 10_000;
 
 impl RateLimiter {
     pub fn new(per_second: u32, burst: u32) -> Self {
-        RateLimiter { per_second: f64::from(per_second.max(1)), burst: f64::from(burst.max(1)), buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            per_second: f64::from(per_second.max(1)),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one request from the token's bucket, or says how many seconds to wait.

@@ -21,7 +21,11 @@ pub async fn operator_token(store: &Store, email: &str, token_name: &str) -> Res
         Some(u) => u,
         None => {
             store
-                .user_create(&CreateUser { email: email.into(), name: "Platform operator".into(), platform_role: Some(PlatformRole::Operator) })
+                .user_create(&CreateUser {
+                    email: email.into(),
+                    name: "Platform operator".into(),
+                    platform_role: Some(PlatformRole::Operator),
+                })
                 .await?
         }
     };

@@ -48,10 +48,7 @@ impl PageRequest {
     }
     /// The cursor key parsed as a UUID (lists keyed by id).
     pub fn after_uuid(&self) -> Result<Option<uuid::Uuid>, Error> {
-        self.after
-            .as_deref()
-            .map(|s| uuid::Uuid::parse_str(s).map_err(|_| invalid_cursor()))
-            .transpose()
+        self.after.as_deref().map(|s| uuid::Uuid::parse_str(s).map_err(|_| invalid_cursor())).transpose()
     }
     /// Ask the store for one more row than the limit: its presence says a next page exists.
     pub fn fetch_limit(&self) -> i64 {

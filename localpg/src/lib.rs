@@ -130,7 +130,10 @@ impl LocalPg {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("postgres did not become ready within {timeout:?}; see {}", self.dir.join("postgres.log").display());
+                bail!(
+                    "postgres did not become ready within {timeout:?}; see {}",
+                    self.dir.join("postgres.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -151,7 +154,14 @@ impl Drop for LocalPg {
     }
 }
 
-fn init(dir: &Path, data: &Path, bindir: &Path, runas: &RunAs, password_file: &Path, durability: Durability) -> Result<()> {
+fn init(
+    dir: &Path,
+    data: &Path,
+    bindir: &Path,
+    runas: &RunAs,
+    password_file: &Path,
+    durability: Durability,
+) -> Result<()> {
     let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
     // The password file is for pgplane; initdb reads a copy readable by the server's user.
     write_private(password_file, &password)?;

@@ -43,7 +43,8 @@ impl RunAs {
     /// Gives `path` to this user (no-op when running as ourselves).
     pub fn chown(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = self.ids {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", path.display()))?;
         }
         Ok(())
     }

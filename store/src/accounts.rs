@@ -56,12 +56,13 @@ impl Store {
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
-        let row: Option<UserRow> =
-            sqlx::query_as("SELECT id, email, name, platform_role, created_at FROM users WHERE lower(email) = lower($1)")
-                .bind(email.trim())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let row: Option<UserRow> = sqlx::query_as(
+            "SELECT id, email, name, platform_role, created_at FROM users WHERE lower(email) = lower($1)",
+        )
+        .bind(email.trim())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
         row.map(UserRow::into_user).transpose()
     }
 

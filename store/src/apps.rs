@@ -89,14 +89,21 @@ impl Store {
     /// Deletes an app that has no databases left (deleting ones count until they are gone).
     pub async fn app_delete(&self, id: AppId) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sqlx::query("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE").bind(id).execute(&mut *tx).await.map_err(db_error)?;
+        sqlx::query("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let live: i64 = sqlx::query_scalar("SELECT count(*) FROM databases WHERE app_id = $1 AND status <> 'deleted'")
             .bind(id)
             .fetch_one(&mut *tx)
             .await
             .map_err(db_error)?;
         if live > 0 {
-            return Err(Error::conflict("app_not_empty", format!("the app still has {live} database(s); delete them first")));
+            return Err(Error::conflict(
+                "app_not_empty",
+                format!("the app still has {live} database(s); delete them first"),
+            ));
         }
         sqlx::query("UPDATE apps SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
             .bind(id)

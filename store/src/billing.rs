@@ -54,13 +54,12 @@ impl Store {
         .map_err(db_error)?;
         let (rows, next) = page.finish(rows, |r| r.id.to_string());
         let ids: Vec<AddonId> = rows.iter().map(|r| r.id).collect();
-        let periods: Vec<PeriodRow> = sqlx::query_as(&format!(
-            "{PERIOD_SELECT} WHERE p.addon_id = ANY($1) ORDER BY p.started_at, p.id"
-        ))
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let periods: Vec<PeriodRow> =
+            sqlx::query_as(&format!("{PERIOD_SELECT} WHERE p.addon_id = ANY($1) ORDER BY p.started_at, p.id"))
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
         let addons = rows
             .into_iter()
             .map(|r| Addon {

@@ -157,9 +157,18 @@ async fn addon_switch_period(tx: &mut Transaction<'_, Postgres>, addon: AddonId,
             .execute(&mut **tx)
             .await
             .map_err(db_error)?;
-            sqlx::query("UPDATE addons SET plan_id = $2 WHERE id = $1").bind(addon).bind(&plan.id).execute(&mut **tx).await
+            sqlx::query("UPDATE addons SET plan_id = $2 WHERE id = $1")
+                .bind(addon)
+                .bind(&plan.id)
+                .execute(&mut **tx)
+                .await
         }
-        None => sqlx::query("UPDATE addons SET ended_at = now() WHERE id = $1 AND ended_at IS NULL").bind(addon).execute(&mut **tx).await,
+        None => {
+            sqlx::query("UPDATE addons SET ended_at = now() WHERE id = $1 AND ended_at IS NULL")
+                .bind(addon)
+                .execute(&mut **tx)
+                .await
+        }
     }
     .map_err(db_error)?;
     Ok(())
@@ -171,11 +180,12 @@ impl Store {
     pub async fn database_create(&self, actor: &Actor, new: NewDatabase<'_>) -> Result<(Database, Operation)> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let addon = AddonId::new();
-        let live_app: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1 AND deleted_at IS NULL FOR SHARE)")
-            .bind(new.app_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let live_app: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1 AND deleted_at IS NULL FOR SHARE)")
+                .bind(new.app_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
         if !live_app {
             return Err(Error::not_found("app"));
         }
@@ -388,7 +398,11 @@ impl Store {
         Ok(Scoped { role: parse_role(row.role)?, item: row.op.into_operation()? })
     }
 
-    pub async fn operation_list(&self, database: DatabaseId, page: &PageRequest) -> Result<(Vec<Operation>, Option<String>)> {
+    pub async fn operation_list(
+        &self,
+        database: DatabaseId,
+        page: &PageRequest,
+    ) -> Result<(Vec<Operation>, Option<String>)> {
         let rows: Vec<OperationRow> = sqlx::query_as(&format!(
             "SELECT {OP_COLUMNS} FROM operations o WHERE o.database_id = $1 \
              AND ($2::uuid IS NULL OR o.id < $2) ORDER BY o.id DESC LIMIT $3"

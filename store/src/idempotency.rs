@@ -45,7 +45,14 @@ struct KeyRow {
 }
 
 impl Store {
-    pub async fn idempotency_begin(&self, user: UserId, key: &str, method: &str, path: &str, hash: &[u8]) -> Result<Begin> {
+    pub async fn idempotency_begin(
+        &self,
+        user: UserId,
+        key: &str,
+        method: &str,
+        path: &str,
+        hash: &[u8],
+    ) -> Result<Begin> {
         sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < now() - make_interval(hours => $3)")
             .bind(user)
             .bind(key)
@@ -82,9 +89,12 @@ impl Store {
             return Ok(Begin::Mismatch);
         }
         match (row.status_code, row.response_body) {
-            (Some(status), Some(body)) => {
-                Ok(Begin::Replay { status: status as u16, content_type: row.content_type, location: row.location, body })
-            }
+            (Some(status), Some(body)) => Ok(Begin::Replay {
+                status: status as u16,
+                content_type: row.content_type,
+                location: row.location,
+                body,
+            }),
             _ if (Utc::now() - row.created_at).num_seconds() > IN_FLIGHT_TIMEOUT_SECS => {
                 // The first attempt died without answering: let this one take the key over.
                 let taken = sqlx::query(

@@ -2,11 +2,11 @@
 //! resource-first (`database_create`, `app_list`). Tenant-scoped reads join the caller's
 //! membership into the query itself, so another tenant's row is simply not found.
 
-mod error;
 pub mod accounts;
 pub mod apps;
 pub mod billing;
 pub mod databases;
+mod error;
 pub mod idempotency;
 pub mod plans;
 pub mod tenants;
@@ -58,7 +58,8 @@ impl Store {
 
     /// Connects a pool; `max_connections` bounds what one process takes from the server.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let options: PgConnectOptions = url.parse().map_err(|e| Error::internal(format!("invalid database URL: {e}")))?;
+        let options: PgConnectOptions =
+            url.parse().map_err(|e| Error::internal(format!("invalid database URL: {e}")))?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

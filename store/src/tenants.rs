@@ -137,14 +137,21 @@ impl Store {
             .await
             .map_err(db_error)?;
         if apps > 0 {
-            return Err(Error::conflict("tenant_not_empty", format!("the tenant still has {apps} app(s); delete them first")));
+            return Err(Error::conflict(
+                "tenant_not_empty",
+                format!("the tenant still has {apps} app(s); delete them first"),
+            ));
         }
         sqlx::query("UPDATE tenants SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
             .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        sqlx::query("DELETE FROM memberships WHERE tenant_id = $1").bind(id).execute(&mut *tx).await.map_err(db_error)?;
+        sqlx::query("DELETE FROM memberships WHERE tenant_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         Ok(())
     }
@@ -164,12 +171,13 @@ impl Store {
     }
 
     pub async fn member_get(&self, tenant: TenantId, user: UserId) -> Result<Member> {
-        let row: Option<MemberRow> = sqlx::query_as(&format!("{MEMBER_SELECT} WHERE m.tenant_id = $1 AND m.user_id = $2"))
-            .bind(tenant)
-            .bind(user)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let row: Option<MemberRow> =
+            sqlx::query_as(&format!("{MEMBER_SELECT} WHERE m.tenant_id = $1 AND m.user_id = $2"))
+                .bind(tenant)
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
         row.ok_or(Error::not_found("member"))?.into_member()
     }
 
@@ -204,7 +212,9 @@ impl Store {
                 .bind(tenant)
                 .bind(user)
                 .bind(role.as_str()),
-            None => sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2").bind(tenant).bind(user),
+            None => {
+                sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2").bind(tenant).bind(user)
+            }
         }
         .execute(&mut *tx)
         .await

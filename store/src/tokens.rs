@@ -54,7 +54,12 @@ const COLUMNS: &str = "id, user_id, name, prefix, created_at, expires_at, last_u
 
 impl Store {
     /// Creates a token and returns it with its secret, which is not stored.
-    pub async fn token_create(&self, user: UserId, name: &str, expires_in_days: Option<u32>) -> Result<(ApiToken, String)> {
+    pub async fn token_create(
+        &self,
+        user: UserId,
+        name: &str,
+        expires_in_days: Option<u32>,
+    ) -> Result<(ApiToken, String)> {
         let secret = format!("{TOKEN_PREFIX}{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 40));
         let prefix = secret[..TOKEN_PREFIX.len() + 6].to_string();
         let expires_at = expires_in_days.map(|d| Utc::now() + Duration::days(i64::from(d)));
@@ -86,7 +91,8 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        let (token_id, user_id, role) = row.ok_or_else(|| Error::unauthorized("the API token is invalid, expired or revoked"))?;
+        let (token_id, user_id, role) =
+            row.ok_or_else(|| Error::unauthorized("the API token is invalid, expired or revoked"))?;
         Ok(TokenOwner { token_id, user_id, platform_role: role.as_deref().map(parse_enum).transpose()? })
     }
 
@@ -108,12 +114,14 @@ impl Store {
     /// Revokes one of the user's tokens. Access tokens already minted from it stay valid
     /// until they expire (at most an hour).
     pub async fn token_revoke(&self, user: UserId, id: TokenId) -> Result<()> {
-        let done = sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(user)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(user)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found("token"));
         }

@@ -127,7 +127,11 @@ impl TestApp {
     pub async fn user_with_role(&self, email: &str, role: Option<PlatformRole>) -> Client {
         let user = self
             .store
-            .user_create(&CreateUser { email: email.into(), name: email.split('@').next().unwrap_or("user").into(), platform_role: role })
+            .user_create(&CreateUser {
+                email: email.into(),
+                name: email.split('@').next().unwrap_or("user").into(),
+                platform_role: role,
+            })
             .await
             .expect("user");
         let (_, secret) = self.store.token_create(user.id, "test", None).await.expect("token");
@@ -140,7 +144,8 @@ impl TestApp {
 
     /// Exchanges an API token for an access token.
     pub async fn client_for_api_token(&self, api_token: &str) -> Client {
-        let (status, body) = self.anonymous().post("/v1/auth/token", &serde_json::json!({ "api_token": api_token })).await;
+        let (status, body) =
+            self.anonymous().post("/v1/auth/token", &serde_json::json!({ "api_token": api_token })).await;
         assert_eq!(status, StatusCode::OK, "token exchange: {body}");
         Client {
             http: self.http.clone(),
@@ -153,8 +158,18 @@ impl TestApp {
     pub async fn fingerprint(&self) -> String {
         let mut parts = Vec::new();
         for table in [
-            "users", "api_tokens", "tenants", "memberships", "tenant_plan_grants", "apps", "addons", "addon_periods",
-            "databases", "operations", "backups", "plans",
+            "users",
+            "api_tokens",
+            "tenants",
+            "memberships",
+            "tenant_plan_grants",
+            "apps",
+            "addons",
+            "addon_periods",
+            "databases",
+            "operations",
+            "backups",
+            "plans",
         ] {
             let digest: Option<String> =
                 sqlx::query_scalar(&format!("SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t"))
@@ -206,7 +221,11 @@ impl Client {
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.bytes().await.expect("body");
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
         Answer { status, headers, body }
     }
 

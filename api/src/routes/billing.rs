@@ -35,7 +35,11 @@ struct Window {
     get, path = "/v1/billing/periods", tag = "billing", security(("bearer" = [])), params(Window),
     responses((status = 200, body = BillingPeriodPage), Errors)
 )]
-async fn billing_periods(State(state): State<AppState>, Auth(actor): Auth, Query(w): Query<Window>) -> ApiResult<Json<BillingPeriodPage>> {
+async fn billing_periods(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Query(w): Query<Window>,
+) -> ApiResult<Json<BillingPeriodPage>> {
     require_platform(&actor, PlatformRole::Billing)?;
     if w.to <= w.from {
         return Err(Error::invalid("to", "out_of_range", "must be after from").into());

@@ -32,7 +32,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Applies a partial change to settings and checks the result as a whole.
-fn merge_settings(current: &DatabaseSettings, patch: &UpdateDatabaseSettings, prefix: &str, v: &mut Validator) -> DatabaseSettings {
+fn merge_settings(
+    current: &DatabaseSettings,
+    patch: &UpdateDatabaseSettings,
+    prefix: &str,
+    v: &mut Validator,
+) -> DatabaseSettings {
     let merged = DatabaseSettings {
         force_tls: patch.force_tls.unwrap_or(current.force_tls),
         internet_exposure: patch.internet_exposure.unwrap_or(current.internet_exposure),
@@ -88,7 +93,9 @@ async fn database_create(
         Err(e) => return Err(e.into()),
     };
     v.finish()?;
-    let (Some(plan), Some(version)) = (plan, version) else { return Err(Error::internal("validation let a gap").into()) };
+    let (Some(plan), Some(version)) = (plan, version) else {
+        return Err(Error::internal("validation let a gap").into());
+    };
     let new = NewDatabase { tenant_id: tenant, app_id, name: &input.name, plan: &plan, version: &version, settings };
     let (_, op) = state.store.database_create(&actor, new).await?;
     Ok(accepted(op))
@@ -114,7 +121,11 @@ async fn database_list(
     get, path = "/v1/databases/{database_id}", tag = "databases", security(("bearer" = [])),
     params(("database_id" = DatabaseId, Path)), responses((status = 200, body = Database), Errors)
 )]
-async fn database_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<DatabaseId>) -> ApiResult<Json<Database>> {
+async fn database_get(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+) -> ApiResult<Json<Database>> {
     Ok(Json(state.store.database_get(&actor, id).await?.item))
 }
 
@@ -124,7 +135,11 @@ async fn database_get(State(state): State<AppState>, Auth(actor): Auth, Path(id)
     delete, path = "/v1/databases/{database_id}", tag = "databases", security(("bearer" = [])),
     params(("database_id" = DatabaseId, Path)), responses((status = 202, body = Operation), Errors)
 )]
-async fn database_delete(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<DatabaseId>) -> ApiResult<Response> {
+async fn database_delete(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+) -> ApiResult<Response> {
     require_role(state.store.database_get(&actor, id).await?.role, TenantRole::Member)?;
     Ok(accepted(state.store.database_delete(&actor, id).await?))
 }
@@ -152,7 +167,11 @@ async fn database_change_plan(
     get, path = "/v1/databases/{database_id}/settings", tag = "databases", security(("bearer" = [])),
     params(("database_id" = DatabaseId, Path)), responses((status = 200, body = DatabaseSettings), Errors)
 )]
-async fn settings_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<DatabaseId>) -> ApiResult<Json<DatabaseSettings>> {
+async fn settings_get(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+) -> ApiResult<Json<DatabaseSettings>> {
     Ok(Json(state.store.database_get(&actor, id).await?.item.settings))
 }
 
@@ -197,6 +216,10 @@ async fn operation_list(
     get, path = "/v1/operations/{operation_id}", tag = "databases", security(("bearer" = [])),
     params(("operation_id" = OperationId, Path)), responses((status = 200, body = Operation), Errors)
 )]
-async fn operation_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<OperationId>) -> ApiResult<Json<Operation>> {
+async fn operation_get(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<OperationId>,
+) -> ApiResult<Json<Operation>> {
     Ok(Json(state.store.operation_get(&actor, id).await?.item))
 }

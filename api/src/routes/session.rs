@@ -30,7 +30,10 @@ pub fn router() -> OpenApiRouter<AppState> {
     post, path = "/v1/auth/token", tag = "auth", request_body = TokenExchange,
     responses((status = 200, body = AccessToken), Errors)
 )]
-async fn token_exchange(State(state): State<AppState>, Json(input): Json<TokenExchange>) -> ApiResult<Json<AccessToken>> {
+async fn token_exchange(
+    State(state): State<AppState>,
+    Json(input): Json<TokenExchange>,
+) -> ApiResult<Json<AccessToken>> {
     let owner = state.store.token_authenticate(input.api_token.trim()).await?;
     Ok(Json(state.jwt.issue(&owner)?))
 }
@@ -48,7 +51,11 @@ async fn me_get(State(state): State<AppState>, Auth(actor): Auth) -> ApiResult<J
     get, path = "/v1/me/tokens", tag = "auth", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ApiTokenPage), Errors)
 )]
-async fn my_token_list(State(state): State<AppState>, Auth(actor): Auth, Query(page): Query<PageParams>) -> ApiResult<Json<ApiTokenPage>> {
+async fn my_token_list(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<ApiTokenPage>> {
     Ok(Json(ApiTokenPage::new(state.store.token_list(actor.user_id, &page.validate()?).await?)))
 }
 
@@ -66,7 +73,11 @@ pub(super) fn validate_token_request(input: &CreateApiToken) -> ApiResult<()> {
     post, path = "/v1/me/tokens", tag = "auth", security(("bearer" = [])), request_body = CreateApiToken,
     responses((status = 201, body = CreatedApiToken), Errors)
 )]
-async fn my_token_create(State(state): State<AppState>, Auth(actor): Auth, Json(input): Json<CreateApiToken>) -> ApiResult<Response> {
+async fn my_token_create(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Json(input): Json<CreateApiToken>,
+) -> ApiResult<Response> {
     validate_token_request(&input)?;
     let (token, secret) = state.store.token_create(actor.user_id, &input.name, input.expires_in_days).await?;
     Ok(created(format!("/v1/me/tokens/{}", token.id), CreatedApiToken { token, secret }))
@@ -77,7 +88,11 @@ async fn my_token_create(State(state): State<AppState>, Auth(actor): Auth, Json(
     delete, path = "/v1/me/tokens/{token_id}", tag = "auth", security(("bearer" = [])),
     params(("token_id" = TokenId, Path)), responses((status = 204), Errors)
 )]
-async fn my_token_revoke(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<TokenId>) -> ApiResult<StatusCode> {
+async fn my_token_revoke(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<TokenId>,
+) -> ApiResult<StatusCode> {
     state.store.token_revoke(actor.user_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

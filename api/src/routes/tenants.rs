@@ -4,7 +4,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use pgplane_core::ids::{TenantId, UserId};
-use pgplane_core::model::{AddMember, CreateTenant, Member, MemberPage, PlatformRole, Tenant, TenantPage, TenantRole, UpdateMember, UpdateTenant};
+use pgplane_core::model::{
+    AddMember, CreateTenant, Member, MemberPage, PlatformRole, Tenant, TenantPage, TenantRole, UpdateMember,
+    UpdateTenant,
+};
 use pgplane_core::page::PageParams;
 use pgplane_core::{validate, Error};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -30,7 +33,11 @@ pub fn router() -> OpenApiRouter<AppState> {
     post, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), request_body = CreateTenant,
     responses((status = 201, body = Tenant), Errors)
 )]
-async fn tenant_create(State(state): State<AppState>, Auth(actor): Auth, Json(input): Json<CreateTenant>) -> ApiResult<Response> {
+async fn tenant_create(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Json(input): Json<CreateTenant>,
+) -> ApiResult<Response> {
     validate::display_name("name", &input.name, 100).map_err(|e| Error::Validation { errors: vec![e] })?;
     let tenant = state.store.tenant_create(&actor, &input.name).await?;
     Ok(created(format!("/v1/tenants/{}", tenant.id), tenant))
@@ -41,7 +48,11 @@ async fn tenant_create(State(state): State<AppState>, Auth(actor): Auth, Json(in
     get, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = TenantPage), Errors)
 )]
-async fn tenant_list(State(state): State<AppState>, Auth(actor): Auth, Query(page): Query<PageParams>) -> ApiResult<Json<TenantPage>> {
+async fn tenant_list(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<TenantPage>> {
     Ok(Json(TenantPage::new(state.store.tenant_list(&actor, &page.validate()?).await?)))
 }
 
@@ -50,7 +61,11 @@ async fn tenant_list(State(state): State<AppState>, Auth(actor): Auth, Query(pag
     get, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
     params(("tenant_id" = TenantId, Path)), responses((status = 200, body = Tenant), Errors)
 )]
-async fn tenant_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<TenantId>) -> ApiResult<Json<Tenant>> {
+async fn tenant_get(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<TenantId>,
+) -> ApiResult<Json<Tenant>> {
     Ok(Json(state.store.tenant_get(&actor, id).await?.item))
 }
 
@@ -75,7 +90,11 @@ async fn tenant_update(
     delete, path = "/v1/tenants/{tenant_id}", tag = "tenants", security(("bearer" = [])),
     params(("tenant_id" = TenantId, Path)), responses((status = 204), Errors)
 )]
-async fn tenant_delete(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<TenantId>) -> ApiResult<StatusCode> {
+async fn tenant_delete(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<TenantId>,
+) -> ApiResult<StatusCode> {
     require_role(state.store.tenant_role(&actor, id).await?, TenantRole::Owner)?;
     state.store.tenant_delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -115,11 +134,9 @@ async fn member_add(
     let role = state.store.tenant_role(&actor, id).await?;
     require_can_grant(role, input.role)?;
     validate::email("email", input.email.trim()).map_err(|e| Error::Validation { errors: vec![e] })?;
-    let user = state
-        .store
-        .user_by_email(&input.email)
-        .await?
-        .ok_or_else(|| Error::invalid("email", "unknown", "no user has this email; ask the platform to create the user first"))?;
+    let user = state.store.user_by_email(&input.email).await?.ok_or_else(|| {
+        Error::invalid("email", "unknown", "no user has this email; ask the platform to create the user first")
+    })?;
     let member = state.store.member_add(id, user.id, input.role).await?;
     Ok(created(format!("/v1/tenants/{id}/members/{}", user.id), member))
 }

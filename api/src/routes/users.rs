@@ -29,7 +29,11 @@ pub fn router() -> OpenApiRouter<AppState> {
     post, path = "/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateUser,
     responses((status = 201, body = User), Errors)
 )]
-async fn user_create(State(state): State<AppState>, Auth(actor): Auth, Json(input): Json<CreateUser>) -> ApiResult<Response> {
+async fn user_create(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Json(input): Json<CreateUser>,
+) -> ApiResult<Response> {
     require_platform(&actor, PlatformRole::Operator)?;
     let mut v = Validator::new();
     v.check(validate::email("email", input.email.trim()));
@@ -44,7 +48,11 @@ async fn user_create(State(state): State<AppState>, Auth(actor): Auth, Json(inpu
     get, path = "/v1/users", tag = "users", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = UserPage), Errors)
 )]
-async fn user_list(State(state): State<AppState>, Auth(actor): Auth, Query(page): Query<PageParams>) -> ApiResult<Json<UserPage>> {
+async fn user_list(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Query(page): Query<PageParams>,
+) -> ApiResult<Json<UserPage>> {
     require_platform(&actor, PlatformRole::Operator)?;
     Ok(Json(UserPage::new(state.store.user_list(&page.validate()?).await?)))
 }
