@@ -40,7 +40,13 @@ impl Store {
 
     /// The app with the caller's role in its tenant, or not found.
     pub async fn app_get(&self, actor: &Actor, id: AppId) -> Result<Scoped<App>> {
-        let row: Option<(AppId, TenantId, String, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+        #[derive(FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            app: AppRow,
+            role: Option<String>,
+        }
+        let row: Option<Row> = sqlx::query_as(
             "SELECT a.id, a.tenant_id, a.name, a.created_at, m.role FROM apps a \
              LEFT JOIN memberships m ON m.tenant_id = a.tenant_id AND m.user_id = $2 \
              WHERE a.id = $1 AND a.deleted_at IS NULL AND (m.role IS NOT NULL OR $3)",
@@ -51,10 +57,10 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        let (id, tenant_id, name, created_at, role) = row.ok_or(Error::not_found("app"))?;
+        let row = row.ok_or(Error::not_found("app"))?;
         Ok(Scoped {
-            item: App { id, tenant_id, name, created_at },
-            role: role.as_deref().map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner),
+            item: row.app.into(),
+            role: row.role.as_deref().map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner),
         })
     }
 
