@@ -158,6 +158,7 @@ pub struct User {
 page_of!(UserPage, User);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub email: String,
     pub name: String,
@@ -194,6 +195,7 @@ pub struct ApiToken {
 page_of!(ApiTokenPage, ApiToken);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateApiToken {
     pub name: String,
     /// Days until the token expires; absent means it never expires.
@@ -211,6 +213,7 @@ pub struct CreatedApiToken {
 
 /// Exchange of a long-lived API token for a short-lived access token (JWT).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TokenExchange {
     pub api_token: String,
 }
@@ -236,11 +239,13 @@ pub struct Tenant {
 page_of!(TenantPage, Tenant);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     pub name: String,
 }
@@ -257,6 +262,7 @@ pub struct Member {
 page_of!(MemberPage, Member);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// Email of an existing user.
     pub email: String,
@@ -264,6 +270,7 @@ pub struct AddMember {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateMember {
     pub role: TenantRole,
 }
@@ -279,11 +286,13 @@ pub struct App {
 page_of!(AppPage, App);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateApp {
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateApp {
     pub name: String,
 }
@@ -319,6 +328,7 @@ pub struct DatabaseSettings {
 
 /// A partial change of settings; absent fields stay as they are.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateDatabaseSettings {
     pub force_tls: Option<bool>,
     pub internet_exposure: Option<bool>,
@@ -354,6 +364,7 @@ pub struct Database {
 page_of!(DatabasePage, Database);
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateDatabase {
     pub name: String,
     /// Plan id from `GET /v1/plans`.
@@ -366,6 +377,7 @@ pub struct CreateDatabase {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChangePlan {
     pub plan: String,
 }

@@ -21,6 +21,10 @@ pub fn db_error(e: sqlx::Error) -> Error {
                     return Error::conflict(code, *message);
                 }
             }
+            // Class 22 (data exception): input PostgreSQL cannot store, such as a NUL byte.
+            if db.code().is_some_and(|c| c.starts_with("22")) {
+                return Error::bad_request("the input contains characters or values that cannot be stored");
+            }
             Error::internal(e)
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Error::Unavailable(e.to_string()),
