@@ -62,6 +62,8 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("GET /v1/databases/{database_id}/operations", NotFound, None),
         ("GET /v1/operations/{operation_id}", NotFound, None),
         ("GET /v1/billing/periods", PlatformOnly, None),
+        ("GET /v1/jobs", PlatformOnly, None),
+        ("GET /v1/jobs/{job_id}", PlatformOnly, None),
     ]
 }
 
@@ -98,6 +100,11 @@ async fn victim(app: &TestApp, alice: &Client) -> Victim {
         alice.post(&format!("/v1/apps/{app_id}/databases"), &json!({ "name": "main", "plan": "starter-1" })).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     let (_, me) = alice.get("/v1/me").await;
+    let job: uuid::Uuid = sqlx::query_scalar("SELECT id FROM jobs WHERE operation_id = $1::uuid")
+        .bind(op["id"].as_str().unwrap())
+        .fetch_one(app.store.pool())
+        .await
+        .expect("the create operation's job");
     let (s, token) = alice.post("/v1/me/tokens", &json!({ "name": "alice's laptop" })).await;
     assert_eq!(s, StatusCode::CREATED);
     Victim {
@@ -108,8 +115,8 @@ async fn victim(app: &TestApp, alice: &Client) -> Victim {
             ("{operation_id}", op["id"].as_str().unwrap().to_string()),
             ("{user_id}", me["user"]["id"].as_str().unwrap().to_string()),
             ("{token_id}", token["token"]["id"].as_str().unwrap().to_string()),
-            ("{addon_id}", op["database_id"].as_str().unwrap().to_string()),
             ("{plan_id}", "business-16".to_string()),
+            ("{job_id}", job.to_string()),
         ],
     }
 }

@@ -5,4 +5,5 @@ mod databases;
 mod isolation;
 mod limits;
 mod openapi;
+mod queue;
 mod tenants;

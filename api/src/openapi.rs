@@ -29,6 +29,7 @@ use crate::error::{Problem, PROBLEM_JSON};
         (name = "apps", description = "Apps and their addons"),
         (name = "databases", description = "Databases, their settings and operations"),
         (name = "billing", description = "Plan periods for the billing service"),
+        (name = "jobs", description = "The job queue (operators)"),
     )
 )]
 pub struct ApiDoc;

@@ -94,3 +94,11 @@ typed_id!(
     /// A backup of a database.
     BackupId
 );
+typed_id!(
+    /// A unit of work in the job queue.
+    JobId
+);
+typed_id!(
+    /// One claim of a job: completing or failing it needs the lease that claimed it.
+    LeaseId
+);

@@ -481,3 +481,34 @@ page_of!(BillingPeriodPage, BillingPeriod);
 pub struct Health {
     pub status: String,
 }
+
+string_enum!(
+    /// queued → running → done, or back to queued after a retryable failure or an expired
+    /// lease; dead after a fatal failure or too many attempts.
+    JobStatus {
+        Queued = "queued",
+        Running = "running",
+        Done = "done",
+        Dead = "dead",
+    }
+);
+
+/// A job of the queue, as platform operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: JobId,
+    /// `scheduler`, or `agent:<agent id>`.
+    pub queue: String,
+    pub kind: String,
+    pub status: JobStatus,
+    pub database_id: Option<DatabaseId>,
+    pub operation_id: Option<OperationId>,
+    pub generation: Option<i64>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+page_of!(JobPage, Job);

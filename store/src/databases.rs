@@ -10,7 +10,13 @@ use pgplane_core::page::PageRequest;
 use serde_json::json;
 use sqlx::{FromRow, Postgres, Transaction};
 
+use crate::jobs::{job_enqueue_in, NewJob};
 use crate::{db_error, parse_enum, Actor, Error, Result, Scoped, Store};
+
+/// The queue of the scheduler's own work.
+pub const SCHEDULER_QUEUE: &str = "scheduler";
+/// The job kind that drives an operation's workflow.
+pub const OPERATION_JOB: &str = "operation";
 
 #[derive(FromRow)]
 struct DatabaseRow {
@@ -133,7 +139,13 @@ async fn operation_insert(
     .fetch_one(&mut **tx)
     .await
     .map_err(db_error)?;
-    row.into_operation()
+    let op = row.into_operation()?;
+    // The scheduler's workflow for this operation starts from this job, committed with it.
+    let mut job = NewJob::new(SCHEDULER_QUEUE, OPERATION_JOB, json!({}));
+    job.database_id = Some(database);
+    job.operation_id = Some(op.id);
+    job_enqueue_in(tx, &job).await?;
+    Ok(op)
 }
 
 /// Closes the addon's running plan period and, when `next` is given, opens one on that plan.

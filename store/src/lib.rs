@@ -8,6 +8,7 @@ pub mod billing;
 pub mod databases;
 mod error;
 pub mod idempotency;
+pub mod jobs;
 pub mod plans;
 pub mod tenants;
 pub mod tokens;

@@ -4,6 +4,7 @@
 mod apps;
 mod billing;
 mod databases;
+mod jobs;
 mod plans;
 mod session;
 mod system;
@@ -30,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(apps::router())
         .merge(databases::router())
         .merge(billing::router())
+        .merge(jobs::router())
 }
 
 /// 201 with a Location header.

@@ -1,0 +1,53 @@
+//! The job queue as platform operators see it: dead jobs and any job by id.
+
+use axum::extract::State;
+use pgplane_core::ids::JobId;
+use pgplane_core::model::{Job, JobPage, JobStatus, PlatformRole};
+use pgplane_core::page::PageParams;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::auth::{require_platform, Auth};
+use crate::error::ApiResult;
+use crate::extract::{Json, Path, Query};
+use crate::openapi::Errors;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(job_list)).routes(routes!(job_get))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct JobFilter {
+    /// Jobs in this status (default `dead`).
+    status: Option<JobStatus>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// Lists jobs in one status, oldest first; `dead` ones need an operator's look (operators).
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])), params(JobFilter),
+    responses((status = 200, body = JobPage), Errors)
+)]
+async fn job_list(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Query(f): Query<JobFilter>,
+) -> ApiResult<Json<JobPage>> {
+    require_platform(&actor, PlatformRole::Operator)?;
+    let page = PageParams { limit: f.limit, cursor: f.cursor }.validate()?;
+    Ok(Json(JobPage::new(state.store.job_list(f.status.unwrap_or(JobStatus::Dead), &page).await?)))
+}
+
+/// Shows a job (operators).
+#[utoipa::path(
+    get, path = "/v1/jobs/{job_id}", tag = "jobs", security(("bearer" = [])),
+    params(("job_id" = JobId, Path)), responses((status = 200, body = Job), Errors)
+)]
+async fn job_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<JobId>) -> ApiResult<Json<Job>> {
+    require_platform(&actor, PlatformRole::Operator)?;
+    Ok(Json(state.store.job_get(id).await?))
+}
