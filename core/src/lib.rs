@@ -2,6 +2,7 @@
 //! validation and the one error type every layer speaks. Nothing here performs I/O, so the
 //! agent, the CLI and the API can share these types without pulling in a database driver.
 
+pub mod agent;
 pub mod error;
 pub mod ids;
 pub mod model;

@@ -1,0 +1,146 @@
+//! The agent protocol: what the scheduler asks of a node agent and what the agent reports.
+//! Wire types only; the scheduler serves them over HTTPS, the agent drives real processes.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::{DatabaseId, JobId, LeaseId};
+
+/// A node agent's id.
+pub type AgentId = uuid::Uuid;
+
+/// Where the platform's etcd is and how one database's Patroni reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EtcdAccess {
+    /// `host:port` of each etcd member.
+    pub endpoints: Vec<String>,
+    /// `http` or `https`.
+    pub protocol: String,
+    /// PEM of the CA that signed etcd's server certificate (https only).
+    pub ca_pem: Option<String>,
+    /// The database's own etcd user, confined to `/service/<scope>/` (none without auth).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// TLS material of one member: the database's CA and a server certificate for the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TlsBundle {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Generated credentials of one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseSecrets {
+    /// PostgreSQL superuser (`postgres`); never given to tenants.
+    pub superuser_password: String,
+    /// Streaming replication user (`replicator`).
+    pub replication_password: String,
+    /// Patroni REST API basic auth (`patroni`).
+    pub restapi_password: String,
+    /// The tenant's user, owner of the tenant's database.
+    pub app_user: String,
+    pub app_password: String,
+    pub app_database: String,
+}
+
+/// PostgreSQL settings derived from the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PgSizing {
+    pub max_connections: i32,
+    pub shared_buffers_mb: i32,
+    pub effective_cache_size_mb: i32,
+    pub work_mem_kb: i32,
+    pub maintenance_work_mem_mb: i32,
+}
+
+/// One PostgreSQL member of a database, run by Patroni on the agent's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberSpec {
+    pub database_id: DatabaseId,
+    /// Fencing token: the agent refuses a spec older than the newest it applied.
+    pub generation: i64,
+    /// Patroni scope (the database id) and member name.
+    pub scope: String,
+    pub member: String,
+    /// PostgreSQL major version, e.g. `15`.
+    pub version: String,
+    /// Address other members, gateways and clients use to reach this host.
+    pub host: String,
+    pub pg_port: u16,
+    pub patroni_port: u16,
+    pub etcd: EtcdAccess,
+    pub tls: TlsBundle,
+    pub secrets: DatabaseSecrets,
+    pub sizing: PgSizing,
+    /// `hostssl` instead of `host` for client connections.
+    pub force_tls: bool,
+}
+
+/// A backend of a gateway: one member's PostgreSQL and Patroni REST ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayBackend {
+    pub member: String,
+    pub host: String,
+    pub pg_port: u16,
+    pub patroni_port: u16,
+}
+
+/// An HAProxy gateway routing to whichever member answers Patroni's `/primary`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GatewaySpec {
+    pub database_id: DatabaseId,
+    pub generation: i64,
+    pub name: String,
+    pub listen_host: String,
+    pub listen_port: u16,
+    pub backends: Vec<GatewayBackend>,
+    /// CA that signed the members' Patroni REST certificates (checked with check-ssl).
+    pub ca_pem: String,
+}
+
+/// What an agent is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentTask {
+    /// Make this member exist and run (idempotent).
+    EnsureMember { spec: MemberSpec },
+    /// Make this gateway exist and run (idempotent).
+    EnsureGateway { spec: GatewaySpec },
+    /// Stop and remove everything of the database on this host: processes, data, ports.
+    RemoveDatabase { database_id: DatabaseId, generation: i64 },
+}
+
+/// A job handed to an agent by the long-poll.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentJob {
+    pub job_id: JobId,
+    pub lease_id: LeaseId,
+    pub attempt: i32,
+    pub task: AgentTask,
+}
+
+/// How a job ended on the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum JobOutcome {
+    Succeeded {
+        #[schema(value_type = Object)]
+        result: serde_json::Value,
+    },
+    Failed {
+        error: String,
+        /// False when trying again cannot help (e.g. a stale generation).
+        retryable: bool,
+    },
+}
+
+/// The agent's answer about one job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobReport {
+    pub lease_id: LeaseId,
+    #[serde(flatten)]
+    pub outcome: JobOutcome,
+}
