@@ -6,4 +6,5 @@ mod isolation;
 mod limits;
 mod openapi;
 mod queue;
+mod scheduler;
 mod tenants;

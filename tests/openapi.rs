@@ -4,24 +4,29 @@
 use pgplane_tests::spawn_app;
 use reqwest::StatusCode;
 
-pub const OPENAPI_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/pgplane.json");
-
-pub fn generated() -> String {
-    serde_json::to_string_pretty(&pgplane_api::openapi()).expect("serialize") + "\n"
+/// Compares (or, with PGPLANE_UPDATE_OPENAPI set, rewrites) a checked-in document.
+fn check(file: &str, doc: &utoipa::openapi::OpenApi) {
+    let path = format!("{}/../openapi/{file}", env!("CARGO_MANIFEST_DIR"));
+    let fresh = serde_json::to_string_pretty(doc).expect("serialize") + "\n";
+    if std::env::var_os("PGPLANE_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &fresh).expect("write the OpenAPI document");
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == fresh,
+        "openapi/{file} is stale: run `PGPLANE_UPDATE_OPENAPI=1 cargo test -p pgplane-tests openapi` and commit it"
+    );
 }
 
 #[test]
 fn checked_in_document_is_current() {
-    let fresh = generated();
-    if std::env::var_os("PGPLANE_UPDATE_OPENAPI").is_some() {
-        std::fs::write(OPENAPI_FILE, &fresh).expect("write openapi/pgplane.json");
-        return;
-    }
-    let on_disk = std::fs::read_to_string(OPENAPI_FILE).unwrap_or_default();
-    assert!(
-        on_disk == fresh,
-        "openapi/pgplane.json is stale: run `PGPLANE_UPDATE_OPENAPI=1 cargo test -p pgplane-tests openapi` and commit it"
-    );
+    check("pgplane.json", &pgplane_api::openapi());
+}
+
+#[test]
+fn checked_in_agent_document_is_current() {
+    check("agent.json", &pgplane_scheduler::agent_api::openapi());
 }
 
 #[tokio::test]

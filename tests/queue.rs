@@ -1,7 +1,7 @@
 //! The job queue on real PostgreSQL: leases, fencing, retries with backoff, dead jobs,
 //! exactly-once completion under concurrent workers, and NOTIFY wake-ups.
 
-use pgplane_scheduler::queue::{run_reaper, run_worker, Handler, JobError, Wakers, WorkerConfig};
+use pgplane_scheduler::queue::{run_reaper, run_worker, Done, Handler, JobError, Wakers, WorkerConfig};
 use pgplane_store::jobs::{AfterFailure, Claimed, NewJob};
 use pgplane_store::Store;
 use pgplane_tests::fresh_database;
@@ -120,14 +120,14 @@ struct Counting {
 }
 
 impl Handler for Counting {
-    async fn run(&self, job: Claimed) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, job: Claimed) -> Result<Done, JobError> {
         let n = job.payload["n"].as_i64().unwrap();
         *self.runs.lock().unwrap().entry(n).or_default() += 1;
         if self.fail_first && job.attempts == 1 {
             return Err(JobError::Retryable("first attempt fails".into()));
         }
         self.done.fetch_add(1, Ordering::SeqCst);
-        Ok(json!({ "n": n }))
+        Ok(Done::Result(json!({ "n": n })))
     }
 }
 

@@ -1,4 +1,9 @@
 //! The scheduler: it owns every multi-step workflow, the timers and the agent-facing API.
 //! So far it holds the job-queue worker that everything else runs on.
 
+pub mod agent_api;
+pub mod config;
 pub mod queue;
+pub mod run;
+mod tls;
+pub mod workflows;

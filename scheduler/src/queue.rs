@@ -24,9 +24,19 @@ pub enum JobError {
     Fatal(String),
 }
 
-/// Runs one claimed job; its answer becomes the job's result.
+/// How a job succeeded.
+#[derive(Debug)]
+pub enum Done {
+    /// Record this as the job's result.
+    Result(serde_json::Value),
+    /// The handler already completed the job inside its own transaction (with `job_complete_in`),
+    /// together with the step's effects.
+    Committed,
+}
+
+/// Runs one claimed job.
 pub trait Handler: Send + Sync + 'static {
-    fn run(&self, job: Claimed) -> impl Future<Output = Result<serde_json::Value, JobError>> + Send;
+    fn run(&self, job: Claimed) -> impl Future<Output = Result<Done, JobError>> + Send;
 }
 
 /// Wakes the workers of a queue when a job is enqueued on it.
@@ -200,7 +210,10 @@ async fn run_one<H: Handler>(store: &Store, config: &WorkerConfig, handler: &H, 
     let outcome = handler.run(job).await;
     heartbeat.abort();
     let recorded = match outcome {
-        Ok(result) => store.job_complete(id, lease, &result).await.map(|ok| if ok { "done" } else { "lease lost" }),
+        Ok(Done::Committed) => Ok("done"),
+        Ok(Done::Result(result)) => {
+            store.job_complete(id, lease, &result).await.map(|ok| if ok { "done" } else { "lease lost" })
+        }
         Err(JobError::Retryable(e)) => {
             store.job_fail(id, lease, &e, Some(config.backoff(attempts))).await.map(|after| match after {
                 AfterFailure::Retrying => "retrying",

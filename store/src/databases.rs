@@ -410,6 +410,17 @@ impl Store {
         Ok(Scoped { role: parse_role(row.role)?, item: row.op.into_operation()? })
     }
 
+    /// An operation by id, without access checks (the scheduler's view).
+    pub async fn operation_by_id_in(&self, conn: &mut sqlx::PgConnection, id: OperationId) -> Result<Operation> {
+        let row: Option<OperationRow> =
+            sqlx::query_as(&format!("SELECT {OP_COLUMNS} FROM operations o WHERE o.id = $1"))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        row.ok_or(Error::not_found("operation"))?.into_operation()
+    }
+
     pub async fn operation_list(
         &self,
         database: DatabaseId,

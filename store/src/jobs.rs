@@ -304,3 +304,24 @@ impl Store {
         Ok((rows.into_iter().map(JobRow::into_job).collect::<Result<_>>()?, next))
     }
 }
+
+/// What the agent API needs to know about a job an agent reports on.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRef {
+    pub id: JobId,
+    pub queue: String,
+    pub payload: serde_json::Value,
+    pub operation_id: Option<OperationId>,
+    pub database_id: Option<DatabaseId>,
+    pub attempts: i32,
+}
+
+impl Store {
+    pub async fn job_ref(&self, id: JobId) -> Result<Option<JobRef>> {
+        sqlx::query_as("SELECT id, queue, payload, operation_id, database_id, attempts FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+}

@@ -3,6 +3,7 @@
 //! membership into the query itself, so another tenant's row is simply not found.
 
 pub mod accounts;
+pub mod agents;
 pub mod apps;
 pub mod billing;
 pub mod databases;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod plans;
 pub mod tenants;
 pub mod tokens;
+pub mod workflow;
 
 use pgplane_core::ids::UserId;
 use pgplane_core::model::{PlatformRole, TenantRole};

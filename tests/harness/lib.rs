@@ -60,6 +60,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     operator: Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    scheduler_stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Drop for TestApp {
@@ -67,8 +68,14 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if let Some(tx) = self.scheduler_stop.take() {
+            let _ = tx.send(true);
+        }
     }
 }
+
+/// The bootstrap token test schedulers accept.
+pub const AGENT_BOOTSTRAP_TOKEN: &str = "test-bootstrap-token";
 
 /// Starts the API with a generous rate limit.
 pub async fn spawn_app() -> TestApp {
@@ -95,6 +102,7 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
         http: http.clone(),
         operator: Client { http, base, bearer: None },
         shutdown: Some(tx),
+        scheduler_stop: None,
     };
     app.operator = app.user_with_role("operator@platform.test", Some(PlatformRole::Operator)).await;
     app
@@ -109,6 +117,38 @@ fn rand_bytes() -> [u8; 32] {
 }
 
 impl TestApp {
+    /// Starts a scheduler on this app's database; returns its agent API's base URL.
+    /// It stops with the app (or earlier with `stop_scheduler`).
+    pub async fn start_scheduler(&mut self, etcd: pgplane_core::agent::EtcdAccess) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind agent API");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let config = pgplane_scheduler::config::SchedulerConfig { etcd, bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into() };
+        tokio::spawn(pgplane_scheduler::run::run(self.store.clone(), config, listener, rx));
+        self.scheduler_stop = Some(tx);
+        base
+    }
+
+    pub fn stop_scheduler(&mut self) {
+        if let Some(tx) = self.scheduler_stop.take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Polls an operation until it has finished; returns it.
+    pub async fn wait_operation(&self, client: &Client, op: &str, timeout: std::time::Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (status, body) = client.get(&format!("/v1/operations/{op}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if ["done", "error", "canceled"].contains(&body["status"].as_str().unwrap_or("")) {
+                return body;
+            }
+            assert!(std::time::Instant::now() < deadline, "operation {op} did not finish in {timeout:?}: {body}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
     }

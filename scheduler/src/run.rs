@@ -1,0 +1,66 @@
+//! Everything a scheduler process runs: the NOTIFY listener, the workflow worker, the lease
+//! reaper, the sweep that fails operations whose jobs died, and the agent API. Several
+//! schedulers may run against one database: the queue's leases keep them from double work.
+
+use pgplane_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::agent_api::{self, AgentApiState};
+use crate::config::SchedulerConfig;
+use crate::queue::{run_reaper, run_worker, Wakers, WorkerConfig};
+use crate::workflows::Workflows;
+
+/// Runs a scheduler until `shutdown` turns true.
+pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let wakers = Wakers::default();
+    let name = format!("scheduler-{}", std::process::id());
+    let worker = WorkerConfig::new(pgplane_store::databases::SCHEDULER_QUEUE, name);
+    let state = AgentApiState {
+        store: store.clone(),
+        wakers: wakers.clone(),
+        bootstrap_token: config.bootstrap_token.clone(),
+        backoff: worker.clone(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(wakers.clone().listen(store.clone(), shutdown.clone()));
+    tasks.spawn(run_reaper(store.clone(), Duration::from_secs(2), shutdown.clone()));
+    tasks.spawn(sweep_dead_operations(store.clone(), shutdown.clone()));
+    let handler = Arc::new(Workflows { store: store.clone(), config });
+    tasks.spawn(run_worker(store.clone(), worker, handler, wakers, shutdown.clone()));
+    let mut stop = shutdown.clone();
+    tasks.spawn(async move {
+        let app = agent_api::app(state);
+        let graceful = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(agent_listener, app).with_graceful_shutdown(graceful).await {
+            tracing::error!(error = %e, "agent API stopped");
+        }
+    });
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Operations whose jobs died end in `error` (a dead job never reports by itself).
+async fn sweep_dead_operations(store: Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = sweep_once(&store).await {
+            tracing::warn!(error = %e, "sweeping dead operations failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn sweep_once(store: &Store) -> pgplane_store::Result<()> {
+    let mut conn = store.pool().acquire().await.map_err(pgplane_store::db_error)?;
+    for (op, error) in pgplane_store::workflow::operations_with_dead_jobs_in(&mut conn).await? {
+        tracing::error!(operation = %op, %error, "operation failed: one of its jobs died");
+        pgplane_store::workflow::operation_finish_in(&mut conn, op, Some(&error)).await?;
+    }
+    Ok(())
+}

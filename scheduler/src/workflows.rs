@@ -1,0 +1,308 @@
+//! Operation workflows as explicit state machines. The API enqueues an `operation` job with
+//! no step; each step runs in one transaction with its job's completion, fans work out to
+//! agents as jobs on their queues, and the agent API starts the next step once all of a
+//! step's agent jobs are done.
+//!
+//! ```text
+//! create:      start ─place, secrets─▶ members ─▶ gateways ─▶ finish (available)
+//! change_plan: start ─resize─▶ members ─▶ finish (available)
+//! delete:      start ─▶ remove ─▶ finish (deleted; ports, capacity, secrets released)
+//! ```
+
+use pgplane_core::agent::{AgentTask, DatabaseSecrets, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
+use pgplane_core::model::{OperationKind, Plan};
+use pgplane_store::jobs::{job_complete_in, job_enqueue_in, Claimed, NewJob};
+use pgplane_store::workflow::*;
+use pgplane_store::{agents, Store};
+use rand::distributions::{Alphanumeric, DistString};
+use serde_json::json;
+use sqlx::PgConnection;
+
+use crate::config::SchedulerConfig;
+use crate::queue::{Done, Handler, JobError};
+use crate::tls;
+
+/// Runs `operation` jobs.
+pub struct Workflows {
+    pub store: Store,
+    pub config: SchedulerConfig,
+}
+
+fn retry(e: impl std::fmt::Display) -> JobError {
+    JobError::Retryable(e.to_string())
+}
+
+/// PostgreSQL settings for a plan's memory and connections.
+pub fn sizing(plan: &Plan) -> PgSizing {
+    let mem = plan.memory_mb.max(128);
+    PgSizing {
+        max_connections: plan.max_connections,
+        shared_buffers_mb: mem / 4,
+        effective_cache_size_mb: mem * 3 / 4,
+        work_mem_kb: ((mem * 1024 / 4) / plan.max_connections.max(1)).clamp(1024, 65536),
+        maintenance_work_mem_mb: (mem / 16).clamp(16, 2048),
+    }
+}
+
+/// An agent job of a step; `next` is the operation step that follows once all are done.
+fn agent_job(
+    agent: uuid::Uuid,
+    st: &OperationState,
+    step: &str,
+    next: &str,
+    task: &AgentTask,
+) -> Result<NewJob, JobError> {
+    let kind = match task {
+        AgentTask::EnsureMember { .. } => "ensure_member",
+        AgentTask::EnsureGateway { .. } => "ensure_gateway",
+        AgentTask::RemoveDatabase { .. } => "remove_database",
+    };
+    let mut job = NewJob::new(
+        format!("agent:{agent}"),
+        kind,
+        json!({ "step": step, "next": next, "task": serde_json::to_value(task).map_err(retry)? }),
+    );
+    job.database_id = Some(st.database_id);
+    job.operation_id = Some(st.operation.id);
+    job.generation = Some(st.generation);
+    job.max_attempts = 5;
+    Ok(job)
+}
+
+/// The next step of an operation, as a scheduler job.
+pub fn step_job(st_db: pgplane_core::ids::DatabaseId, op: pgplane_core::ids::OperationId, step: &str) -> NewJob {
+    let mut job = NewJob::new(
+        pgplane_store::databases::SCHEDULER_QUEUE,
+        pgplane_store::databases::OPERATION_JOB,
+        json!({ "step": step }),
+    );
+    job.database_id = Some(st_db);
+    job.operation_id = Some(op);
+    job
+}
+
+fn password() -> String {
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+}
+
+impl Handler for Workflows {
+    async fn run(&self, job: Claimed) -> Result<Done, JobError> {
+        let op = job.operation_id.ok_or_else(|| JobError::Fatal("operation job without an operation".into()))?;
+        let step = job.payload["step"].as_str().unwrap_or("start").to_string();
+        let mut tx = self.store.pool().begin().await.map_err(retry)?;
+        let st = operation_lock_in(&mut tx, &self.store, op).await.map_err(retry)?;
+        if !st.operation.status.is_finished() {
+            match (st.operation.kind, step.as_str()) {
+                (OperationKind::Create, "start") => self.place(&mut tx, &st).await?,
+                (OperationKind::Create, "gateways") => self.gateways(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "start") => self.resize(&mut tx, &st).await?,
+                (OperationKind::Create | OperationKind::ChangePlan, "finish") => {
+                    let gw = gateways_of_in(&mut tx, st.database_id).await.map_err(retry)?;
+                    let first = gw.first().ok_or_else(|| JobError::Fatal("database without a gateway".into()))?;
+                    database_available_in(&mut tx, st.database_id, &first.host, first.port).await.map_err(retry)?;
+                    operation_finish_in(&mut tx, op, None).await.map_err(retry)?;
+                }
+                (OperationKind::Delete, "start") => self.remove(&mut tx, &st).await?,
+                (OperationKind::Delete, "finish") => {
+                    database_deleted_in(&mut tx, st.database_id).await.map_err(retry)?;
+                    operation_finish_in(&mut tx, op, None).await.map_err(retry)?;
+                }
+                (kind, step) => return Err(JobError::Fatal(format!("no step {step:?} in the {kind} workflow"))),
+            }
+        }
+        if !job_complete_in(&mut tx, job.id, job.lease_id, &json!({ "step": step })).await.map_err(retry)? {
+            return Err(retry("lease lost before the step committed"));
+        }
+        tx.commit().await.map_err(retry)?;
+        Ok(Done::Committed)
+    }
+}
+
+impl Workflows {
+    /// Picks agents, ports and credentials, then asks each member's agent to run it.
+    async fn place(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let plan = &st.plan;
+        let candidates: Vec<_> = agents::agent_capacity_in(tx)
+            .await
+            .map_err(retry)?
+            .into_iter()
+            .filter(|a| a.free_memory_mb >= i64::from(plan.memory_mb) && a.free_disk_gb >= i64::from(plan.disk_gb))
+            .take(plan.data_nodes as usize)
+            .collect();
+        if candidates.len() < plan.data_nodes as usize {
+            return Err(retry(format!(
+                "waiting for capacity: plan {} needs {} agent(s) with {} MB and {} GB free; {} found",
+                plan.id,
+                plan.data_nodes,
+                plan.memory_mb,
+                plan.disk_gb,
+                candidates.len()
+            )));
+        }
+        let db = st.database_id;
+        let mut members = Vec::new();
+        for (i, a) in candidates.iter().enumerate() {
+            let range = (a.agent.port_min, a.agent.port_max);
+            let pg_port = agents::port_allocate_in(tx, &a.agent.host, range, db, "postgres").await.map_err(retry)?;
+            let patroni_port =
+                agents::port_allocate_in(tx, &a.agent.host, range, db, "patroni").await.map_err(retry)?;
+            let m = MemberRow {
+                database_id: db,
+                name: format!("m{i}"),
+                agent_id: a.agent.id,
+                host: a.agent.host.clone(),
+                pg_port: i32::from(pg_port),
+                patroni_port: i32::from(patroni_port),
+            };
+            member_insert_in(tx, &m, plan.memory_mb, plan.disk_gb).await.map_err(retry)?;
+            members.push(m);
+        }
+        // Gateways go on the members' agents; on one address they share the port (SO_REUSEPORT).
+        let mut gateway_port: Vec<(String, i32)> = Vec::new();
+        for i in 0..plan.gateways as usize {
+            let a = &candidates[i % candidates.len()].agent;
+            let port = match gateway_port.iter().find(|(h, _)| *h == a.host) {
+                Some((_, p)) => *p,
+                None => {
+                    let range = (a.port_min, a.port_max);
+                    let p =
+                        i32::from(agents::port_allocate_in(tx, &a.host, range, db, "gateway").await.map_err(retry)?);
+                    gateway_port.push((a.host.clone(), p));
+                    p
+                }
+            };
+            gateway_insert_in(
+                tx,
+                &GatewayRow { database_id: db, name: format!("g{i}"), agent_id: a.id, host: a.host.clone(), port },
+            )
+            .await
+            .map_err(retry)?;
+        }
+        let name: String = sqlx::query_scalar("SELECT name FROM databases WHERE id = $1")
+            .bind(db)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(retry)?;
+        let (ca_cert_pem, ca_key_pem) = tls::database_ca(db).map_err(retry)?;
+        let secrets = StoredSecrets {
+            secrets: DatabaseSecrets {
+                superuser_password: password(),
+                replication_password: password(),
+                restapi_password: password(),
+                app_user: name.clone(),
+                app_password: password(),
+                app_database: name,
+            },
+            ca_cert_pem,
+            ca_key_pem,
+        };
+        secrets_insert_in(tx, db, &secrets).await.map_err(retry)?;
+        self.ensure_members(tx, st, &secrets, &members, "gateways").await?;
+        operation_progress_in(tx, st.operation.id, 10, "starting PostgreSQL members").await.map_err(retry)
+    }
+
+    async fn ensure_members(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+        secrets: &StoredSecrets,
+        members: &[MemberRow],
+        next: &str,
+    ) -> Result<(), JobError> {
+        let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
+        for m in members {
+            // Clients reach the member through the gateway (TLS passes through), so the
+            // certificate names the gateways' hosts as well as the member's.
+            let mut names: Vec<String> = vec![m.host.clone(), "localhost".into()];
+            names.extend(gateways.iter().map(|g| g.host.clone()));
+            names.dedup();
+            let (cert_pem, key_pem) =
+                tls::member_certificate(&secrets.ca_cert_pem, &secrets.ca_key_pem, &names).map_err(retry)?;
+            let spec = MemberSpec {
+                database_id: st.database_id,
+                generation: st.generation,
+                scope: st.database_id.to_string(),
+                member: m.name.clone(),
+                version: st.version.clone(),
+                host: m.host.clone(),
+                pg_port: m.pg_port as u16,
+                patroni_port: m.patroni_port as u16,
+                etcd: self.config.etcd.clone(),
+                tls: TlsBundle { ca_pem: secrets.ca_cert_pem.clone(), cert_pem, key_pem },
+                secrets: secrets.secrets.clone(),
+                sizing: sizing(&st.plan),
+                force_tls: st.force_tls,
+            };
+            job_enqueue_in(tx, &agent_job(m.agent_id, st, "members", next, &AgentTask::EnsureMember { spec })?)
+                .await
+                .map_err(retry)?;
+        }
+        Ok(())
+    }
+
+    async fn gateways(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        let secrets =
+            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+        let backends: Vec<GatewayBackend> = members
+            .iter()
+            .map(|m| GatewayBackend {
+                member: m.name.clone(),
+                host: m.host.clone(),
+                pg_port: m.pg_port as u16,
+                patroni_port: m.patroni_port as u16,
+            })
+            .collect();
+        for g in gateways_of_in(tx, st.database_id).await.map_err(retry)? {
+            let spec = GatewaySpec {
+                database_id: st.database_id,
+                generation: st.generation,
+                name: g.name.clone(),
+                listen_host: g.host.clone(),
+                listen_port: g.port as u16,
+                backends: backends.clone(),
+                ca_pem: secrets.ca_cert_pem.clone(),
+            };
+            job_enqueue_in(tx, &agent_job(g.agent_id, st, "gateways", "finish", &AgentTask::EnsureGateway { spec })?)
+                .await
+                .map_err(retry)?;
+        }
+        operation_progress_in(tx, st.operation.id, 70, "starting gateways").await.map_err(retry)
+    }
+
+    /// A size change within a tier: every member gets the new sizing. Changes of tier
+    /// (Starter ↔ Business) are not carried out yet and end the operation in error.
+    async fn resize(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        if members.len() != st.plan.data_nodes as usize {
+            let msg = format!(
+                "moving between {} and {} member(s) is not supported yet; the database keeps running as it was",
+                members.len(),
+                st.plan.data_nodes
+            );
+            return operation_finish_in(tx, st.operation.id, Some(&msg)).await.map_err(retry);
+        }
+        let secrets =
+            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+        self.ensure_members(tx, st, &secrets, &members, "finish").await?;
+        operation_progress_in(tx, st.operation.id, 20, "applying the new plan's settings").await.map_err(retry)
+    }
+
+    /// Asks every agent that holds a part of the database to remove it.
+    async fn remove(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let mut agents: Vec<uuid::Uuid> =
+            members_of_in(tx, st.database_id).await.map_err(retry)?.iter().map(|m| m.agent_id).collect();
+        agents.extend(gateways_of_in(tx, st.database_id).await.map_err(retry)?.iter().map(|g| g.agent_id));
+        agents.sort();
+        agents.dedup();
+        if agents.is_empty() {
+            // Never placed: nothing runs anywhere.
+            job_enqueue_in(tx, &step_job(st.database_id, st.operation.id, "finish")).await.map_err(retry)?;
+        }
+        for agent in agents {
+            let task = AgentTask::RemoveDatabase { database_id: st.database_id, generation: st.generation };
+            job_enqueue_in(tx, &agent_job(agent, st, "remove", "finish", &task)?).await.map_err(retry)?;
+        }
+        operation_progress_in(tx, st.operation.id, 20, "removing processes and data").await.map_err(retry)
+    }
+}

@@ -1,0 +1,158 @@
+//! Node agents: registration with a per-agent credential, heartbeats, and the capacity
+//! view placement reads (free memory and disk per agent, ports per host address).
+
+use chrono::{DateTime, Utc};
+use pgplane_core::agent::AgentId;
+use pgplane_core::ids::DatabaseId;
+use rand::distributions::{Alphanumeric, DistString};
+use sha2::{Digest, Sha256};
+use sqlx::{FromRow, PgConnection};
+
+use crate::{db_error, Error, Result, Store};
+
+/// An agent is placeable while its heartbeats are younger than this.
+pub const LIVE_WITHIN_SECS: i32 = 30;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Agent {
+    pub id: AgentId,
+    pub name: String,
+    pub host: String,
+    pub memory_mb: i64,
+    pub disk_gb: i64,
+    pub port_min: i32,
+    pub port_max: i32,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// An agent with what is left of it.
+#[derive(Debug, Clone, FromRow)]
+pub struct AgentCapacity {
+    #[sqlx(flatten)]
+    pub agent: Agent,
+    pub free_memory_mb: i64,
+    pub free_disk_gb: i64,
+}
+
+/// What an agent says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct AgentRegistration<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub memory_mb: i64,
+    pub disk_gb: i64,
+    pub port_min: i32,
+    pub port_max: i32,
+}
+
+fn hash(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+const AGENT_COLUMNS: &str = "a.id, a.name, a.host, a.memory_mb, a.disk_gb, a.port_min, a.port_max, a.last_seen_at";
+
+impl Store {
+    /// Registers an agent (or re-registers one by name) and returns its new credential.
+    pub async fn agent_register(&self, r: &AgentRegistration<'_>) -> Result<(AgentId, String)> {
+        let credential = format!("pga_{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 40));
+        let id: AgentId = sqlx::query_scalar(
+            "INSERT INTO agents (id, name, host, credential_hash, memory_mb, disk_gb, port_min, port_max) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, credential_hash = EXCLUDED.credential_hash, \
+                memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, port_min = EXCLUDED.port_min, \
+                port_max = EXCLUDED.port_max, last_seen_at = now() \
+             RETURNING id",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(r.name)
+        .bind(r.host)
+        .bind(hash(&credential))
+        .bind(r.memory_mb)
+        .bind(r.disk_gb)
+        .bind(r.port_min)
+        .bind(r.port_max)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok((id, credential))
+    }
+
+    /// The agent holding this credential.
+    pub async fn agent_authenticate(&self, credential: &str) -> Result<Agent> {
+        let row: Option<Agent> =
+            sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents a WHERE a.credential_hash = $1"))
+                .bind(hash(credential))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        row.ok_or_else(|| Error::unauthorized("unknown agent credential; register again"))
+    }
+
+    pub async fn agent_heartbeat(&self, id: AgentId, observed: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE agents SET last_seen_at = now(), observed = $2 WHERE id = $1")
+            .bind(id)
+            .bind(observed)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub async fn agent_list(&self) -> Result<Vec<Agent>> {
+        sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents a ORDER BY a.name"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+}
+
+/// Live agents with their free capacity, most free memory first.
+pub async fn agent_capacity_in(conn: &mut PgConnection) -> Result<Vec<AgentCapacity>> {
+    sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS}, a.memory_mb - COALESCE(SUM(m.memory_mb), 0) AS free_memory_mb, \
+            a.disk_gb - COALESCE(SUM(m.disk_gb), 0) AS free_disk_gb \
+         FROM agents a LEFT JOIN database_members m ON m.agent_id = a.id \
+         WHERE a.last_seen_at > now() - make_interval(secs => $1) \
+         GROUP BY a.id ORDER BY free_memory_mb DESC, a.name"
+    ))
+    .bind(f64::from(LIVE_WITHIN_SECS))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)
+}
+
+/// Takes the lowest free port of `[min, max]` on `host` for a database.
+pub async fn port_allocate_in(
+    conn: &mut PgConnection,
+    host: &str,
+    (min, max): (i32, i32),
+    database: DatabaseId,
+    purpose: &str,
+) -> Result<u16> {
+    // Serializes allocations on one host so two transactions cannot pick the same port.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pgplane-ports:' || $1))")
+        .bind(host)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    let port: Option<i32> = sqlx::query_scalar(
+        "SELECT p FROM generate_series($2::int, $3::int) p \
+         WHERE NOT EXISTS (SELECT 1 FROM port_allocations WHERE host = $1 AND port = p) ORDER BY p LIMIT 1",
+    )
+    .bind(host)
+    .bind(min)
+    .bind(max)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let port = port.ok_or_else(|| Error::conflict("no_free_port", format!("no free port left on {host}")))?;
+    sqlx::query("INSERT INTO port_allocations (host, port, database_id, purpose) VALUES ($1, $2, $3, $4)")
+        .bind(host)
+        .bind(port)
+        .bind(database)
+        .bind(purpose)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    u16::try_from(port).map_err(Error::internal)
+}

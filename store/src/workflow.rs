@@ -1,0 +1,243 @@
+//! The SQL of the scheduler's workflows. Each workflow step runs in one transaction that
+//! also completes the step's job, so a step's effects happen exactly once.
+
+use pgplane_core::agent::{AgentId, DatabaseSecrets};
+use pgplane_core::ids::{DatabaseId, OperationId};
+use pgplane_core::model::{Operation, OperationKind, OperationStatus, Plan};
+use sqlx::{FromRow, PgConnection};
+
+use crate::{db_error, Error, Result, Store};
+
+/// An operation with the state of its database, locked for the step.
+#[derive(Debug, Clone)]
+pub struct OperationState {
+    pub operation: Operation,
+    pub database_id: DatabaseId,
+    pub generation: i64,
+    pub version: String,
+    pub plan: Plan,
+    pub force_tls: bool,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct MemberRow {
+    pub database_id: DatabaseId,
+    pub name: String,
+    pub agent_id: AgentId,
+    pub host: String,
+    pub pg_port: i32,
+    pub patroni_port: i32,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct GatewayRow {
+    pub database_id: DatabaseId,
+    pub name: String,
+    pub agent_id: AgentId,
+    pub host: String,
+    pub port: i32,
+}
+
+/// The database's generated credentials and CA.
+#[derive(Debug, Clone)]
+pub struct StoredSecrets {
+    pub secrets: DatabaseSecrets,
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+}
+
+/// Locks an operation and its database for a workflow step.
+pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: OperationId) -> Result<OperationState> {
+    let row: Option<(DatabaseId, i64, String, String, bool)> = sqlx::query_as(
+        "SELECT d.id, d.generation, d.version, d.plan_id, d.force_tls FROM operations o \
+         JOIN databases d ON d.id = o.database_id WHERE o.id = $1 FOR UPDATE OF o, d",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let (database_id, generation, version, plan_id, force_tls) = row.ok_or(Error::not_found("operation"))?;
+    let operation = store.operation_by_id_in(conn, id).await?;
+    let plan = store.plan_get(&plan_id).await?;
+    Ok(OperationState { operation, database_id, generation, version, plan, force_tls })
+}
+
+/// Moves an operation along: running, with progress and the current step.
+pub async fn operation_progress_in(conn: &mut PgConnection, id: OperationId, progress: i32, step: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE operations SET status = 'running', started_at = COALESCE(started_at, now()), progress = $2, step = $3 \
+         WHERE id = $1 AND status IN ('pending', 'running')",
+    )
+    .bind(id)
+    .bind(progress)
+    .bind(step)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Ends an operation: `done`, or `error` with the reason (the database then shows `error`).
+pub async fn operation_finish_in(conn: &mut PgConnection, id: OperationId, error: Option<&str>) -> Result<()> {
+    let status = if error.is_some() { OperationStatus::Error } else { OperationStatus::Done };
+    let db: Option<(DatabaseId, String)> = sqlx::query_as(
+        "UPDATE operations SET status = $2, error = $3, progress = CASE WHEN $3::text IS NULL THEN 100 ELSE progress END, \
+            step = NULL, started_at = COALESCE(started_at, now()), finished_at = now() \
+         WHERE id = $1 AND status IN ('pending', 'running') RETURNING database_id, kind",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(error)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    if let (Some((db, kind)), Some(_)) = (db, error) {
+        // A failed deletion stays `deleting` so that it can be asked again.
+        if kind != OperationKind::Delete.as_str() {
+            sqlx::query("UPDATE databases SET status = 'error', updated_at = now() WHERE id = $1")
+                .bind(db)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn member_insert_in(conn: &mut PgConnection, m: &MemberRow, memory_mb: i32, disk_gb: i32) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO database_members (database_id, name, agent_id, host, pg_port, patroni_port, memory_mb, disk_gb) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(m.database_id)
+    .bind(&m.name)
+    .bind(m.agent_id)
+    .bind(&m.host)
+    .bind(m.pg_port)
+    .bind(m.patroni_port)
+    .bind(memory_mb)
+    .bind(disk_gb)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+pub async fn gateway_insert_in(conn: &mut PgConnection, g: &GatewayRow) -> Result<()> {
+    sqlx::query("INSERT INTO database_gateways (database_id, name, agent_id, host, port) VALUES ($1, $2, $3, $4, $5)")
+        .bind(g.database_id)
+        .bind(&g.name)
+        .bind(g.agent_id)
+        .bind(&g.host)
+        .bind(g.port)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+pub async fn members_of_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Vec<MemberRow>> {
+    sqlx::query_as(
+        "SELECT database_id, name, agent_id, host, pg_port, patroni_port FROM database_members \
+         WHERE database_id = $1 ORDER BY name",
+    )
+    .bind(db)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)
+}
+
+pub async fn gateways_of_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Vec<GatewayRow>> {
+    sqlx::query_as(
+        "SELECT database_id, name, agent_id, host, port FROM database_gateways WHERE database_id = $1 ORDER BY name",
+    )
+    .bind(db)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)
+}
+
+pub async fn secrets_insert_in(conn: &mut PgConnection, db: DatabaseId, s: &StoredSecrets) -> Result<()> {
+    sqlx::query("INSERT INTO database_secrets (database_id, secrets, ca_cert_pem, ca_key_pem) VALUES ($1, $2, $3, $4)")
+        .bind(db)
+        .bind(serde_json::to_value(&s.secrets).map_err(Error::internal)?)
+        .bind(&s.ca_cert_pem)
+        .bind(&s.ca_key_pem)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+pub async fn secrets_get_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Option<StoredSecrets>> {
+    let row: Option<(serde_json::Value, String, String)> =
+        sqlx::query_as("SELECT secrets, ca_cert_pem, ca_key_pem FROM database_secrets WHERE database_id = $1")
+            .bind(db)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
+    row.map(|(s, ca_cert_pem, ca_key_pem)| {
+        Ok(StoredSecrets { secrets: serde_json::from_value(s).map_err(Error::internal)?, ca_cert_pem, ca_key_pem })
+    })
+    .transpose()
+}
+
+/// The database is up: its endpoint and status `available`.
+pub async fn database_available_in(conn: &mut PgConnection, db: DatabaseId, host: &str, port: i32) -> Result<()> {
+    sqlx::query(
+        "UPDATE databases SET status = 'available', endpoint_host = $2, endpoint_port = $3, updated_at = now() \
+         WHERE id = $1 AND status IN ('creating', 'changing_plan', 'error')",
+    )
+    .bind(db)
+    .bind(host)
+    .bind(port)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// The database is gone: placement, ports and secrets released, status `deleted`.
+pub async fn database_deleted_in(conn: &mut PgConnection, db: DatabaseId) -> Result<()> {
+    for table in ["port_allocations", "database_gateways", "database_members", "database_secrets"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE database_id = $1"))
+            .bind(db)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+    }
+    sqlx::query(
+        "UPDATE databases SET status = 'deleted', deleted_at = now(), endpoint_host = NULL, endpoint_port = NULL, \
+            updated_at = now() WHERE id = $1",
+    )
+    .bind(db)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Agent jobs of an operation's step that have not finished.
+pub async fn step_jobs_left_in(conn: &mut PgConnection, op: OperationId, step: &str) -> Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE operation_id = $1 AND queue LIKE 'agent:%' AND payload->>'step' = $2 \
+         AND status <> 'done'",
+    )
+    .bind(op)
+    .bind(step)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error)
+}
+
+/// Operations still running whose jobs died: they end in `error` with the job's last error.
+pub async fn operations_with_dead_jobs_in(conn: &mut PgConnection) -> Result<Vec<(OperationId, String)>> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (o.id) o.id, COALESCE(j.last_error, 'a job of this operation died') FROM operations o \
+         JOIN jobs j ON j.operation_id = o.id WHERE o.status IN ('pending', 'running') AND j.status = 'dead' \
+         ORDER BY o.id, j.updated_at DESC",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)
+}

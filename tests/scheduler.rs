@@ -1,0 +1,176 @@
+//! Workflows through the scheduler and its agent API, with fake agents that speak the real
+//! protocol over HTTP (fast; the real agent has its own end-to-end test).
+
+use pgplane_core::agent::{AgentJob, AgentTask, EtcdAccess};
+use pgplane_tests::{spawn_app, Client, AGENT_BOOTSTRAP_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn etcd() -> EtcdAccess {
+    EtcdAccess {
+        endpoints: vec!["127.0.0.1:2379".into()],
+        protocol: "http".into(),
+        ca_pem: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// How a fake agent answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Succeed,
+    FailFatally,
+}
+
+/// A fake agent: registers, long-polls, records every task and answers per `behaviour`.
+struct FakeAgent {
+    tasks: Arc<Mutex<Vec<AgentTask>>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+async fn fake_agent(agent_api: &str, name: &str, behaviour: Behaviour) -> FakeAgent {
+    let http = reqwest::Client::new();
+    let reg: Value = http
+        .post(format!("{agent_api}/agent/v1/register"))
+        .json(&json!({
+            "bootstrap_token": AGENT_BOOTSTRAP_TOKEN, "name": name, "host": "127.0.0.1",
+            "memory_mb": 8192, "disk_gb": 500, "port_min": 20000, "port_max": 20100
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let credential = reg["credential"].as_str().expect("credential").to_string();
+    let tasks = Arc::new(Mutex::new(Vec::new()));
+    let seen = tasks.clone();
+    let base = agent_api.to_string();
+    let handle = tokio::spawn(async move {
+        loop {
+            let res =
+                http.get(format!("{base}/agent/v1/jobs?wait_secs=5")).bearer_auth(&credential).send().await.unwrap();
+            if res.status() == StatusCode::NO_CONTENT {
+                continue;
+            }
+            let job: AgentJob = res.json().await.unwrap();
+            seen.lock().unwrap().push(job.task.clone());
+            let report = match behaviour {
+                Behaviour::Succeed => json!({ "lease_id": job.lease_id, "outcome": "succeeded", "result": {} }),
+                Behaviour::FailFatally => {
+                    json!({ "lease_id": job.lease_id, "outcome": "failed", "error": "disk on fire", "retryable": false })
+                }
+            };
+            let res = http
+                .post(format!("{base}/agent/v1/jobs/{}/report", job.job_id))
+                .bearer_auth(&credential)
+                .json(&report)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        }
+    });
+    FakeAgent { tasks, handle }
+}
+
+async fn order(client: &Client, app: &str, name: &str, plan: &str) -> Value {
+    let (s, op) = client.post(&format!("/v1/apps/{app}/databases"), &json!({ "name": name, "plan": plan })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    op
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_then_delete_a_starter_database() {
+    let mut app = spawn_app().await;
+    let agent_api = app.start_scheduler(etcd()).await;
+    let agent = fake_agent(&agent_api, "host-a", Behaviour::Succeed).await;
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+
+    let op = order(&owner, &app_id, "main", "starter-1").await;
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["progress"], 100);
+    let db_id = op["database_id"].as_str().unwrap();
+    let (_, db) = owner.get(&format!("/v1/databases/{db_id}")).await;
+    assert_eq!(db["status"], "available", "{db}");
+    assert_eq!(db["endpoint"]["host"], "127.0.0.1");
+    let port = db["endpoint"]["port"].as_i64().unwrap();
+    assert!((20000..=20100).contains(&port));
+
+    let tasks = agent.tasks.lock().unwrap().clone();
+    assert_eq!(tasks.len(), 2, "{tasks:?}");
+    let AgentTask::EnsureMember { spec } = &tasks[0] else { panic!("first a member: {tasks:?}") };
+    assert_eq!(spec.database_id.to_string(), db_id);
+    assert_eq!(spec.sizing.max_connections, 100);
+    assert_eq!(spec.sizing.shared_buffers_mb, 256);
+    assert!(spec.tls.cert_pem.contains("BEGIN CERTIFICATE") && spec.tls.key_pem.contains("PRIVATE KEY"));
+    assert_eq!(spec.secrets.app_database, "main");
+    let AgentTask::EnsureGateway { spec: gw } = &tasks[1] else { panic!("then a gateway: {tasks:?}") };
+    assert_eq!(i64::from(gw.listen_port), port);
+    assert_eq!(gw.backends.len(), 1);
+
+    let (s, del) = owner.delete(&format!("/v1/databases/{db_id}")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let done = app.wait_operation(&owner, del["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(matches!(agent.tasks.lock().unwrap().last(), Some(AgentTask::RemoveDatabase { .. })));
+    let (s, _) = owner.get(&format!("/v1/databases/{db_id}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM port_allocations").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(held, 0, "ports released");
+    let members: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM database_members").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(members, 0, "capacity released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_members_go_on_distinct_agents_and_wait_for_capacity() {
+    let mut app = spawn_app().await;
+    let agent_api = app.start_scheduler(etcd()).await;
+    let first = fake_agent(&agent_api, "host-a", Behaviour::Succeed).await;
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+    let op = order(&owner, &app_id, "ha", "business-2").await;
+    // One agent cannot hold both members: the operation waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, waiting) = owner.get(&format!("/v1/operations/{}", op["id"].as_str().unwrap())).await;
+    assert_eq!(waiting["status"], "pending", "{waiting}");
+    assert!(first.tasks.lock().unwrap().is_empty());
+
+    let second = fake_agent(&agent_api, "host-b", Behaviour::Succeed).await;
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    for agent in [&first, &second] {
+        let tasks = agent.tasks.lock().unwrap();
+        let members = tasks.iter().filter(|t| matches!(t, AgentTask::EnsureMember { .. })).count();
+        let gateways = tasks.iter().filter(|t| matches!(t, AgentTask::EnsureGateway { .. })).count();
+        assert_eq!((members, gateways), (1, 1), "each agent runs one member and one gateway: {tasks:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_agent_failure_ends_the_operation_in_error() {
+    let mut app = spawn_app().await;
+    let agent_api = app.start_scheduler(etcd()).await;
+    let _agent = fake_agent(&agent_api, "host-a", Behaviour::FailFatally).await;
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+    let op = order(&owner, &app_id, "main", "sandbox").await;
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "error", "{done}");
+    assert_eq!(done["error"], "disk on fire");
+    let (_, db) = owner.get(&format!("/v1/databases/{}", op["database_id"].as_str().unwrap())).await;
+    assert_eq!(db["status"], "error");
+}
