@@ -58,6 +58,8 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("DELETE /v1/databases/{database_id}", NotFound, None),
         ("POST /v1/databases/{database_id}/change-plan", NotFound, Some(json!({ "plan": "business-1" }))),
         ("GET /v1/databases/{database_id}/settings", NotFound, None),
+        ("GET /v1/databases/{database_id}/connection", NotFound, None),
+        ("GET /v1/databases/{database_id}/ca.pem", NotFound, None),
         ("PATCH /v1/databases/{database_id}/settings", NotFound, Some(json!({ "force_tls": true }))),
         ("GET /v1/databases/{database_id}/operations", NotFound, None),
         ("GET /v1/operations/{operation_id}", NotFound, None),

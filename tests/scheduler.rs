@@ -108,6 +108,17 @@ async fn provision_then_delete_a_starter_database() {
     let port = db["endpoint"]["port"].as_i64().unwrap();
     assert!((20000..=20100).contains(&port));
 
+    let (s, conn) = owner.get(&format!("/v1/databases/{db_id}/connection")).await;
+    assert_eq!(s, StatusCode::OK, "{conn}");
+    let url = conn["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("postgres://main:") && url.ends_with(&format!("@127.0.0.1:{port}/main?sslmode=prefer")),
+        "{url}"
+    );
+    let ca = owner.send(owner.request(reqwest::Method::GET, &format!("/v1/databases/{db_id}/ca.pem"))).await;
+    assert_eq!(ca.headers["content-type"], "application/x-pem-file");
+    assert_eq!(ca.body.as_str().unwrap(), conn["ca_pem"].as_str().unwrap());
+
     let tasks = agent.tasks.lock().unwrap().clone();
     assert_eq!(tasks.len(), 2, "{tasks:?}");
     let AgentTask::EnsureMember { spec } = &tasks[0] else { panic!("first a member: {tasks:?}") };
@@ -116,6 +127,7 @@ async fn provision_then_delete_a_starter_database() {
     assert_eq!(spec.sizing.shared_buffers_mb, 256);
     assert!(spec.tls.cert_pem.contains("BEGIN CERTIFICATE") && spec.tls.key_pem.contains("PRIVATE KEY"));
     assert_eq!(spec.secrets.app_database, "main");
+    assert_eq!(spec.secrets.app_password, conn["password"].as_str().unwrap());
     let AgentTask::EnsureGateway { spec: gw } = &tasks[1] else { panic!("then a gateway: {tasks:?}") };
     assert_eq!(i64::from(gw.listen_port), port);
     assert_eq!(gw.backends.len(), 1);

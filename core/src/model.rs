@@ -363,6 +363,22 @@ pub struct Database {
 }
 page_of!(DatabasePage, Database);
 
+/// How to connect to a database, once provisioned. The URL embeds the tenant user's password.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionInfo {
+    /// `postgres://user:password@host:port/database?sslmode=…`
+    pub url: String,
+    pub host: String,
+    pub port: i32,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    /// `require` when force TLS is on, else `prefer`; use `verify-ca` with `ca_pem` to check the server.
+    pub sslmode: String,
+    /// The database's CA certificate (also at `/v1/databases/{id}/ca.pem`).
+    pub ca_pem: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDatabase {

@@ -440,3 +440,39 @@ impl Store {
         Ok((rows.into_iter().map(OperationRow::into_operation).collect::<Result<_>>()?, next))
     }
 }
+
+/// What the API needs to show a connection: endpoint, the tenant user's credentials, the CA.
+pub struct ConnectionParts {
+    pub host: String,
+    pub port: i32,
+    pub force_tls: bool,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub ca_pem: String,
+}
+
+impl Store {
+    /// Connection details of a provisioned database (None before it is placed).
+    pub async fn database_connection(&self, id: DatabaseId) -> Result<Option<ConnectionParts>> {
+        let row: Option<(Option<String>, Option<i32>, bool, serde_json::Value, String)> = sqlx::query_as(
+            "SELECT d.endpoint_host, d.endpoint_port, d.force_tls, s.secrets, s.ca_cert_pem \
+             FROM databases d JOIN database_secrets s ON s.database_id = d.id WHERE d.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let Some((Some(host), Some(port), force_tls, secrets, ca_pem)) = row else { return Ok(None) };
+        let s: pgplane_core::agent::DatabaseSecrets = serde_json::from_value(secrets).map_err(Error::internal)?;
+        Ok(Some(ConnectionParts {
+            host,
+            port,
+            force_tls,
+            user: s.app_user,
+            password: s.app_password,
+            database: s.app_database,
+            ca_pem,
+        }))
+    }
+}

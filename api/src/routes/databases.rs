@@ -6,8 +6,8 @@ use axum::response::Response;
 use pgplane_core::error::Validator;
 use pgplane_core::ids::{AppId, DatabaseId, OperationId};
 use pgplane_core::model::{
-    ChangePlan, CreateDatabase, Database, DatabasePage, DatabaseSettings, Operation, OperationPage, TenantRole,
-    UpdateDatabaseSettings,
+    ChangePlan, ConnectionInfo, CreateDatabase, Database, DatabasePage, DatabaseSettings, Operation, OperationPage,
+    TenantRole, UpdateDatabaseSettings,
 };
 use pgplane_core::page::PageParams;
 use pgplane_core::{validate, Error, FieldError};
@@ -27,6 +27,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(database_get, database_delete))
         .routes(routes!(database_change_plan))
         .routes(routes!(settings_get, settings_update))
+        .routes(routes!(connection_get))
+        .routes(routes!(ca_get))
         .routes(routes!(operation_list))
         .routes(routes!(operation_get))
 }
@@ -159,6 +161,17 @@ async fn database_change_plan(
     let db = state.store.database_get(&actor, id).await?;
     require_role(db.role, TenantRole::Member)?;
     let plan = state.store.plan_for_tenant(db.item.tenant_id, &input.plan, "plan").await?;
+    let current = state.store.plan_get(&db.item.plan).await?;
+    if current.data_nodes != plan.data_nodes {
+        return Err(Error::conflict(
+            "plan_migration_unavailable",
+            format!(
+                "moving from {} to {} member(s) ({} → {}) is not available yet; sizes within a tier are",
+                current.data_nodes, plan.data_nodes, current.tier, plan.tier
+            ),
+        )
+        .into());
+    }
     Ok(accepted(state.store.database_change_plan(&actor, id, &plan).await?))
 }
 
@@ -194,6 +207,50 @@ async fn settings_update(
     let merged = merge_settings(&db.item.settings, &patch, "", &mut v);
     v.finish()?;
     Ok(Json(state.store.database_update_settings(id, &merged).await?.settings))
+}
+
+fn not_provisioned() -> Error {
+    Error::conflict("not_provisioned", "the database has no endpoint yet; wait for its create operation")
+}
+
+/// How to connect: URL with the tenant user's password, host, port, TLS mode, CA (members).
+#[utoipa::path(
+    get, path = "/v1/databases/{database_id}/connection", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), responses((status = 200, body = ConnectionInfo), Errors)
+)]
+async fn connection_get(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+) -> ApiResult<Json<ConnectionInfo>> {
+    // Read-only members see everything but credentials.
+    require_role(state.store.database_get(&actor, id).await?.role, TenantRole::Member)?;
+    let c = state.store.database_connection(id).await?.ok_or_else(not_provisioned)?;
+    let sslmode = if c.force_tls { "require" } else { "prefer" };
+    let url = format!("postgres://{}:{}@{}:{}/{}?sslmode={sslmode}", c.user, c.password, c.host, c.port, c.database);
+    Ok(Json(ConnectionInfo {
+        url,
+        host: c.host,
+        port: c.port,
+        user: c.user,
+        password: c.password,
+        database: c.database,
+        sslmode: sslmode.into(),
+        ca_pem: c.ca_pem,
+    }))
+}
+
+/// The database's CA certificate (PEM), for `sslmode=verify-ca`.
+#[utoipa::path(
+    get, path = "/v1/databases/{database_id}/ca.pem", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)),
+    responses((status = 200, body = String, content_type = "application/x-pem-file"), Errors)
+)]
+async fn ca_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<DatabaseId>) -> ApiResult<Response> {
+    use axum::response::IntoResponse;
+    state.store.database_get(&actor, id).await?;
+    let c = state.store.database_connection(id).await?.ok_or_else(not_provisioned)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], c.ca_pem).into_response())
 }
 
 /// Lists a database's operations, newest first.
