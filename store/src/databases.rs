@@ -455,7 +455,8 @@ pub struct ConnectionParts {
 impl Store {
     /// Connection details of a provisioned database (None before it is placed).
     pub async fn database_connection(&self, id: DatabaseId) -> Result<Option<ConnectionParts>> {
-        let row: Option<(Option<String>, Option<i32>, bool, serde_json::Value, String)> = sqlx::query_as(
+        type Row = (Option<String>, Option<i32>, bool, serde_json::Value, String);
+        let row: Option<Row> = sqlx::query_as(
             "SELECT d.endpoint_host, d.endpoint_port, d.force_tls, s.secrets, s.ca_cert_pem \
              FROM databases d JOIN database_secrets s ON s.database_id = d.id WHERE d.id = $1",
         )
