@@ -34,9 +34,9 @@ enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// Prints the OpenAPI document.
     Openapi,
-    /// The scheduler (workflows, timers, agent API). It arrives with the job queue.
-    Scheduler,
-    /// The node agent. It arrives with the job queue.
+    /// Runs the scheduler: workflows, lease reaping and the agent API.
+    Scheduler(SchedulerArgs),
+    /// The node agent. Not part of this build yet.
     Agent,
 }
 
@@ -82,6 +82,47 @@ struct ApiArgs {
     jwt_secret_file: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Address the agent API listens on.
+    #[arg(long, env = "PGPLANE_AGENT_LISTEN", default_value = "127.0.0.1:8081")]
+    agent_listen: SocketAddr,
+    /// Shared secret agents present to register.
+    #[arg(long, env = "PGPLANE_AGENT_BOOTSTRAP_TOKEN", value_parser = secret, hide_env_values = true)]
+    agent_bootstrap_token: SecretString,
+    /// The platform's etcd endpoints (host:port, comma-separated), as Patroni reaches them.
+    #[arg(long, env = "PGPLANE_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+}
+
+async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
+    let store = Store::connect(args.db.database_url.expose_secret(), 8).await?;
+    store.migrate().await?;
+    let config = pgplane_scheduler::config::SchedulerConfig {
+        etcd: pgplane_core::agent::EtcdAccess {
+            endpoints: args.etcd_endpoints,
+            protocol: "http".into(),
+            ca_pem: None,
+            username: None,
+            password: None,
+        },
+        bootstrap_token: args.agent_bootstrap_token.expose_secret().to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.agent_listen)
+        .await
+        .with_context(|| format!("listening on {} (choose another with --agent-listen)", args.agent_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "agent API listening");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    pgplane_scheduler::run::run(store, config, listener, rx).await;
+    Ok(())
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -110,8 +151,9 @@ async fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&pgplane_api::openapi())?);
             Ok(())
         }
-        Command::Scheduler | Command::Agent => {
-            eprintln!("pgplane: the scheduler and the agent are not part of this build yet; `pgplane up` runs the API");
+        Command::Scheduler(args) => run_scheduler(args).await,
+        Command::Agent => {
+            eprintln!("pgplane: the node agent is not part of this build yet");
             std::process::exit(2);
         }
     }

@@ -23,6 +23,9 @@ pub struct UpArgs {
     /// Folder with PostgreSQL's initdb and postgres (found automatically otherwise).
     #[arg(long, env = "PGPLANE_PG_BINDIR")]
     pg_bindir: Option<PathBuf>,
+    /// Address the scheduler's agent API listens on.
+    #[arg(long, env = "PGPLANE_AGENT_LISTEN", default_value = "127.0.0.1:8081")]
+    agent_listen: std::net::SocketAddr,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -72,6 +75,25 @@ pub async fn run(args: UpArgs) -> Result<()> {
         write_private(&token_file, &token)?;
     }
 
+    // The scheduler runs beside the API, with its agent API on its own listener.
+    let bootstrap_token = state_secret(&state_dir.join("agent-bootstrap-token"), random_secret)?;
+    let agent_listener = tokio::net::TcpListener::bind(args.agent_listen)
+        .await
+        .with_context(|| format!("listening on {} (choose another with --agent-listen)", args.agent_listen))?;
+    let agent_addr = agent_listener.local_addr()?;
+    let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
+    let scheduler_config = pgplane_scheduler::config::SchedulerConfig {
+        etcd: pgplane_core::agent::EtcdAccess {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            protocol: "http".into(),
+            ca_pem: None,
+            username: None,
+            password: None,
+        },
+        bootstrap_token,
+    };
+    let scheduler = tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped));
+
     let jwt = crate::jwt_keys(jwt_secret.as_bytes())?;
     let result = crate::serve(store, jwt, &args.serve, |addr| {
         let pg_line = match &local_pg {
@@ -80,15 +102,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         };
         println!(
             "\npgplane is up.\n  API:            http://{addr}  (OpenAPI: http://{addr}/v1/openapi.json)\n  \
+             Agent API:      http://{agent_addr}  (bootstrap token in {state}/agent-bootstrap-token)\n  \
              Control plane:  {pg_line}\n  Operator token: {token}  (an API token of the platform operator)\n\n\
              Get an access token (valid one hour) and call the API:\n  \
              TOKEN=$(curl -s -X POST http://{addr}/v1/auth/token -H 'content-type: application/json' \\\n      \
              -d \"{{\\\"api_token\\\":\\\"$(cat {token})\\\"}}\" | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n  \
              curl -s http://{addr}/v1/me -H \"authorization: Bearer $TOKEN\"\n\nCtrl-C stops everything.",
-            token = token_file.display()
+            token = token_file.display(),
+            state = state_dir.display()
         );
     })
     .await;
+    let _ = stop_scheduler.send(true);
+    let _ = scheduler.await;
     drop(local_pg);
     result
 }

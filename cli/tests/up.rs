@@ -23,6 +23,7 @@ fn start(state: &Path, port: u16) -> Up {
         .args(["up", "--state-dir"])
         .arg(state)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--agent-listen", &format!("127.0.0.1:{}", free_port())])
         .env_remove("PGPLANE_DATABASE_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
