@@ -4,6 +4,7 @@ mod auth;
 mod databases;
 mod isolation;
 mod limits;
+mod node;
 mod openapi;
 mod queue;
 mod scheduler;

@@ -1,1 +1,14 @@
-//! placeholder
+//! The node agent: drives the real processes of the databases placed on this host (PostgreSQL
+//! through Patroni, HAProxy gateways) and, for `pgplane up` and tests, a local etcd.
+//! `Node` is the entry point; the other modules render configurations and run one program each.
+
+pub mod etcd;
+mod fence;
+mod files;
+pub mod haproxy;
+pub mod node;
+pub mod patroni;
+mod tenant;
+
+pub use etcd::LocalEtcd;
+pub use node::{MemberStatus, Node, NodeError};

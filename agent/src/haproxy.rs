@@ -1,0 +1,140 @@
+//! HAProxy gateways: the configuration rendered from a `GatewaySpec` (TCP passthrough to the
+//! member whose Patroni answers `OPTIONS /primary` with 200, checked over TLS against the
+//! database CA), and running HAProxy in the foreground as the server's OS user.
+
+use crate::files::{find_program, host_port, open_log, tail};
+use anyhow::{bail, Context, Result};
+use pgplane_core::agent::GatewaySpec;
+use pgplane_localpg::{RunAs, Supervised};
+use std::fmt::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where a gateway keeps its files.
+#[derive(Debug, Clone)]
+pub struct GatewayPaths {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ca: PathBuf,
+    pub log: PathBuf,
+}
+
+impl GatewayPaths {
+    pub fn new(dir: PathBuf) -> Self {
+        GatewayPaths { config: dir.join("haproxy.cfg"), ca: dir.join("ca.pem"), log: dir.join("haproxy.log"), dir }
+    }
+}
+
+/// HAProxy's whole configuration for `spec`. Client and server timeouts are long because
+/// database sessions idle for long; TCP keepalives notice dead peers meanwhile. Certificates
+/// are verified against the CA without `verifyhost` (it needs a DNS SAN; members have IP SANs).
+pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
+    let mut cfg = String::new();
+    let _ = write!(
+        cfg,
+        "# pgplane gateway {name} of database {db}, generation {generation}\n\
+         global\n\
+         \x20   maxconn 4000\n\
+         \x20   log stderr format raw local0 notice\n\
+         \x20   hard-stop-after 30s\n\
+         \n\
+         defaults\n\
+         \x20   mode tcp\n\
+         \x20   log global\n\
+         \x20   option dontlognull\n\
+         \x20   option clitcpka\n\
+         \x20   option srvtcpka\n\
+         \x20   timeout connect 5s\n\
+         \x20   timeout client 24h\n\
+         \x20   timeout server 24h\n\
+         \x20   timeout client-fin 30s\n\
+         \x20   timeout server-fin 30s\n\
+         \x20   timeout check 2s\n\
+         \n\
+         listen postgres\n\
+         \x20   bind {bind}\n\
+         \x20   option httpchk OPTIONS /primary\n\
+         \x20   http-check expect status 200\n\
+         \x20   default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n",
+        name = spec.name,
+        db = spec.database_id,
+        generation = spec.generation,
+        bind = host_port(&spec.listen_host, spec.listen_port),
+    );
+    for b in &spec.backends {
+        let _ = writeln!(
+            cfg,
+            "    server {name} {addr} check port {check} check-ssl verify required ca-file \"{ca}\"",
+            name = b.member,
+            addr = host_port(&b.host, b.pg_port),
+            check = b.patroni_port,
+            ca = paths.ca.display(),
+        );
+    }
+    cfg
+}
+
+fn haproxy() -> Result<PathBuf> {
+    find_program("haproxy", "PGPLANE_HAPROXY")
+}
+
+/// `haproxy -c`: refuses a configuration HAProxy would not load, with its own message.
+pub fn check_config(config: &Path, runas: &RunAs) -> Result<()> {
+    let mut cmd = Command::new(haproxy()?);
+    cmd.args(["-c", "-q", "-f"]).arg(config).stdin(Stdio::null());
+    runas.apply(&mut cmd);
+    let out = cmd.output().context("running haproxy -c")?;
+    if !out.status.success() {
+        bail!(
+            "haproxy refuses {} ({}): {}{}",
+            config.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Starts HAProxy in the foreground (`-db`) as `runas`; SIGTERM stops it at once.
+pub fn start(paths: &GatewayPaths, runas: &RunAs) -> Result<Supervised> {
+    check_config(&paths.config, runas)?;
+    let log = open_log(&paths.log, Some(runas))?;
+    let mut cmd = Command::new(haproxy()?);
+    cmd.args(["-db", "-f"])
+        .arg(&paths.config)
+        .current_dir(&paths.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    runas.apply(&mut cmd);
+    Supervised::spawn(cmd, libc::SIGTERM).context("starting haproxy")
+}
+
+/// Waits until the gateway accepts TCP connections, failing early if HAProxy exits.
+pub async fn wait_listening(
+    spec: &GatewaySpec,
+    paths: &GatewayPaths,
+    proc: &Supervised,
+    timeout: Duration,
+) -> Result<()> {
+    let addr = host_port(&spec.listen_host, spec.listen_port)
+        .to_socket_addrs()?
+        .next()
+        .context("the gateway's listen address")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = proc.exit_status() {
+            bail!("haproxy exited ({status}); {}", tail(&paths.log, 20));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("haproxy did not listen on {addr} within {timeout:?}; {}", tail(&paths.log, 20));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,230 @@
+//! Patroni, which runs one PostgreSQL member: the member folder's layout, the configuration
+//! rendered from a `MemberSpec` (JSON, which Patroni reads as YAML), starting Patroni as the
+//! server's OS user, and waiting on its REST API (https, checked against the database CA).
+
+use crate::files::{find_program, host_port, open_log, tail};
+use anyhow::{bail, Context, Result};
+use pgplane_core::agent::MemberSpec;
+use pgplane_localpg::{RunAs, Supervised};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where a member keeps its files, all inside its own folder.
+#[derive(Debug, Clone)]
+pub struct MemberPaths {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub data: PathBuf,
+    pub socket_dir: PathBuf,
+    pub tls_dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub etcd_ca: PathBuf,
+    pub pgpass: PathBuf,
+}
+
+impl MemberPaths {
+    pub fn new(dir: PathBuf) -> Self {
+        let tls = dir.join("tls");
+        MemberPaths {
+            config: dir.join("patroni.yml"),
+            log: dir.join("patroni.log"),
+            data: dir.join("data"),
+            socket_dir: dir.join("socket"),
+            ca: tls.join("ca.pem"),
+            cert: tls.join("server.crt"),
+            key: tls.join("server.key"),
+            etcd_ca: tls.join("etcd-ca.pem"),
+            pgpass: dir.join("pgpass"),
+            tls_dir: tls,
+            dir,
+        }
+    }
+}
+
+/// The PostgreSQL superuser, the replication user and the REST API user Patroni is given.
+pub const SUPERUSER: &str = "postgres";
+pub const REPLICATION_USER: &str = "replicator";
+pub const RESTAPI_USER: &str = "patroni";
+
+/// `pg_hba.conf`, whole: peer for the OS superuser on the socket, SCRAM everywhere else,
+/// replication and the superuser over TLS only, tenants over TLS only when `force_tls`.
+pub fn pg_hba(force_tls: bool) -> Vec<String> {
+    let client = if force_tls { "hostssl" } else { "host" };
+    let mut lines = vec![
+        format!("local all {SUPERUSER} peer"),
+        format!("local replication {SUPERUSER} peer"),
+        "local all all scram-sha-256".to_string(),
+    ];
+    for net in ["0.0.0.0/0", "::/0"] {
+        lines.push(format!("hostssl replication {REPLICATION_USER} {net} scram-sha-256"));
+        lines.push(format!("hostssl all {SUPERUSER} {net} scram-sha-256"));
+        lines.push(format!("host all {SUPERUSER} {net} reject"));
+    }
+    for net in ["0.0.0.0/0", "::/0"] {
+        lines.push(format!("{client} all all {net} scram-sha-256"));
+    }
+    lines
+}
+
+/// Patroni's whole configuration for `spec`.
+pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String {
+    let secrets = &spec.secrets;
+    let size = &spec.sizing;
+    let mut etcd3 = json!({ "hosts": spec.etcd.endpoints, "protocol": spec.etcd.protocol });
+    if spec.etcd.ca_pem.is_some() {
+        etcd3["cacert"] = json!(paths.etcd_ca);
+    }
+    if let (Some(user), Some(password)) = (&spec.etcd.username, &spec.etcd.password) {
+        etcd3["username"] = json!(user);
+        etcd3["password"] = json!(password);
+    }
+    let rest = host_port(&spec.host, spec.patroni_port);
+    let pg = host_port(&spec.host, spec.pg_port);
+    let config = json!({
+        "scope": spec.scope,
+        "name": spec.member,
+        "restapi": {
+            "listen": rest,
+            "connect_address": rest,
+            "certfile": paths.cert,
+            "keyfile": paths.key,
+            "authentication": { "username": RESTAPI_USER, "password": secrets.restapi_password },
+        },
+        "ctl": { "cacert": paths.ca, "insecure": false },
+        "etcd3": etcd3,
+        "bootstrap": {
+            "dcs": {
+                "ttl": 10,
+                "loop_wait": 2,
+                "retry_timeout": 4,
+                "maximum_lag_on_failover": 1_048_576,
+                "postgresql": {
+                    "use_pg_rewind": true,
+                    "use_slots": true,
+                    "parameters": {
+                        "max_connections": size.max_connections,
+                        "wal_level": "replica",
+                        "hot_standby": "on",
+                        "wal_log_hints": "on",
+                        "max_wal_senders": 10,
+                        "max_replication_slots": 10,
+                        "wal_keep_size": "256MB",
+                        "wal_retrieve_retry_interval": "200ms",
+                    },
+                },
+            },
+            "initdb": [{ "encoding": "UTF8" }, { "locale": "C.UTF-8" }, "data-checksums"],
+        },
+        "postgresql": {
+            "listen": pg,
+            "connect_address": pg,
+            "data_dir": paths.data,
+            "bin_dir": bin_dir,
+            "pgpass": paths.pgpass,
+            "use_unix_socket": true,
+            "authentication": {
+                "superuser": {
+                    "username": SUPERUSER, "password": secrets.superuser_password,
+                    "sslmode": "verify-ca", "sslrootcert": paths.ca,
+                },
+                "replication": {
+                    "username": REPLICATION_USER, "password": secrets.replication_password,
+                    "sslmode": "verify-ca", "sslrootcert": paths.ca,
+                },
+            },
+            "parameters": {
+                "unix_socket_directories": paths.socket_dir,
+                "ssl": "on",
+                "ssl_cert_file": paths.cert,
+                "ssl_key_file": paths.key,
+                "ssl_min_protocol_version": "TLSv1.2",
+                "password_encryption": "scram-sha-256",
+                "shared_buffers": format!("{}MB", size.shared_buffers_mb),
+                "effective_cache_size": format!("{}MB", size.effective_cache_size_mb),
+                "work_mem": format!("{}kB", size.work_mem_kb),
+                "maintenance_work_mem": format!("{}MB", size.maintenance_work_mem_mb),
+                "logging_collector": "on",
+            },
+            "pg_hba": pg_hba(spec.force_tls),
+            "basebackup": { "checkpoint": "fast" },
+        },
+        "watchdog": { "mode": "off" },
+    });
+    serde_json::to_string_pretty(&config).expect("JSON values serialize")
+}
+
+/// Starts Patroni on `paths.config` as `runas`, logging to `paths.log`.
+pub fn start(paths: &MemberPaths, runas: &RunAs) -> Result<Supervised> {
+    let log = open_log(&paths.log, Some(runas))?;
+    let mut cmd = Command::new(find_program("patroni", "PGPLANE_PATRONI")?);
+    cmd.arg(&paths.config)
+        .current_dir(&paths.dir)
+        .env("HOME", &paths.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    runas.apply(&mut cmd);
+    Supervised::spawn(cmd, libc::SIGTERM).context("starting patroni")
+}
+
+/// What Patroni's `GET /patroni` says about its member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatroniState {
+    pub state: String,
+    pub role: String,
+}
+
+impl PatroniState {
+    /// Patroni 3.0 calls the leader `master`; later versions `primary`.
+    pub fn is_primary(&self) -> bool {
+        matches!(self.role.as_str(), "master" | "primary")
+    }
+}
+
+/// An https client for one member's REST API that trusts only the database's CA.
+pub fn rest_client(ca_pem: &str) -> Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the database CA")?;
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(3))
+        .build()?)
+}
+
+/// `GET https://host:patroni_port/patroni`.
+pub async fn state(client: &reqwest::Client, host: &str, port: u16) -> Result<PatroniState> {
+    let url = format!("https://{}/patroni", host_port(host, port));
+    let body: Value = client.get(&url).send().await?.json().await?;
+    let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    Ok(PatroniState { state: field("state"), role: field("role") })
+}
+
+/// Waits until Patroni reports its PostgreSQL `running`, failing early if Patroni exits.
+pub async fn wait_running(
+    spec: &MemberSpec,
+    paths: &MemberPaths,
+    patroni: &Supervised,
+    timeout: Duration,
+) -> Result<PatroniState> {
+    let client = rest_client(&spec.tls.ca_pem)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = patroni.exit_status() {
+            bail!("patroni exited ({status}); {}", tail(&paths.log, 20));
+        }
+        let last = match state(&client, &spec.host, spec.patroni_port).await {
+            Ok(s) if s.state == "running" && !s.role.is_empty() => return Ok(s),
+            Ok(s) => format!("state {:?}, role {:?}", s.state, s.role),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("patroni member {} not running within {timeout:?} ({last}); {}", spec.member, tail(&paths.log, 20));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
