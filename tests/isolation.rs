@@ -42,6 +42,7 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("DELETE /v1/tenants/{tenant_id}", NotFound, None),
         ("GET /v1/tenants/{tenant_id}/members", NotFound, None),
         ("POST /v1/tenants/{tenant_id}/members", NotFound, Some(json!({ "email": "mallory@b.test", "role": "owner" }))),
+        ("GET /v1/tenants/{tenant_id}/members/{user_id}", NotFound, None),
         ("PATCH /v1/tenants/{tenant_id}/members/{user_id}", NotFound, Some(json!({ "role": "read_only" }))),
         ("DELETE /v1/tenants/{tenant_id}/members/{user_id}", NotFound, None),
         ("PUT /v1/tenants/{tenant_id}/plan-grants/{plan_id}", PlatformOnly, None),

@@ -93,26 +93,36 @@ pub struct Authenticated {
     pub token_id: TokenId,
 }
 
+/// Why a sent bearer token was not accepted; the `Auth` extractor reports it.
+#[derive(Debug, Clone)]
+struct AuthFailure(String);
+
 /// Middleware: verifies a bearer token when one is sent and applies its rate limit.
-/// Requests without one go on; handlers that need a caller take the `Auth` extractor.
+/// Requests without a valid one go on (public endpoints such as the token exchange must
+/// work even when a client still sends its expired token); handlers that need a caller
+/// take the `Auth` extractor, which answers 401 with the reason.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if let Some(value) = req.headers().get(AUTHORIZATION) {
         let verified = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .ok_or_else(|| Error::unauthorized("use Authorization: Bearer <access token>"))
-            .and_then(|token| state.jwt.verify(token.trim()));
-        let claims = match verified {
-            Ok(c) => c,
-            Err(e) => return ApiError(e).into_response(),
-        };
-        if let Err(retry_after_secs) = state.rate_limiter.check(claims.tok) {
-            return ApiError(Error::RateLimited { retry_after_secs }).into_response();
+            .and_then(|(_, token)| state.jwt.verify(token.trim()));
+        match verified {
+            Ok(claims) => {
+                if let Err(retry_after_secs) = state.rate_limiter.check(claims.tok) {
+                    return ApiError(Error::RateLimited { retry_after_secs }).into_response();
+                }
+                let actor = Actor { user_id: claims.sub, platform_role: claims.prl };
+                tracing::Span::current().record("user_id", tracing::field::display(claims.sub));
+                req.extensions_mut().insert(Authenticated { actor, token_id: claims.tok });
+            }
+            Err(e) => {
+                req.extensions_mut().insert(AuthFailure(e.to_string()));
+            }
         }
-        let actor = Actor { user_id: claims.sub, platform_role: claims.prl };
-        tracing::Span::current().record("user_id", tracing::field::display(claims.sub));
-        req.extensions_mut().insert(Authenticated { actor, token_id: claims.tok });
     }
     next.run(req).await
 }
@@ -123,9 +133,14 @@ pub struct Auth(pub Actor);
 impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Authenticated>().map(|a| Auth(a.actor)).ok_or_else(|| {
-            ApiError(Error::unauthorized("send Authorization: Bearer <access token>; get one from POST /v1/auth/token"))
-        })
+        if let Some(a) = parts.extensions.get::<Authenticated>() {
+            return Ok(Auth(a.actor));
+        }
+        let reason = match parts.extensions.get::<AuthFailure>() {
+            Some(AuthFailure(reason)) => reason.clone(),
+            None => "send Authorization: Bearer <access token>; get one from POST /v1/auth/token".into(),
+        };
+        Err(ApiError(Error::unauthorized(reason)))
     }
 }
 

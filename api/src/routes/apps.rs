@@ -41,7 +41,7 @@ async fn app_create(
     require_role(state.store.tenant_role(&actor, tenant).await?, TenantRole::Member)?;
     check_name(&input.name)?;
     let app = state.store.app_create(tenant, &input.name).await?;
-    Ok(created(format!("/v1/apps/{}", app.id), app))
+    Ok(created(Some(format!("/v1/apps/{}", app.id)), app))
 }
 
 /// Lists a tenant's apps.

@@ -34,10 +34,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
 }
 
-/// 201 with a Location header.
-fn created<T: Serialize>(location: String, body: T) -> Response {
+/// 201, with a Location header when the new resource can be fetched on its own.
+fn created<T: Serialize>(location: Option<String>, body: T) -> Response {
     let mut res = (StatusCode::CREATED, axum::Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
+    if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         res.headers_mut().insert(header::LOCATION, v);
     }
     res

@@ -80,7 +80,7 @@ async fn my_token_create(
 ) -> ApiResult<Response> {
     validate_token_request(&input)?;
     let (token, secret) = state.store.token_create(actor.user_id, &input.name, input.expires_in_days).await?;
-    Ok(created(format!("/v1/me/tokens/{}", token.id), CreatedApiToken { token, secret }))
+    Ok(created(None, CreatedApiToken { token, secret }))
 }
 
 /// Revokes one of the caller's API tokens.

@@ -24,7 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenant_list, tenant_create))
         .routes(routes!(tenant_get, tenant_update, tenant_delete))
         .routes(routes!(member_list, member_add))
-        .routes(routes!(member_update, member_remove))
+        .routes(routes!(member_get, member_update, member_remove))
         .routes(routes!(plan_grant, plan_revoke))
 }
 
@@ -40,7 +40,7 @@ async fn tenant_create(
 ) -> ApiResult<Response> {
     validate::display_name("name", &input.name, 100).map_err(|e| Error::Validation { errors: vec![e] })?;
     let tenant = state.store.tenant_create(&actor, &input.name).await?;
-    Ok(created(format!("/v1/tenants/{}", tenant.id), tenant))
+    Ok(created(Some(format!("/v1/tenants/{}", tenant.id)), tenant))
 }
 
 /// Lists the tenants the caller belongs to (operators: all).
@@ -138,7 +138,21 @@ async fn member_add(
         Error::invalid("email", "unknown", "no user has this email; ask the platform to create the user first")
     })?;
     let member = state.store.member_add(id, user.id, input.role).await?;
-    Ok(created(format!("/v1/tenants/{id}/members/{}", user.id), member))
+    Ok(created(Some(format!("/v1/tenants/{id}/members/{}", user.id)), member))
+}
+
+/// Shows one member.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant_id}/members/{user_id}", tag = "tenants", security(("bearer" = [])),
+    params(("tenant_id" = TenantId, Path), ("user_id" = UserId, Path)), responses((status = 200, body = Member), Errors)
+)]
+async fn member_get(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path((id, user)): Path<(TenantId, UserId)>,
+) -> ApiResult<Json<Member>> {
+    state.store.tenant_role(&actor, id).await?;
+    Ok(Json(state.store.member_get(id, user).await?))
 }
 
 /// Changes a member's role (admins; owners for anything touching ownership).

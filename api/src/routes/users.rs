@@ -40,7 +40,7 @@ async fn user_create(
     v.check(validate::display_name("name", &input.name, 100));
     v.finish()?;
     let user = state.store.user_create(&input).await?;
-    Ok(created(format!("/v1/users/{}", user.id), user))
+    Ok(created(Some(format!("/v1/users/{}", user.id)), user))
 }
 
 /// Lists users (operators).
@@ -85,5 +85,5 @@ async fn user_token_create(
     super::session::validate_token_request(&input)?;
     state.store.user_get(id).await?;
     let (token, secret) = state.store.token_create(id, &input.name, input.expires_in_days).await?;
-    Ok(created(format!("/v1/users/{id}/tokens/{}", token.id), CreatedApiToken { token, secret }))
+    Ok(created(None, CreatedApiToken { token, secret }))
 }
