@@ -2,6 +2,7 @@
 
 mod auth;
 mod databases;
+mod e2e;
 mod isolation;
 mod limits;
 mod node;

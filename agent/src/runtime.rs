@@ -1,0 +1,195 @@
+//! The agent's loop: register with the scheduler, heartbeat, long-poll for jobs, run each on
+//! the `Node` while extending its lease, and report the outcome. Jobs run one at a time.
+
+use pgplane_core::agent::{AgentJob, AgentTask, JobOutcome, JobReport};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::node::Node;
+
+/// How an agent finds the scheduler and describes its host.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Base URL of the scheduler's agent API, e.g. `http://127.0.0.1:8081`.
+    pub scheduler_url: String,
+    pub bootstrap_token: String,
+    pub name: String,
+    /// Address other hosts and clients reach this host's services at.
+    pub host: String,
+    pub memory_mb: i64,
+    pub disk_gb: i64,
+    pub port_min: i32,
+    pub port_max: i32,
+    /// Where databases' files live on this host.
+    pub root: PathBuf,
+}
+
+struct Session {
+    http: reqwest::Client,
+    config: AgentConfig,
+    credential: tokio::sync::RwLock<String>,
+}
+
+impl Session {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.scheduler_url.trim_end_matches('/'))
+    }
+
+    /// Registers (again), keeping the new credential.
+    async fn register(&self) -> anyhow::Result<()> {
+        let c = &self.config;
+        let res = self
+            .http
+            .post(self.url("/agent/v1/register"))
+            .json(&json!({
+                "bootstrap_token": c.bootstrap_token, "name": c.name, "host": c.host, "memory_mb": c.memory_mb,
+                "disk_gb": c.disk_gb, "port_min": c.port_min, "port_max": c.port_max,
+            }))
+            .send()
+            .await?
+            .error_for_status()?;
+        let body: Value = res.json().await?;
+        let credential = body["credential"].as_str().ok_or_else(|| anyhow::anyhow!("no credential in {body}"))?;
+        *self.credential.write().await = credential.to_string();
+        tracing::info!(agent = %c.name, id = %body["agent_id"], "registered with the scheduler");
+        Ok(())
+    }
+
+    async fn bearer(&self) -> String {
+        self.credential.read().await.clone()
+    }
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let node = Arc::new(Node::new(config.root.clone())?);
+    let session = Arc::new(Session {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?,
+        config,
+        credential: Default::default(),
+    });
+    while let Err(e) = session.register().await {
+        tracing::warn!(error = %e, "cannot register with the scheduler; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+    let heartbeats = tokio::spawn(heartbeat_loop(session.clone(), shutdown.clone()));
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let poll =
+            session.http.get(session.url("/agent/v1/jobs?wait_secs=25")).bearer_auth(session.bearer().await).send();
+        let res = tokio::select! {
+            r = poll => r,
+            _ = shutdown.changed() => break,
+        };
+        match res {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => match r.json::<AgentJob>().await {
+                Ok(job) => execute(&session, &node, job).await,
+                Err(e) => tracing::warn!(error = %e, "unreadable job"),
+            },
+            Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {}
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                if let Err(e) = session.register().await {
+                    tracing::warn!(error = %e, "re-registration failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "polling for jobs failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler unreachable");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    heartbeats.abort();
+    Ok(())
+}
+
+async fn heartbeat_loop(session: Arc<Session>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let res = session
+            .http
+            .post(session.url("/agent/v1/heartbeat"))
+            .bearer_auth(session.bearer().await)
+            .json(&json!({ "observed": {} }))
+            .send()
+            .await;
+        if let Err(e) = res.and_then(|r| r.error_for_status()) {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Runs one job while extending its lease, then reports how it ended.
+async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
+    let id = job.job_id;
+    let lease = job.lease_id;
+    let keepalive = {
+        let session = session.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                let res = session
+                    .http
+                    .post(session.url(&format!("/agent/v1/jobs/{id}/heartbeat")))
+                    .bearer_auth(session.bearer().await)
+                    .json(&json!({ "lease_id": lease }))
+                    .send()
+                    .await;
+                if let Ok(r) = res {
+                    if r.status() == reqwest::StatusCode::CONFLICT {
+                        tracing::warn!(job = %id, "lease lost; the scheduler gave this job to another attempt");
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let outcome = match &job.task {
+        AgentTask::EnsureMember { spec } => {
+            node.ensure_member(spec).await.map(|s| json!({ "member": format!("{s:?}") }))
+        }
+        AgentTask::EnsureGateway { spec } => node.ensure_gateway(spec).await.map(|pid| json!({ "gateway_pid": pid })),
+        AgentTask::RemoveDatabase { database_id, generation } => {
+            node.remove_database(*database_id, *generation).await.map(|_| json!({}))
+        }
+    };
+    keepalive.abort();
+    let outcome = match outcome {
+        Ok(result) => JobOutcome::Succeeded { result },
+        Err(e) => JobOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() },
+    };
+    tracing::info!(job = %id, ms = started.elapsed().as_millis() as u64, ok = matches!(outcome, JobOutcome::Succeeded { .. }), "job ran");
+    let report = JobReport { lease_id: lease, outcome };
+    for _ in 0..10 {
+        let res = session
+            .http
+            .post(session.url(&format!("/agent/v1/jobs/{id}/report")))
+            .bearer_auth(session.bearer().await)
+            .json(&report)
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT => return,
+            Ok(r) => tracing::warn!(status = %r.status(), "report refused; retrying"),
+            Err(e) => tracing::warn!(error = %e, "report failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Unreported: the lease expires and the job runs again; ensure/remove are idempotent.
+}

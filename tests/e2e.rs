@@ -1,0 +1,115 @@
+//! The whole path, with real parts: API → scheduler → agent → Patroni/PostgreSQL/HAProxy
+//! (with a local etcd) → psql with sslmode=verify-ca through the gateway → delete, after
+//! which nothing of the database is left on the host.
+
+use pgplane_agent::runtime::AgentConfig;
+use pgplane_agent::LocalEtcd;
+use pgplane_tests::{spawn_app, AGENT_BOOTSTRAP_TOKEN};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A folder removed when dropped; short, since PostgreSQL's socket path must stay under 107 bytes.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pg{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let bin = ["/usr/lib/postgresql/15/bin/psql", "psql"]
+        .into_iter()
+        .find(|p| !p.contains('/') || std::path::Path::new(p).exists())
+        .unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
+    let etcd_dir = TempDir::new("e");
+    let agent_dir = TempDir::new("a");
+    let etcd = {
+        let dir = etcd_dir.0.clone();
+        tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await.unwrap().expect("etcd")
+    };
+    let mut app = spawn_app().await;
+    let agent_api = app.start_scheduler(etcd.access()).await;
+    let (stop_agent, stopped) = tokio::sync::watch::channel(false);
+    // A port window unlikely to be taken on this host, distinct per test process.
+    let port_min = 22000 + (std::process::id() % 200) as i32 * 10;
+    let config = AgentConfig {
+        scheduler_url: agent_api,
+        bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
+        name: "local-1".into(),
+        host: "127.0.0.1".into(),
+        memory_mb: 8192,
+        disk_gb: 100,
+        port_min,
+        port_max: port_min + 9,
+        root: agent_dir.0.clone(),
+    };
+    let agent = tokio::spawn(pgplane_agent::runtime::run(config, stopped));
+
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+    let started = Instant::now();
+    let (s, op) =
+        owner.post(&format!("/v1/apps/{app_id}/databases"), &json!({ "name": "shop", "plan": "starter-512" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    let db = op["database_id"].as_str().unwrap();
+    let (_, conn) = owner.get(&format!("/v1/databases/{db}/connection")).await;
+    let ca_file = agent_dir.0.join("ca.pem");
+    std::fs::write(&ca_file, conn["ca_pem"].as_str().unwrap()).unwrap();
+    let url = conn["url"]
+        .as_str()
+        .unwrap()
+        .replace("sslmode=prefer", &format!("sslmode=verify-ca&sslrootcert={}", ca_file.display()));
+    let answer =
+        psql(&url, "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2); SELECT count(*) FROM orders")
+            .await;
+    eprintln!("POST → first successful query over verified TLS: {:?}", started.elapsed());
+    assert_eq!(answer.as_deref(), Ok("2"), "{answer:?}");
+    let who = psql(
+        &url,
+        "SELECT current_user || ' ' || current_database() || ' ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(who.as_deref(), Ok("shop shop true"));
+
+    let (s, del) = owner.delete(&format!("/v1/databases/{db}")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let done = app.wait_operation(&owner, del["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(!agent_dir.0.join(db).exists(), "the database's folder is gone");
+    let port = conn["port"].as_i64().unwrap() as u16;
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "the gateway's port is free again");
+    assert!(psql(&url, "SELECT 1").await.is_err());
+
+    stop_agent.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    drop(etcd);
+}
