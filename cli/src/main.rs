@@ -36,8 +36,8 @@ enum Command {
     Openapi,
     /// Runs the scheduler: workflows, lease reaping and the agent API.
     Scheduler(SchedulerArgs),
-    /// The node agent. Not part of this build yet.
-    Agent,
+    /// Runs a node agent: drives PostgreSQL, Patroni and HAProxy on this host.
+    Agent(AgentArgs),
 }
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -123,6 +123,60 @@ async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The scheduler's agent API.
+    #[arg(long, env = "PGPLANE_SCHEDULER_URL", default_value = "http://127.0.0.1:8081")]
+    scheduler_url: String,
+    /// Shared secret to register with.
+    #[arg(long, env = "PGPLANE_AGENT_BOOTSTRAP_TOKEN", value_parser = secret, hide_env_values = true)]
+    bootstrap_token: SecretString,
+    /// Unique name of this agent.
+    #[arg(long, env = "PGPLANE_AGENT_NAME")]
+    name: String,
+    /// Address other hosts and clients reach this host's services at.
+    #[arg(long, env = "PGPLANE_AGENT_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Memory and disk this host offers to databases.
+    #[arg(long, env = "PGPLANE_AGENT_MEMORY_MB", default_value_t = 4096)]
+    memory_mb: i64,
+    #[arg(long, env = "PGPLANE_AGENT_DISK_GB", default_value_t = 100)]
+    disk_gb: i64,
+    /// Ports this host may give to members and gateways.
+    #[arg(long, env = "PGPLANE_AGENT_PORT_MIN", default_value_t = 25000)]
+    port_min: i32,
+    #[arg(long, env = "PGPLANE_AGENT_PORT_MAX", default_value_t = 25999)]
+    port_max: i32,
+    /// Folder for the databases' files on this host.
+    #[arg(long, env = "PGPLANE_AGENT_ROOT", default_value = "/var/lib/pgplane/agent")]
+    root: PathBuf,
+}
+
+impl AgentArgs {
+    pub fn config(&self) -> pgplane_agent::runtime::AgentConfig {
+        pgplane_agent::runtime::AgentConfig {
+            scheduler_url: self.scheduler_url.clone(),
+            bootstrap_token: self.bootstrap_token.expose_secret().to_string(),
+            name: self.name.clone(),
+            host: self.host.clone(),
+            memory_mb: self.memory_mb,
+            disk_gb: self.disk_gb,
+            port_min: self.port_min,
+            port_max: self.port_max,
+            root: self.root.clone(),
+        }
+    }
+}
+
+async fn run_agent(args: AgentArgs) -> Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    pgplane_agent::runtime::run(args.config(), rx).await
+}
+
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -152,10 +206,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Scheduler(args) => run_scheduler(args).await,
-        Command::Agent => {
-            eprintln!("pgplane: the node agent is not part of this build yet");
-            std::process::exit(2);
-        }
+        Command::Agent(args) => run_agent(args).await,
     }
 }
 

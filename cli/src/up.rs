@@ -82,17 +82,28 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .with_context(|| format!("listening on {} (choose another with --agent-listen)", args.agent_listen))?;
     let agent_addr = agent_listener.local_addr()?;
     let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
-    let scheduler_config = pgplane_scheduler::config::SchedulerConfig {
-        etcd: pgplane_core::agent::EtcdAccess {
-            endpoints: vec!["127.0.0.1:2379".into()],
-            protocol: "http".into(),
-            ca_pem: None,
-            username: None,
-            password: None,
-        },
-        bootstrap_token,
-    };
-    let scheduler = tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped));
+    let etcd_dir = state_dir.join("etcd");
+    let etcd = tokio::task::spawn_blocking(move || pgplane_agent::LocalEtcd::start(&etcd_dir)).await??;
+    let scheduler_config =
+        pgplane_scheduler::config::SchedulerConfig { etcd: etcd.access(), bootstrap_token: bootstrap_token.clone() };
+    let scheduler =
+        tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped.clone()));
+    // Three local agents, so that a Business database's members land on distinct "hosts".
+    let mut agents = Vec::new();
+    for (i, port_min) in [(1, 25000), (2, 25200), (3, 25400)] {
+        let config = pgplane_agent::runtime::AgentConfig {
+            scheduler_url: format!("http://{agent_addr}"),
+            bootstrap_token: bootstrap_token.clone(),
+            name: format!("local-{i}"),
+            host: "127.0.0.1".into(),
+            memory_mb: 4096,
+            disk_gb: 100,
+            port_min,
+            port_max: port_min + 199,
+            root: state_dir.join("agents").join(format!("local-{i}")),
+        };
+        agents.push(tokio::spawn(pgplane_agent::runtime::run(config, stopped.clone())));
+    }
 
     let jwt = crate::jwt_keys(jwt_secret.as_bytes())?;
     let result = crate::serve(store, jwt, &args.serve, |addr| {
@@ -102,19 +113,25 @@ pub async fn run(args: UpArgs) -> Result<()> {
         };
         println!(
             "\npgplane is up.\n  API:            http://{addr}  (OpenAPI: http://{addr}/v1/openapi.json)\n  \
-             Agent API:      http://{agent_addr}  (bootstrap token in {state}/agent-bootstrap-token)\n  \
+             Agent API:      http://{agent_addr}  (3 local agents; bootstrap token in {state}/agent-bootstrap-token)\n  \
+             etcd:           {etcd_endpoint}\n  \
              Control plane:  {pg_line}\n  Operator token: {token}  (an API token of the platform operator)\n\n\
              Get an access token (valid one hour) and call the API:\n  \
              TOKEN=$(curl -s -X POST http://{addr}/v1/auth/token -H 'content-type: application/json' \\\n      \
              -d \"{{\\\"api_token\\\":\\\"$(cat {token})\\\"}}\" | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')\n  \
              curl -s http://{addr}/v1/me -H \"authorization: Bearer $TOKEN\"\n\nCtrl-C stops everything.",
             token = token_file.display(),
-            state = state_dir.display()
+            state = state_dir.display(),
+            etcd_endpoint = etcd.endpoint()
         );
     })
     .await;
     let _ = stop_scheduler.send(true);
+    for agent in agents {
+        let _ = agent.await;
+    }
     let _ = scheduler.await;
+    drop(etcd);
     drop(local_pg);
     result
 }
