@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use pgplane_agent::{LocalEtcd, Node, NodeError};
-use pgplane_core::agent::{DatabaseSecrets, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
+use pgplane_core::agent::{DatabaseSecrets, EtcdAccess, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
 use pgplane_core::ids::DatabaseId;
 use pgplane_localpg::free_port;
 use pgplane_pki::DatabaseCa;
@@ -64,7 +64,7 @@ async fn run_psql(url: &str, sql: &[&str]) -> Result<String, String> {
     }
 }
 
-fn member_spec(database_id: DatabaseId, generation: i64, etcd: &LocalEtcd, ca: &DatabaseCa) -> Result<MemberSpec> {
+fn member_spec(database_id: DatabaseId, generation: i64, etcd: EtcdAccess, ca: &DatabaseCa) -> Result<MemberSpec> {
     let server = ca.issue_server(&["127.0.0.1", "localhost"])?;
     Ok(MemberSpec {
         database_id,
@@ -75,7 +75,7 @@ fn member_spec(database_id: DatabaseId, generation: i64, etcd: &LocalEtcd, ca: &
         host: "127.0.0.1".into(),
         pg_port: free_port()?,
         patroni_port: free_port()?,
-        etcd: etcd.access(),
+        etcd,
         tls: TlsBundle { ca_pem: ca.cert_pem().into(), cert_pem: server.cert_pem, key_pem: server.key_pem },
         secrets: DatabaseSecrets {
             superuser_password: secret(),
@@ -103,14 +103,25 @@ fn gateway_spec(member: &MemberSpec, ca: &DatabaseCa) -> Result<GatewaySpec> {
         name: "g1".into(),
         listen_host: "127.0.0.1".into(),
         listen_port: free_port()?,
-        backends: vec![GatewayBackend {
-            member: member.member.clone(),
-            host: member.host.clone(),
-            pg_port: member.pg_port,
-            patroni_port: member.patroni_port,
-        }],
+        backends: vec![backend(member)],
         ca_pem: ca.cert_pem().into(),
     })
+}
+
+fn backend(member: &MemberSpec) -> GatewayBackend {
+    GatewayBackend {
+        member: member.member.clone(),
+        host: member.host.clone(),
+        pg_port: member.pg_port,
+        patroni_port: member.patroni_port,
+    }
+}
+
+/// A second member of the same database: same secrets, its own ports and certificate.
+fn another_member(first: &MemberSpec, name: &str, ca: &DatabaseCa) -> Result<MemberSpec> {
+    let server = ca.issue_server(&["127.0.0.1"])?;
+    let tls = TlsBundle { ca_pem: ca.cert_pem().into(), cert_pem: server.cert_pem, key_pem: server.key_pem };
+    Ok(MemberSpec { member: name.into(), pg_port: free_port()?, patroni_port: free_port()?, tls, ..first.clone() })
 }
 
 fn is_running(pid: u32) -> bool {
@@ -124,6 +135,26 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
+/// Retries `sql` until it answers `expected` (a restarting gateway, a replica catching up).
+async fn query_until(url: &str, sql: &str, expected: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = run_psql(url, &[sql]).await;
+        if answer.as_deref() == Ok(expected) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{sql} did not answer {expected:?} within {timeout:?}: {answer:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn postmaster_pid(member_dir: &Path) -> Result<u32> {
+    let pidfile = std::fs::read_to_string(member_dir.join("data/postmaster.pid")).context("postmaster.pid")?;
+    Ok(pidfile.lines().next().context("a pid")?.trim().parse()?)
+}
+
 async fn start_etcd(dir: PathBuf) -> Result<LocalEtcd> {
     tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await?
 }
@@ -135,7 +166,7 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     let node = Node::new(tmp.0.join("node"))?;
     let db = DatabaseId::new();
     let ca = DatabaseCa::generate(&db.to_string())?;
-    let spec = member_spec(db, 1, &etcd, &ca)?;
+    let spec = member_spec(db, 1, etcd.access(), &ca)?;
     let gateway = gateway_spec(&spec, &ca)?;
     let ca_file = tmp.0.join("ca.pem");
     std::fs::write(&ca_file, ca.cert_pem())?;
@@ -155,15 +186,7 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     assert!(matches!(status.role.as_str(), "master" | "primary"), "{status:?}");
     let haproxy_pid = node.ensure_gateway(&gateway).await?;
     let tls_url = url("verify-ca", &ca_file);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match run_psql(&tls_url, &["SELECT 1"]).await {
-            Ok(out) if out == "1" => break,
-            Ok(out) => bail!("unexpected answer {out:?}"),
-            Err(e) if Instant::now() > deadline => bail!("no query through the gateway within 30 s: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    query_until(&tls_url, "SELECT 1", "1", Duration::from_secs(30)).await?;
     let first_query = t0.elapsed();
     eprintln!(
         "node timing: ensure_member (Patroni bootstrap to running leader + tenant role/db) {:.2} s; \
@@ -203,17 +226,37 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     assert_eq!(node.ensure_gateway(&gateway).await?, haproxy_pid);
     assert_eq!(run_psql(&tls_url, &["SELECT count(*) FROM t"]).await.map_err(anyhow::Error::msg)?, "3");
 
-    let member_dir = node.member_dir(db, &spec.member);
-    let pidfile = std::fs::read_to_string(member_dir.join("data/postmaster.pid")).context("postmaster.pid")?;
-    let postmaster_pid: u32 = pidfile.lines().next().context("a pid")?.trim().parse()?;
-    let pids = [status.patroni_pid, haproxy_pid, postmaster_pid];
+    // A second member joins as a streaming replica (replication is hostssl, verify-ca) and has
+    // the rows; the gateway, now given both, still routes to the primary only.
+    let replica = another_member(&spec, "m2", &ca)?;
+    let t1 = Instant::now();
+    let joined = node.ensure_member(&replica).await?;
+    eprintln!("node timing: replica cloned and running in {:.2} s", t1.elapsed().as_secs_f64());
+    assert_eq!(joined.role, "replica");
+    let replica_url = tls_url.replace(&format!(":{}/", gateway.listen_port), &format!(":{}/", replica.pg_port));
+    query_until(
+        &replica_url,
+        "SELECT count(*) || ' ' || pg_is_in_recovery() FROM t",
+        "3 true",
+        Duration::from_secs(20),
+    )
+    .await?;
+    let mut both = gateway.clone();
+    both.backends.push(backend(&replica));
+    let haproxy_pid = node.ensure_gateway(&both).await?;
+    query_until(&tls_url, "SELECT pg_is_in_recovery()", "f", Duration::from_secs(20)).await?;
+
+    let mut pids = node.pids(db).await;
+    pids.push(postmaster_pid(&node.member_dir(db, &spec.member))?);
+    pids.push(postmaster_pid(&node.member_dir(db, &replica.member))?);
+    assert!(pids.contains(&haproxy_pid) && pids.len() == 5, "{pids:?}");
     assert!(pids.iter().all(|&p| is_running(p)), "{pids:?}");
 
     node.remove_database(db, 1).await?;
     for pid in pids {
         assert!(!is_running(pid), "process {pid} survived remove_database");
     }
-    for port in [spec.pg_port, spec.patroni_port, gateway.listen_port] {
+    for port in [spec.pg_port, spec.patroni_port, replica.pg_port, replica.patroni_port, gateway.listen_port] {
         assert!(port_is_free(port), "port {port} is still taken");
     }
     assert!(!node.database_dir(db).exists());
@@ -228,7 +271,8 @@ async fn a_node_refuses_jobs_older_than_the_generation_it_applied() -> Result<()
     let node = Node::new(tmp.0.join("node"))?;
     let db = DatabaseId::new();
     node.remove_database(db, 5).await?;
-    let etcd_stub = pgplane_core::agent::EtcdAccess {
+    // Nothing listens there: a refused job must not even try to start anything.
+    let etcd = EtcdAccess {
         endpoints: vec!["127.0.0.1:1".into()],
         protocol: "http".into(),
         ca_pem: None,
@@ -236,35 +280,7 @@ async fn a_node_refuses_jobs_older_than_the_generation_it_applied() -> Result<()
         password: None,
     };
     let ca = DatabaseCa::generate("fence")?;
-    let server = ca.issue_server(&["127.0.0.1"])?;
-    let spec = MemberSpec {
-        database_id: db,
-        generation: 4,
-        scope: db.to_string(),
-        member: "m1".into(),
-        version: "15".into(),
-        host: "127.0.0.1".into(),
-        pg_port: 1,
-        patroni_port: 2,
-        etcd: etcd_stub,
-        tls: TlsBundle { ca_pem: ca.cert_pem().into(), cert_pem: server.cert_pem, key_pem: server.key_pem },
-        secrets: DatabaseSecrets {
-            superuser_password: secret(),
-            replication_password: secret(),
-            restapi_password: secret(),
-            app_user: "u".into(),
-            app_password: secret(),
-            app_database: "d".into(),
-        },
-        sizing: PgSizing {
-            max_connections: 10,
-            shared_buffers_mb: 16,
-            effective_cache_size_mb: 64,
-            work_mem_kb: 1024,
-            maintenance_work_mem_mb: 16,
-        },
-        force_tls: false,
-    };
+    let spec = member_spec(db, 4, etcd, &ca)?;
     let err = node.ensure_member(&spec).await.expect_err("generation 4 < 5");
     assert!(matches!(err, NodeError::StaleGeneration { requested: 4, applied: 5, .. }), "{err}");
     assert!(!err.is_retryable());

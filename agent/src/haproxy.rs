@@ -138,3 +138,41 @@ pub async fn wait_listening(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgplane_core::agent::GatewayBackend;
+    use pgplane_core::ids::DatabaseId;
+
+    #[test]
+    fn routes_to_the_primary_checked_over_tls() {
+        let backend = |m: &str, port| GatewayBackend {
+            member: m.into(),
+            host: "10.0.0.5".into(),
+            pg_port: port,
+            patroni_port: port + 1,
+        };
+        let spec = GatewaySpec {
+            database_id: DatabaseId::new(),
+            generation: 3,
+            name: "g1".into(),
+            listen_host: "127.0.0.1".into(),
+            listen_port: 6432,
+            backends: vec![backend("m1", 5432), backend("m2", 5442)],
+            ca_pem: "CA".into(),
+        };
+        let cfg = render(&spec, &GatewayPaths::new(PathBuf::from("/srv/g")));
+        for line in [
+            "mode tcp",
+            "bind 127.0.0.1:6432",
+            "option httpchk OPTIONS /primary",
+            "http-check expect status 200",
+            "default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions",
+            "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
+            "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
+        ] {
+            assert!(cfg.lines().any(|l| l.trim() == line), "missing {line:?} in\n{cfg}");
+        }
+    }
+}

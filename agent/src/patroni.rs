@@ -204,7 +204,16 @@ pub async fn state(client: &reqwest::Client, host: &str, port: u16) -> Result<Pa
     Ok(PatroniState { state: field("state"), role: field("role") })
 }
 
-/// Waits until Patroni reports its PostgreSQL `running`, failing early if Patroni exits.
+/// True when Patroni holds the leader key: `OPTIONS /primary` answers 200, as the gateways see it.
+pub async fn holds_leader_key(client: &reqwest::Client, host: &str, port: u16) -> Result<bool> {
+    let url = format!("https://{}/primary", host_port(host, port));
+    Ok(client.request(reqwest::Method::OPTIONS, &url).send().await?.status() == reqwest::StatusCode::OK)
+}
+
+/// Waits until Patroni reports its PostgreSQL `running` and, when that PostgreSQL is a primary,
+/// until Patroni also holds the leader key (during bootstrap PostgreSQL is a primary before
+/// Patroni takes the key, and gateways checking `/primary` would mark it down meanwhile).
+/// Fails early if Patroni exits.
 pub async fn wait_running(
     spec: &MemberSpec,
     paths: &MemberPaths,
@@ -218,6 +227,13 @@ pub async fn wait_running(
             bail!("patroni exited ({status}); {}", tail(&paths.log, 20));
         }
         let last = match state(&client, &spec.host, spec.patroni_port).await {
+            Ok(s) if s.state == "running" && s.is_primary() => {
+                match holds_leader_key(&client, &spec.host, spec.patroni_port).await {
+                    Ok(true) => return Ok(s),
+                    Ok(false) => "a primary, not yet holding the leader key".to_string(),
+                    Err(e) => format!("{e:#}"),
+                }
+            }
             Ok(s) if s.state == "running" && !s.role.is_empty() => return Ok(s),
             Ok(s) => format!("state {:?}, role {:?}", s.state, s.role),
             Err(e) => format!("{e:#}"),
@@ -226,5 +242,103 @@ pub async fn wait_running(
             bail!("patroni member {} not running within {timeout:?} ({last}); {}", spec.member, tail(&paths.log, 20));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgplane_core::agent::{DatabaseSecrets, EtcdAccess, PgSizing, TlsBundle};
+    use pgplane_core::ids::DatabaseId;
+
+    fn spec(force_tls: bool, etcd: EtcdAccess) -> MemberSpec {
+        let s = |v: &str| v.to_string();
+        MemberSpec {
+            database_id: DatabaseId::new(),
+            generation: 1,
+            scope: s("db"),
+            member: s("m1"),
+            version: s("15"),
+            host: s("10.0.0.5"),
+            pg_port: 5432,
+            patroni_port: 8008,
+            etcd,
+            tls: TlsBundle { ca_pem: s("CA"), cert_pem: s("CERT"), key_pem: s("KEY") },
+            secrets: DatabaseSecrets {
+                superuser_password: s("su"),
+                replication_password: s("rep"),
+                restapi_password: s("rest"),
+                app_user: s("app"),
+                app_password: s("pw"),
+                app_database: s("appdb"),
+            },
+            sizing: PgSizing {
+                max_connections: 77,
+                shared_buffers_mb: 256,
+                effective_cache_size_mb: 768,
+                work_mem_kb: 4096,
+                maintenance_work_mem_mb: 64,
+            },
+            force_tls,
+        }
+    }
+
+    fn https_etcd() -> EtcdAccess {
+        EtcdAccess {
+            endpoints: vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+            protocol: "https".into(),
+            ca_pem: Some("ETCD CA".into()),
+            username: Some("db-user".into()),
+            password: Some("db-pass".into()),
+        }
+    }
+
+    #[test]
+    fn config_carries_tls_auth_timing_and_sizing() {
+        let paths = MemberPaths::new(PathBuf::from("/srv/db/member-m1"));
+        let text = render(&spec(true, https_etcd()), &paths, Path::new("/usr/lib/postgresql/15/bin"));
+        let c: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(c["restapi"]["listen"], "10.0.0.5:8008");
+        assert_eq!(c["restapi"]["authentication"]["username"], "patroni");
+        assert_eq!(c["restapi"]["certfile"], "/srv/db/member-m1/tls/server.crt");
+        assert_eq!(c["etcd3"]["protocol"], "https");
+        assert_eq!(c["etcd3"]["cacert"], "/srv/db/member-m1/tls/etcd-ca.pem");
+        assert_eq!(c["etcd3"]["username"], "db-user");
+        assert_eq!(c["etcd3"]["hosts"][1], "10.0.0.2:2379");
+        let dcs = &c["bootstrap"]["dcs"];
+        assert_eq!(
+            (dcs["ttl"].as_i64(), dcs["loop_wait"].as_i64(), dcs["retry_timeout"].as_i64()),
+            (Some(10), Some(2), Some(4))
+        );
+        assert_eq!(dcs["postgresql"]["use_pg_rewind"], true);
+        assert_eq!(dcs["postgresql"]["parameters"]["wal_retrieve_retry_interval"], "200ms");
+        assert_eq!(dcs["postgresql"]["parameters"]["max_connections"], 77);
+        let pg = &c["postgresql"];
+        assert_eq!(pg["listen"], "10.0.0.5:5432");
+        assert_eq!(pg["parameters"]["ssl"], "on");
+        assert_eq!(pg["parameters"]["shared_buffers"], "256MB");
+        assert_eq!(pg["parameters"]["unix_socket_directories"], "/srv/db/member-m1/socket");
+        assert_eq!(pg["authentication"]["replication"]["sslmode"], "verify-ca");
+    }
+
+    #[test]
+    fn pg_hba_never_trusts_and_forces_tls_when_asked() {
+        for force in [false, true] {
+            let lines = pg_hba(force);
+            assert!(lines.iter().all(|l| !l.contains("trust")), "{lines:?}");
+            assert!(lines.iter().filter(|l| l.contains("replication")).all(|l| !l.starts_with("host ")));
+            let plain: Vec<_> = lines.iter().filter(|l| l.starts_with("host ") && !l.ends_with("reject")).collect();
+            assert_eq!(plain.is_empty(), force, "{lines:?}");
+        }
+        let c: Value = serde_json::from_str(&render(
+            &spec(
+                false,
+                EtcdAccess { protocol: "http".into(), ca_pem: None, username: None, password: None, ..https_etcd() },
+            ),
+            &MemberPaths::new(PathBuf::from("/x")),
+            Path::new("/bin"),
+        ))
+        .unwrap();
+        assert!(c["etcd3"].get("cacert").is_none() && c["etcd3"].get("username").is_none());
     }
 }
