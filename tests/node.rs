@@ -219,6 +219,20 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     let err = run_psql(&tls_url, &["CREATE ROLE intruder SUPERUSER"]).await.expect_err("no superuser");
     assert!(err.contains("must be superuser"), "{err}");
 
+    // Patroni's REST API changes nothing for the unauthenticated.
+    let rest = pgplane_agent::patroni::rest_client(ca.cert_pem())?;
+    let config_url = format!("https://127.0.0.1:{}/config", spec.patroni_port);
+    let patch = |auth: bool| {
+        let req = rest.patch(&config_url).body(r#"{"loop_wait": 2}"#);
+        if auth {
+            req.basic_auth("patroni", Some(&spec.secrets.restapi_password))
+        } else {
+            req
+        }
+    };
+    assert_eq!(patch(false).send().await?.status(), 401);
+    assert_eq!(patch(true).send().await?.status(), 200);
+
     // Ensuring again changes nothing: same processes, same answers.
     let again = node.ensure_member(&spec).await?;
     assert_eq!(again.patroni_pid, status.patroni_pid);

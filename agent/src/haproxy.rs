@@ -37,13 +37,10 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
         "# pgplane gateway {name} of database {db}, generation {generation}\n\
          global\n\
          \x20   maxconn 4000\n\
-         \x20   log stderr format raw local0 notice\n\
          \x20   hard-stop-after 30s\n\
          \n\
          defaults\n\
          \x20   mode tcp\n\
-         \x20   log global\n\
-         \x20   option dontlognull\n\
          \x20   option clitcpka\n\
          \x20   option srvtcpka\n\
          \x20   timeout connect 5s\n\
