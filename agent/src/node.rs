@@ -169,9 +169,11 @@ impl Node {
         let applied = format!("{}\n{}", config.split_once('\n').map_or("", |(_, rest)| rest), spec.ca_pem);
         write_atomic(&paths.ca, &spec.ca_pem, Some(&self.runas))?;
         write_atomic(&paths.config, &config, Some(&self.runas))?;
-        let running = procs.gateways.get(&spec.name);
-        if running.is_some_and(|r| r.applied == applied && r.proc.exit_status().is_none()) {
-            return Ok(running.map(|r| r.proc.pid()).unwrap_or_default());
+        if let Some(r) = procs.gateways.get(&spec.name) {
+            if r.applied == applied && r.proc.exit_status().is_none() {
+                haproxy::wait_listening(spec, &paths, &r.proc, Duration::from_secs(10)).await?;
+                return Ok(r.proc.pid());
+            }
         }
         if let Some(old) = procs.gateways.remove(&spec.name) {
             tokio::task::spawn_blocking(move || old.proc.stop(GATEWAY_STOP_GRACE)).await.context("stopping")?;
@@ -186,6 +188,9 @@ impl Node {
 
     /// Stops the database's gateways, then its members, and removes its folder. Removing a
     /// database that is not here is fine; the generation is remembered after removal.
+    /// Patroni's keys in etcd (`/service/<scope>/`) stay: they belong to the whole database, so
+    /// whoever removes its last member deletes them (a new cluster with the same scope would
+    /// otherwise inherit its `/config` and `initialize` keys and never bootstrap).
     pub async fn remove_database(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
         let db = self.database(database_id);
         let mut procs = db.lock().await;
