@@ -100,6 +100,17 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
     .await;
     assert_eq!(who.as_deref(), Ok("shop shop true"));
 
+    // A rolling restart through the API: PostgreSQL comes back, newly started, with the data.
+    let started_before = psql(&url, "SELECT pg_postmaster_start_time()").await.unwrap();
+    let (s, restart) = owner.post(&format!("/v1/databases/{db}/restart"), &json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{restart}");
+    let done = app.wait_operation(&owner, restart["id"].as_str().unwrap(), Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    let after =
+        psql(&url, &format!("SELECT count(*) || ' ' || (pg_postmaster_start_time() > '{started_before}') FROM orders"))
+            .await;
+    assert_eq!(after.as_deref(), Ok("2 true"), "{after:?}");
+
     let (s, del) = owner.delete(&format!("/v1/databases/{db}")).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let done = app.wait_operation(&owner, del["id"].as_str().unwrap(), Duration::from_secs(60)).await;

@@ -132,6 +132,15 @@ async fn provision_then_delete_a_starter_database() {
     assert_eq!(i64::from(gw.listen_port), port);
     assert_eq!(gw.backends.len(), 1);
 
+    let (s, restart) = owner.post(&format!("/v1/databases/{db_id}/restart"), &json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{restart}");
+    assert_eq!(restart["kind"], "restart");
+    let done = app.wait_operation(&owner, restart["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(
+        matches!(agent.tasks.lock().unwrap().last(), Some(AgentTask::RestartMember { member, .. }) if member == "m0")
+    );
+
     let (s, del) = owner.delete(&format!("/v1/databases/{db_id}")).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let done = app.wait_operation(&owner, del["id"].as_str().unwrap(), Duration::from_secs(30)).await;

@@ -8,6 +8,7 @@ mod files;
 pub mod haproxy;
 pub mod node;
 pub mod patroni;
+pub mod restart;
 pub mod runtime;
 mod tenant;
 

@@ -165,6 +165,12 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
             node.ensure_member(spec).await.map(|s| json!({ "member": format!("{s:?}") }))
         }
         AgentTask::EnsureGateway { spec } => node.ensure_gateway(spec).await.map(|pid| json!({ "gateway_pid": pid })),
+        AgentTask::RestartMember { host, patroni_port, ca_pem, restapi_password, .. } => {
+            crate::restart::restart_member(host, *patroni_port, ca_pem, restapi_password, Duration::from_secs(120))
+                .await
+                .map(|_| json!({ "restarted": true }))
+                .map_err(crate::node::NodeError::from)
+        }
         AgentTask::RemoveDatabase { database_id, generation } => {
             node.remove_database(*database_id, *generation).await.map(|_| json!({}))
         }

@@ -111,6 +111,17 @@ pub enum AgentTask {
     EnsureMember { spec: MemberSpec },
     /// Make this gateway exist and run (idempotent).
     EnsureGateway { spec: GatewaySpec },
+    /// Restart this member's PostgreSQL through Patroni (idempotent per job: once done, done).
+    RestartMember {
+        database_id: DatabaseId,
+        generation: i64,
+        member: String,
+        /// Where the member's Patroni REST API answers, and how to authenticate to it.
+        host: String,
+        patroni_port: u16,
+        ca_pem: String,
+        restapi_password: String,
+    },
     /// Stop and remove everything of the database on this host: processes, data, ports.
     RemoveDatabase { database_id: DatabaseId, generation: i64 },
 }

@@ -404,6 +404,8 @@ string_enum!(
         Create = "create",
         ChangePlan = "change_plan",
         Delete = "delete",
+        /// A rolling restart of the members, one at a time.
+        Restart = "restart",
     }
 );
 

@@ -7,6 +7,7 @@
 //! create:      start ─place, secrets─▶ members ─▶ gateways ─▶ finish (available)
 //! change_plan: start ─resize─▶ members ─▶ finish (available)
 //! delete:      start ─▶ remove ─▶ finish (deleted; ports, capacity, secrets released)
+//! restart:     start ─▶ restart-0 ─▶ … ─▶ restart-(n-1) ─▶ finish (one member at a time)
 //! ```
 
 use pgplane_core::agent::{AgentTask, DatabaseSecrets, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
@@ -56,6 +57,7 @@ fn agent_job(
         AgentTask::EnsureMember { .. } => "ensure_member",
         AgentTask::EnsureGateway { .. } => "ensure_gateway",
         AgentTask::RemoveDatabase { .. } => "remove_database",
+        AgentTask::RestartMember { .. } => "restart_member",
     };
     let mut job = NewJob::new(
         format!("agent:{agent}"),
@@ -103,6 +105,12 @@ impl Handler for Workflows {
                     operation_finish_in(&mut tx, op, None).await.map_err(retry)?;
                 }
                 (OperationKind::Delete, "start") => self.remove(&mut tx, &st).await?,
+                (OperationKind::Restart, "start") => self.restart(&mut tx, &st, 0).await?,
+                (OperationKind::Restart, s) if s.starts_with("restart-") => {
+                    let i = s["restart-".len()..].parse().map_err(|_| JobError::Fatal(format!("bad step {s}")))?;
+                    self.restart(&mut tx, &st, i).await?
+                }
+                (OperationKind::Restart, "finish") => operation_finish_in(&mut tx, op, None).await.map_err(retry)?,
                 (OperationKind::Delete, "finish") => {
                     database_deleted_in(&mut tx, st.database_id).await.map_err(retry)?;
                     operation_finish_in(&mut tx, op, None).await.map_err(retry)?;
@@ -286,6 +294,33 @@ impl Workflows {
             secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
         self.ensure_members(tx, st, &secrets, &members, "finish").await?;
         operation_progress_in(tx, st.operation.id, 20, "applying the new plan's settings").await.map_err(retry)
+    }
+
+    /// Restarts member `i`; the step after it restarts the next one, so only one member is
+    /// down at a time.
+    async fn restart(&self, tx: &mut PgConnection, st: &OperationState, i: usize) -> Result<(), JobError> {
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        let Some(m) = members.get(i) else {
+            return operation_finish_in(tx, st.operation.id, None).await.map_err(retry);
+        };
+        let step = format!("restart-{i}");
+        let next = if i + 1 < members.len() { format!("restart-{}", i + 1) } else { "finish".to_string() };
+        let secrets =
+            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+        let task = AgentTask::RestartMember {
+            database_id: st.database_id,
+            generation: st.generation,
+            member: m.name.clone(),
+            host: m.host.clone(),
+            patroni_port: m.patroni_port as u16,
+            ca_pem: secrets.ca_cert_pem,
+            restapi_password: secrets.secrets.restapi_password,
+        };
+        job_enqueue_in(tx, &agent_job(m.agent_id, st, &step, &next, &task)?).await.map_err(retry)?;
+        let progress = 10 + (80 * i / members.len().max(1)) as i32;
+        operation_progress_in(tx, st.operation.id, progress, &format!("restarting member {}", m.name))
+            .await
+            .map_err(retry)
     }
 
     /// Asks every agent that holds a part of the database to remove it.

@@ -371,6 +371,21 @@ impl Store {
         Ok(op)
     }
 
+    /// Asks for a rolling restart of an available database.
+    pub async fn database_restart(&self, actor: &Actor, id: DatabaseId) -> Result<Operation> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let db = Self::database_lock(&mut tx, id).await?;
+        if db.status != DatabaseStatus::Available {
+            return Err(Error::conflict(
+                "not_available",
+                format!("only an available database can restart; it is {}", db.status),
+            ));
+        }
+        let op = operation_insert(&mut tx, actor, db.tenant_id, id, OperationKind::Restart, json!({})).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(op)
+    }
+
     pub async fn database_update_settings(&self, id: DatabaseId, settings: &DatabaseSettings) -> Result<Database> {
         let row: Option<DatabaseRow> = sqlx::query_as(&format!(
             "UPDATE databases d SET force_tls = $2, internet_exposure = $3, backup_hour = $4, \

@@ -26,6 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(database_list, database_create))
         .routes(routes!(database_get, database_delete))
         .routes(routes!(database_change_plan))
+        .routes(routes!(database_restart))
         .routes(routes!(settings_get, settings_update))
         .routes(routes!(connection_get))
         .routes(routes!(ca_get))
@@ -173,6 +174,20 @@ async fn database_change_plan(
         .into());
     }
     Ok(accepted(state.store.database_change_plan(&actor, id, &plan).await?))
+}
+
+/// Restarts the database's members one at a time (members). Answers 202 with the `restart` operation.
+#[utoipa::path(
+    post, path = "/v1/databases/{database_id}/restart", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), responses((status = 202, body = Operation), Errors)
+)]
+async fn database_restart(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+) -> ApiResult<Response> {
+    require_role(state.store.database_get(&actor, id).await?.role, TenantRole::Member)?;
+    Ok(accepted(state.store.database_restart(&actor, id).await?))
 }
 
 /// Shows a database's settings.
