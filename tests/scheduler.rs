@@ -195,3 +195,37 @@ async fn a_fatal_agent_failure_ends_the_operation_in_error() {
     let (_, db) = owner.get(&format!("/v1/databases/{}", op["database_id"].as_str().unwrap())).await;
     assert_eq!(db["status"], "error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_do_each_step_once() {
+    let mut app = spawn_app().await;
+    let first = app.start_scheduler(etcd()).await;
+    // A second scheduler process on the same database (its own listener and workers).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_second, stopped) = tokio::sync::watch::channel(false);
+    let config =
+        pgplane_scheduler::config::SchedulerConfig { etcd: etcd(), bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into() };
+    tokio::spawn(pgplane_scheduler::run::run(app.store.clone(), config, listener, stopped));
+    // One agent talks to each scheduler.
+    let a = fake_agent(&first, "host-a", Behaviour::Succeed).await;
+    let b = fake_agent(&second, "host-b", Behaviour::Succeed).await;
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+    let mut ops = Vec::new();
+    for i in 0..6 {
+        ops.push(order(&owner, &app_id, &format!("db{i}"), "sandbox").await);
+    }
+    for op in &ops {
+        let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "done", "{done}");
+    }
+    let tasks: Vec<AgentTask> = a.tasks.lock().unwrap().iter().chain(b.tasks.lock().unwrap().iter()).cloned().collect();
+    assert_eq!(tasks.len(), 12, "one member and one gateway per database, no more: {tasks:?}");
+    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = 'scheduler'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(steps, 6 * 3, "start, gateways and finish once per database");
+    let _ = stop_second.send(true);
+}
