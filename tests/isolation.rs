@@ -59,6 +59,7 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("DELETE /v1/databases/{database_id}", NotFound, None),
         ("POST /v1/databases/{database_id}/change-plan", NotFound, Some(json!({ "plan": "business-1" }))),
         ("POST /v1/databases/{database_id}/restart", NotFound, None),
+        ("GET /v1/databases/{database_id}/members", NotFound, None),
         ("GET /v1/databases/{database_id}/settings", NotFound, None),
         ("GET /v1/databases/{database_id}/connection", NotFound, None),
         ("GET /v1/databases/{database_id}/ca.pem", NotFound, None),

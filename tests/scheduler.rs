@@ -28,6 +28,7 @@ enum Behaviour {
 /// A fake agent: registers, long-polls, records every task and answers per `behaviour`.
 struct FakeAgent {
     tasks: Arc<Mutex<Vec<AgentTask>>>,
+    credential: String,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -52,6 +53,7 @@ async fn fake_agent(agent_api: &str, name: &str, behaviour: Behaviour) -> FakeAg
         .await
         .unwrap();
     let credential = reg["credential"].as_str().expect("credential").to_string();
+    let credential_copy = credential.clone();
     let tasks = Arc::new(Mutex::new(Vec::new()));
     let seen = tasks.clone();
     let base = agent_api.to_string();
@@ -80,7 +82,7 @@ async fn fake_agent(agent_api: &str, name: &str, behaviour: Behaviour) -> FakeAg
             assert_eq!(res.status(), StatusCode::NO_CONTENT);
         }
     });
-    FakeAgent { tasks, handle }
+    FakeAgent { tasks, handle, credential: credential_copy }
 }
 
 async fn order(client: &Client, app: &str, name: &str, plan: &str) -> Value {
@@ -131,6 +133,30 @@ async fn provision_then_delete_a_starter_database() {
     let AgentTask::EnsureGateway { spec: gw } = &tasks[1] else { panic!("then a gateway: {tasks:?}") };
     assert_eq!(i64::from(gw.listen_port), port);
     assert_eq!(gw.backends.len(), 1);
+
+    // Members are listed as provisioned until their agent reports on them.
+    let (_, members) = owner.get(&format!("/v1/databases/{db_id}/members")).await;
+    assert_eq!(members["items"][0]["name"], "m0");
+    assert_eq!(members["items"][0]["state"], "provisioning");
+    let observed = json!({ "observed": { "members": [
+        { "database_id": db_id, "member": "m0", "role": "leader", "state": "running", "timeline": 1, "lag_bytes": 0 },
+        // Another agent's (or an unknown) member is ignored.
+        { "database_id": db_id, "member": "m9", "role": "leader", "state": "running", "timeline": 7, "lag_bytes": null }
+    ] } });
+    let res = reqwest::Client::new()
+        .post(format!("{agent_api}/agent/v1/heartbeat"))
+        .bearer_auth(&agent.credential)
+        .json(&observed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let (_, members) = owner.get(&format!("/v1/databases/{db_id}/members")).await;
+    assert_eq!(members["items"].as_array().unwrap().len(), 1, "{members}");
+    assert_eq!(members["items"][0]["role"], "leader");
+    assert_eq!(members["items"][0]["state"], "running");
+    assert_eq!(members["items"][0]["timeline"], 1);
+    assert!(members["items"][0]["observed_at"].is_string());
 
     let (s, restart) = owner.post(&format!("/v1/databases/{db_id}/restart"), &json!({})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{restart}");

@@ -157,3 +157,24 @@ pub struct JobReport {
     #[serde(flatten)]
     pub outcome: JobOutcome,
 }
+
+/// One member as its agent sees it through Patroni.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ObservedMember {
+    pub database_id: DatabaseId,
+    pub member: String,
+    /// `leader`, `replica`, or `unknown` when Patroni does not answer.
+    pub role: String,
+    /// Patroni's state of PostgreSQL: `running`, `starting`, `stopped`, `crashed`, … or `unreachable`.
+    pub state: String,
+    pub timeline: Option<i64>,
+    /// Bytes of WAL the member is behind its leader (replicas).
+    pub lag_bytes: Option<i64>,
+}
+
+/// What an agent reports with each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Observation {
+    #[serde(default)]
+    pub members: Vec<ObservedMember>,
+}

@@ -363,6 +363,26 @@ pub struct Database {
 }
 page_of!(DatabasePage, Database);
 
+/// One PostgreSQL member of a database, as last observed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseMember {
+    pub name: String,
+    /// `leader`, `replica` or `unknown`.
+    pub role: String,
+    /// `provisioning` until first observed; then Patroni's state (`running`, `starting`, …).
+    pub state: String,
+    pub timeline: Option<i64>,
+    /// Bytes of WAL behind the leader.
+    pub lag_bytes: Option<i64>,
+    /// When its agent last reported on it.
+    pub observed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseMemberList {
+    pub items: Vec<DatabaseMember>,
+}
+
 /// How to connect to a database, once provisioned. The URL embeds the tenant user's password.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionInfo {

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use pgplane_api::error::{ApiError, ApiResult};
 use pgplane_api::extract::{Json, Path, Query};
-use pgplane_core::agent::{AgentJob, AgentTask, JobOutcome, JobReport};
+use pgplane_core::agent::{AgentJob, AgentTask, JobOutcome, JobReport, Observation};
 use pgplane_core::ids::{JobId, LeaseId};
 use pgplane_core::Error;
 use pgplane_store::agents::{Agent, AgentRegistration};
@@ -132,10 +132,9 @@ async fn register(State(state): State<AgentApiState>, Json(r): Json<Register>) -
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Heartbeat {
-    /// What the agent observes on its host (members, roles, versions).
-    #[schema(value_type = Object)]
+    /// What the agent observes on its host.
     #[serde(default)]
-    pub observed: serde_json::Value,
+    pub observed: Observation,
 }
 
 /// Says the agent is alive and what it observes.
@@ -145,7 +144,7 @@ async fn heartbeat(
     AgentAuth(agent): AgentAuth,
     Json(h): Json<Heartbeat>,
 ) -> ApiResult<StatusCode> {
-    state.store.agent_heartbeat(agent.id, &h.observed).await?;
+    state.store.agent_heartbeat(agent.id, Some(&h.observed)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -170,7 +169,7 @@ async fn next_jobs(
     let queue = format!("agent:{}", agent.id);
     let notify = state.wakers.for_queue(&queue);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(w.wait_secs.unwrap_or(25).min(60));
-    state.store.agent_heartbeat(agent.id, &serde_json::Value::Null).await.ok();
+    state.store.agent_heartbeat(agent.id, None).await.ok();
     loop {
         let notified = notify.notified();
         let mut claimed = state.store.job_claim(&queue, &agent.name, AGENT_LEASE, 1).await?;

@@ -2,7 +2,7 @@
 //! view placement reads (free memory and disk per agent, ports per host address).
 
 use chrono::{DateTime, Utc};
-use pgplane_core::agent::AgentId;
+use pgplane_core::agent::{AgentId, Observation};
 use pgplane_core::ids::DatabaseId;
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
@@ -88,13 +88,41 @@ impl Store {
         row.ok_or_else(|| Error::unauthorized("unknown agent credential; register again"))
     }
 
-    pub async fn agent_heartbeat(&self, id: AgentId, observed: &serde_json::Value) -> Result<()> {
+    /// Records that the agent is alive and, when it says, what it observes of its members.
+    pub async fn agent_heartbeat(&self, id: AgentId, observed: Option<&Observation>) -> Result<()> {
+        let Some(observed) = observed else {
+            sqlx::query("UPDATE agents SET last_seen_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
         sqlx::query("UPDATE agents SET last_seen_at = now(), observed = $2 WHERE id = $1")
             .bind(id)
-            .bind(observed)
-            .execute(&self.pool)
+            .bind(serde_json::to_value(observed).map_err(Error::internal)?)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        for m in &observed.members {
+            // Only the agent that runs a member may speak for it.
+            sqlx::query(
+                "UPDATE database_members SET role = $4, state = $5, timeline = $6, lag_bytes = $7, observed_at = now() \
+                 WHERE database_id = $1 AND name = $2 AND agent_id = $3",
+            )
+            .bind(m.database_id)
+            .bind(&m.member)
+            .bind(id)
+            .bind(&m.role)
+            .bind(&m.state)
+            .bind(m.timeline)
+            .bind(m.lag_bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
         Ok(())
     }
 

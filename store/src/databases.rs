@@ -492,3 +492,29 @@ impl Store {
         }))
     }
 }
+
+impl Store {
+    /// The database's members as last observed, in name order.
+    pub async fn database_members(&self, id: DatabaseId) -> Result<Vec<pgplane_core::model::DatabaseMember>> {
+        type Row = (String, String, String, Option<i64>, Option<i64>, Option<DateTime<Utc>>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT name, role, state, timeline, lag_bytes, observed_at FROM database_members \
+             WHERE database_id = $1 ORDER BY name",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, role, state, timeline, lag_bytes, observed_at)| pgplane_core::model::DatabaseMember {
+                name,
+                role,
+                state,
+                timeline,
+                lag_bytes,
+                observed_at,
+            })
+            .collect())
+    }
+}

@@ -6,8 +6,8 @@ use axum::response::Response;
 use pgplane_core::error::Validator;
 use pgplane_core::ids::{AppId, DatabaseId, OperationId};
 use pgplane_core::model::{
-    ChangePlan, ConnectionInfo, CreateDatabase, Database, DatabasePage, DatabaseSettings, Operation, OperationPage,
-    TenantRole, UpdateDatabaseSettings,
+    ChangePlan, ConnectionInfo, CreateDatabase, Database, DatabaseMemberList, DatabasePage, DatabaseSettings,
+    Operation, OperationPage, TenantRole, UpdateDatabaseSettings,
 };
 use pgplane_core::page::PageParams;
 use pgplane_core::{validate, Error, FieldError};
@@ -28,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(database_change_plan))
         .routes(routes!(database_restart))
         .routes(routes!(settings_get, settings_update))
+        .routes(routes!(member_list))
         .routes(routes!(connection_get))
         .routes(routes!(ca_get))
         .routes(routes!(operation_list))
@@ -222,6 +223,21 @@ async fn settings_update(
     let merged = merge_settings(&db.item.settings, &patch, "", &mut v);
     v.finish()?;
     Ok(Json(state.store.database_update_settings(id, &merged).await?.settings))
+}
+
+/// The database's PostgreSQL members: role, state, timeline and replication lag, as their
+/// agents last observed them through Patroni.
+#[utoipa::path(
+    get, path = "/v1/databases/{database_id}/members", tag = "databases", security(("bearer" = [])),
+    params(("database_id" = DatabaseId, Path)), responses((status = 200, body = DatabaseMemberList), Errors)
+)]
+async fn member_list(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<DatabaseId>,
+) -> ApiResult<Json<DatabaseMemberList>> {
+    state.store.database_get(&actor, id).await?;
+    Ok(Json(DatabaseMemberList { items: state.store.database_members(id).await? }))
 }
 
 fn not_provisioned() -> Error {
