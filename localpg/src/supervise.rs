@@ -1,6 +1,6 @@
 //! A child process we are the parent of: a dedicated thread spawns it and waits on it, so it
-//! is always reaped (no zombie holding PostgreSQL's lock file), and the kernel signals it if
-//! our process dies (PR_SET_PDEATHSIG, bound to that long-lived thread).
+//! is always reaped (no zombie holding PostgreSQL's lock file). `spawn`: the kernel signals it
+//! if our process dies (PR_SET_PDEATHSIG); `spawn_detached`: it outlives us in its own session.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -17,10 +17,27 @@ pub struct Supervised {
 
 impl Supervised {
     /// Spawns `cmd`; `stop_signal` is sent by `stop` and by the kernel if we die.
-    pub fn spawn(mut cmd: Command, stop_signal: i32) -> io::Result<Self> {
-        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
+    pub fn spawn(cmd: Command, stop_signal: i32) -> io::Result<Self> {
+        Self::spawn_with(cmd, stop_signal, true)
+    }
+
+    /// Spawns `cmd` in a new session (its own process group, no controlling terminal) and
+    /// without a parent-death signal: it outlives our process, and signals sent to our process
+    /// group (Ctrl-C in a terminal) do not reach it. We still reap it while we live.
+    pub fn spawn_detached(cmd: Command, stop_signal: i32) -> io::Result<Self> {
+        Self::spawn_with(cmd, stop_signal, false)
+    }
+
+    fn spawn_with(mut cmd: Command, stop_signal: i32, die_with_us: bool) -> io::Result<Self> {
+        // SAFETY: prctl, getppid and setsid are async-signal-safe and touch no memory of the parent.
         unsafe {
             cmd.pre_exec(move || {
+                if !die_with_us {
+                    if libc::setsid() < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    return Ok(());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, stop_signal as libc::c_ulong) != 0 {
                     return Err(io::Error::last_os_error());
                 }
