@@ -36,6 +36,16 @@ impl Drop for TempDir {
     }
 }
 
+/// Stops every process of the node when dropped (they outlive a `Node` by design), so a failed
+/// assertion leaves nothing running.
+struct StopOnDrop<'a>(&'a Node);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop_all();
+    }
+}
+
 fn secret() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -164,6 +174,7 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     let tmp = TempDir::new()?;
     let etcd = start_etcd(tmp.0.join("etcd")).await?;
     let node = Node::new(tmp.0.join("node"))?;
+    let _stop = StopOnDrop(&node);
     let db = DatabaseId::new();
     let ca = DatabaseCa::generate(&db.to_string())?;
     let spec = member_spec(db, 1, etcd.access(), &ca)?;

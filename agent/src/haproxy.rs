@@ -3,9 +3,10 @@
 //! database CA), and running HAProxy in the foreground as the server's OS user.
 
 use crate::files::{find_program, host_port, open_log, tail};
+use crate::process::{self, Managed};
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::GatewaySpec;
-use pgplane_localpg::{RunAs, Supervised};
+use pgplane_localpg::RunAs;
 use std::fmt::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -19,11 +20,22 @@ pub struct GatewayPaths {
     pub config: PathBuf,
     pub ca: PathBuf,
     pub log: PathBuf,
+    /// HAProxy's pid, start time and applied configuration (see `process`).
+    pub pidfile: PathBuf,
+    /// The last applied `GatewaySpec`.
+    pub spec: PathBuf,
 }
 
 impl GatewayPaths {
     pub fn new(dir: PathBuf) -> Self {
-        GatewayPaths { config: dir.join("haproxy.cfg"), ca: dir.join("ca.pem"), log: dir.join("haproxy.log"), dir }
+        GatewayPaths {
+            config: dir.join("haproxy.cfg"),
+            ca: dir.join("ca.pem"),
+            log: dir.join("haproxy.log"),
+            pidfile: process::pidfile(&dir, "haproxy"),
+            spec: dir.join("spec.json"),
+            dir,
+        }
     }
 }
 
@@ -95,8 +107,9 @@ pub fn check_config(config: &Path, runas: &RunAs) -> Result<()> {
     Ok(())
 }
 
-/// Starts HAProxy in the foreground (`-db`) as `runas`; SIGTERM stops it at once.
-pub fn start(paths: &GatewayPaths, runas: &RunAs) -> Result<Supervised> {
+/// Starts HAProxy in the foreground (`-db`) as `runas`, detached from the agent and recorded
+/// in `paths.pidfile` with the digest of `applied`; SIGTERM stops it at once.
+pub fn start(paths: &GatewayPaths, runas: &RunAs, applied: &str) -> Result<Managed> {
     check_config(&paths.config, runas)?;
     let log = open_log(&paths.log, Some(runas))?;
     let mut cmd = Command::new(haproxy()?);
@@ -107,23 +120,23 @@ pub fn start(paths: &GatewayPaths, runas: &RunAs) -> Result<Supervised> {
         .stdout(log.try_clone()?)
         .stderr(log);
     runas.apply(&mut cmd);
-    Supervised::spawn(cmd, libc::SIGTERM).context("starting haproxy")
+    Managed::start(cmd, libc::SIGTERM, &paths.pidfile, applied).context("starting haproxy")
+}
+
+/// The HAProxy already running this gateway's configuration, if any.
+pub fn adopt(paths: &GatewayPaths) -> Option<Managed> {
+    Managed::adopt(&paths.pidfile, &paths.config, libc::SIGTERM)
 }
 
 /// Waits until the gateway accepts TCP connections, failing early if HAProxy exits.
-pub async fn wait_listening(
-    spec: &GatewaySpec,
-    paths: &GatewayPaths,
-    proc: &Supervised,
-    timeout: Duration,
-) -> Result<()> {
+pub async fn wait_listening(spec: &GatewaySpec, paths: &GatewayPaths, proc: &Managed, timeout: Duration) -> Result<()> {
     let addr = host_port(&spec.listen_host, spec.listen_port)
         .to_socket_addrs()?
         .next()
         .context("the gateway's listen address")?;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = proc.exit_status() {
+        if let Some(status) = proc.exited() {
             bail!("haproxy exited ({status}); {}", tail(&paths.log, 20));
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {

@@ -2,14 +2,21 @@
 //! through Patroni, HAProxy gateways) and, for `pgplane up` and tests, a local etcd.
 //! `Node` is the entry point; the other modules render configurations and run one program each.
 
+mod dcs;
 pub mod etcd;
 mod fence;
 mod files;
 pub mod haproxy;
+pub mod lifecycle;
 pub mod node;
 pub mod patroni;
+pub mod process;
+mod reaper;
+pub mod reconcile;
+mod removal;
 pub mod restart;
 pub mod runtime;
+mod specs;
 mod tenant;
 
 pub use etcd::LocalEtcd;

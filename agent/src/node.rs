@@ -1,19 +1,20 @@
-//! The databases placed on this host: idempotent `ensure_member`, `ensure_gateway` and
-//! `remove_database`, fenced by generation, each database in `<root>/<database id>/`, one job at
-//! a time per database. The node is the parent of what it starts and keeps their handles.
+//! The databases placed on this host: idempotent `ensure_member` and `ensure_gateway`, fenced by
+//! generation, each database in `<root>/<database id>/`, one job at a time per database. Each
+//! applied spec is persisted before its process starts, and a running process is re-adopted.
 
 use crate::fence;
 use crate::files::{check_name, ensure_dir, write_atomic};
 use crate::haproxy::{self, GatewayPaths};
 use crate::patroni::{self, MemberPaths};
+use crate::process::{self, Managed};
+use crate::specs;
 use crate::tenant;
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::{GatewaySpec, MemberSpec};
 use pgplane_core::ids::DatabaseId;
-use pgplane_localpg::{find_bindir, RunAs, Supervised};
+use pgplane_localpg::{find_bindir, RunAs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,19 +23,14 @@ pub use crate::fence::NodeError;
 /// How long Patroni may take to bring its PostgreSQL to `running` (bootstrap, clone, recovery).
 const MEMBER_START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long Patroni gets to stop PostgreSQL before SIGKILL.
-const MEMBER_STOP_GRACE: Duration = Duration::from_secs(60);
-const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const MEMBER_STOP_GRACE: Duration = Duration::from_secs(60);
+pub(crate) const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// A process this node started, and the configuration it runs.
-struct Running {
-    proc: Supervised,
-    applied: String,
-}
-
+/// The processes of one database this agent knows: members' Patroni and gateways' HAProxy.
 #[derive(Default)]
-struct Processes {
-    members: HashMap<String, Running>,
-    gateways: HashMap<String, Running>,
+pub(crate) struct Processes {
+    pub members: HashMap<String, Managed>,
+    pub gateways: HashMap<String, Managed>,
 }
 
 /// What `ensure_member` found or did.
@@ -47,10 +43,23 @@ pub struct MemberStatus {
     pub started: bool,
 }
 
+/// What making a process run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Already ours and running this configuration.
+    Unchanged,
+    /// Found running this configuration after a restart of the agent, and kept.
+    Adopted,
+    /// Started (it was not running, had exited, or ran another configuration).
+    Started,
+}
+
+/// The processes this node drives outlive it: dropping a `Node` (or the agent's crash) leaves
+/// them running, and a new `Node` on the same folder re-adopts them. `stop_all` stops them.
 pub struct Node {
-    root: PathBuf,
-    runas: RunAs,
-    databases: Mutex<HashMap<DatabaseId, Arc<tokio::sync::Mutex<Processes>>>>,
+    pub(crate) root: PathBuf,
+    pub(crate) runas: RunAs,
+    pub(crate) databases: Mutex<HashMap<DatabaseId, Arc<tokio::sync::Mutex<Processes>>>>,
 }
 
 impl Node {
@@ -81,7 +90,7 @@ impl Node {
         self.database_dir(database_id).join(format!("gateway-{name}"))
     }
 
-    fn database(&self, database_id: DatabaseId) -> Arc<tokio::sync::Mutex<Processes>> {
+    pub(crate) fn database(&self, database_id: DatabaseId) -> Arc<tokio::sync::Mutex<Processes>> {
         let mut map = self.databases.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(database_id).or_default().clone()
     }
@@ -90,41 +99,64 @@ impl Node {
     pub async fn pids(&self, database_id: DatabaseId) -> Vec<u32> {
         let db = self.database(database_id);
         let procs = db.lock().await;
-        procs.members.values().chain(procs.gateways.values()).map(|r| r.proc.pid()).collect()
+        procs.members.values().chain(procs.gateways.values()).map(Managed::pid).collect()
     }
 
-    /// Makes the member run `spec`: writes its files, starts Patroni unless it already runs
-    /// this configuration (restarts it if the configuration changed), waits until PostgreSQL
-    /// runs, and on the primary makes the tenant's role and database exist.
+    /// Makes the member run `spec`: writes its files and the spec, starts Patroni unless it
+    /// already runs this configuration (ours, or adopted after a restart of the agent; restarted
+    /// if the configuration changed), waits until PostgreSQL runs, and on the primary makes the
+    /// tenant's role and database exist.
     pub async fn ensure_member(&self, spec: &MemberSpec) -> Result<MemberStatus, NodeError> {
         check_name("scope", &spec.scope)?;
         check_name("member", &spec.member)?;
         let db = self.database(spec.database_id);
         let mut procs = db.lock().await;
-        fence::advance(&self.root, spec.database_id, spec.generation)?;
+        self.admit(spec.database_id, spec.generation)?;
         let paths = MemberPaths::new(self.member_dir(spec.database_id, &spec.member));
         let bin_dir = bin_dir_for(&spec.version)?;
         let applied = self.write_member_files(spec, &paths, &bin_dir)?;
-        let running = procs.members.get(&spec.member);
-        let started = !running.is_some_and(|r| r.applied == applied && r.proc.exit_status().is_none());
-        if started {
-            if let Some(old) = procs.members.remove(&spec.member) {
-                let (paths, runas) = (paths.clone(), self.runas.clone());
-                tokio::task::spawn_blocking(move || stop_member(old, &paths, &runas)).await.context("stopping")?;
-            }
-            let proc = patroni::start(&paths, &self.runas)?;
-            procs.members.insert(spec.member.clone(), Running { proc, applied });
-        }
-        let proc = &procs.members[&spec.member].proc;
+        let outcome = self.run_member(&mut procs, spec, &paths, &applied).await?;
+        let proc = &procs.members[&spec.member];
         let state = patroni::wait_running(spec, &paths, proc, MEMBER_START_TIMEOUT).await?;
         if state.is_primary() {
             tenant::ensure(spec, &paths, &bin_dir, &self.runas).await?;
         }
-        Ok(MemberStatus { patroni_pid: proc.pid(), role: state.role, started })
+        Ok(MemberStatus { patroni_pid: proc.pid(), role: state.role, started: outcome == Outcome::Started })
+    }
+
+    /// Fences the job, and refuses one not newer than a removal under way (a newer one
+    /// places the database here again).
+    fn admit(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
+        fence::advance(&self.root, database_id, generation)?;
+        if let Some(removal) = specs::removing(&self.root, database_id) {
+            if generation <= removal {
+                return Err(NodeError::StaleGeneration { database_id, requested: generation, applied: removal });
+            }
+            specs::unmark_removing(&self.root, database_id)?;
+        }
+        Ok(())
+    }
+
+    /// Persists the spec, then makes Patroni run what `applied` describes.
+    pub(crate) async fn run_member(
+        &self,
+        procs: &mut Processes,
+        spec: &MemberSpec,
+        paths: &MemberPaths,
+        applied: &str,
+    ) -> Result<Outcome> {
+        specs::save(&paths.spec, spec)?;
+        let (runas, stop_paths) = (self.runas.clone(), paths.clone());
+        let stop = move |old: Managed| {
+            old.stop(MEMBER_STOP_GRACE);
+            crate::removal::stop_postmaster(&stop_paths, &runas);
+        };
+        let start = || patroni::start(paths, &self.runas, applied);
+        run_one(&mut procs.members, &spec.member, applied, || patroni::adopt(paths), start, stop).await
     }
 
     /// Writes the member's folder; returns everything Patroni's behaviour depends on.
-    fn write_member_files(&self, spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> Result<String> {
+    pub(crate) fn write_member_files(&self, spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> Result<String> {
         // A unix socket path holds at most 107 bytes; PostgreSQL adds "/.s.PGSQL.<port>".
         if paths.socket_dir.as_os_str().len() + 16 > 107 {
             bail!("{} is too long for a unix socket folder; use a shorter node folder", paths.socket_dir.display());
@@ -160,119 +192,83 @@ impl Node {
         }
         let db = self.database(spec.database_id);
         let mut procs = db.lock().await;
-        fence::advance(&self.root, spec.database_id, spec.generation)?;
+        self.admit(spec.database_id, spec.generation)?;
         let paths = GatewayPaths::new(self.gateway_dir(spec.database_id, &spec.name));
+        let applied = self.write_gateway_files(spec, &paths)?;
+        self.run_gateway(&mut procs, spec, &paths, &applied).await?;
+        let proc = &procs.gateways[&spec.name];
+        haproxy::wait_listening(spec, &paths, proc, Duration::from_secs(10)).await?;
+        Ok(proc.pid())
+    }
+
+    /// Writes the gateway's folder; returns everything HAProxy's behaviour depends on.
+    pub(crate) fn write_gateway_files(&self, spec: &GatewaySpec, paths: &GatewayPaths) -> Result<String> {
         ensure_dir(&self.database_dir(spec.database_id), 0o711, None)?;
         ensure_dir(&paths.dir, 0o700, Some(&self.runas))?;
-        // The generation is in a comment: compare without the first line.
-        let config = haproxy::render(spec, &paths);
-        let applied = format!("{}\n{}", config.split_once('\n').map_or("", |(_, rest)| rest), spec.ca_pem);
+        let config = haproxy::render(spec, paths);
         write_atomic(&paths.ca, &spec.ca_pem, Some(&self.runas))?;
         write_atomic(&paths.config, &config, Some(&self.runas))?;
-        if let Some(r) = procs.gateways.get(&spec.name) {
-            if r.applied == applied && r.proc.exit_status().is_none() {
-                haproxy::wait_listening(spec, &paths, &r.proc, Duration::from_secs(10)).await?;
-                return Ok(r.proc.pid());
+        // The generation is in a comment: compare without the first line.
+        Ok(format!("{}\n{}", config.split_once('\n').map_or("", |(_, rest)| rest), spec.ca_pem))
+    }
+
+    /// Persists the spec, then makes HAProxy run what `applied` describes.
+    pub(crate) async fn run_gateway(
+        &self,
+        procs: &mut Processes,
+        spec: &GatewaySpec,
+        paths: &GatewayPaths,
+        applied: &str,
+    ) -> Result<Outcome> {
+        specs::save(&paths.spec, spec)?;
+        let start = || haproxy::start(paths, &self.runas, applied);
+        let stop = |old: Managed| old.stop(GATEWAY_STOP_GRACE);
+        run_one(&mut procs.gateways, &spec.name, applied, || haproxy::adopt(paths), start, stop).await
+    }
+}
+
+/// Leaves a live process running `applied` alone (adopting it first if the agent restarted),
+/// else stops what runs (a crashed process needs no stop: a Patroni started again keeps the
+/// PostgreSQL that outlived it) and starts a new one.
+async fn run_one(
+    slot: &mut HashMap<String, Managed>,
+    name: &str,
+    applied: &str,
+    adopt: impl FnOnce() -> Option<Managed>,
+    start: impl FnOnce() -> Result<Managed>,
+    stop: impl FnOnce(Managed) + Send + 'static,
+) -> Result<Outcome> {
+    let digest = process::digest(applied);
+    let mut adopted = false;
+    if !slot.contains_key(name) {
+        if let Some(found) = adopt() {
+            tracing::info!(%name, pid = found.pid(), "re-adopted a running process");
+            slot.insert(name.to_string(), found);
+            adopted = true;
+        }
+    }
+    if let Some(proc) = slot.get(name) {
+        if proc.exited().is_none() && proc.applied() == digest {
+            return Ok(if adopted { Outcome::Adopted } else { Outcome::Unchanged });
+        }
+    }
+    if let Some(old) = slot.remove(name) {
+        match old.exited() {
+            Some(how) => tracing::warn!(%name, pid = old.pid(), %how, "process exited; starting it again"),
+            None => {
+                tracing::info!(%name, pid = old.pid(), "configuration changed; restarting");
+                tokio::task::spawn_blocking(move || stop(old)).await.context("stopping")?;
             }
         }
-        if let Some(old) = procs.gateways.remove(&spec.name) {
-            tokio::task::spawn_blocking(move || old.proc.stop(GATEWAY_STOP_GRACE)).await.context("stopping")?;
-        }
-        let proc = haproxy::start(&paths, &self.runas)?;
-        let pid = proc.pid();
-        let result = haproxy::wait_listening(spec, &paths, &proc, Duration::from_secs(10)).await;
-        procs.gateways.insert(spec.name.clone(), Running { proc, applied });
-        result?;
-        Ok(pid)
     }
-
-    /// Stops the database's gateways, then its members, and removes its folder. Removing a
-    /// database that is not here is fine; the generation is remembered after removal.
-    /// Patroni's keys in etcd (`/service/<scope>/`) stay: they belong to the whole database, so
-    /// whoever removes its last member deletes them (a new cluster with the same scope would
-    /// otherwise inherit its `/config` and `initialize` keys and never bootstrap).
-    pub async fn remove_database(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
-        let db = self.database(database_id);
-        let mut procs = db.lock().await;
-        fence::advance(&self.root, database_id, generation)?;
-        let taken = std::mem::take(&mut *procs);
-        let dir = self.database_dir(database_id);
-        let runas = self.runas.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            stop_all(taken, &dir, &runas);
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("removing {}", dir.display()))
-                }
-                _ => Ok(()),
-            }
-        })
-        .await
-        .context("removing the database")??;
-        Ok(())
-    }
-}
-
-impl Drop for Node {
-    /// Stops everything this node started (their folders stay).
-    fn drop(&mut self) {
-        let map = std::mem::take(&mut *self.databases.lock().unwrap_or_else(|e| e.into_inner()));
-        for (id, db) in map {
-            if let Ok(mut procs) = db.try_lock() {
-                stop_all(std::mem::take(&mut *procs), &self.database_dir(id), &self.runas);
-            }
-        }
-    }
-}
-
-/// Gateways first (clients stop reaching the database), then members, then any PostgreSQL
-/// left behind in the database's member folders.
-fn stop_all(procs: Processes, database_dir: &Path, runas: &RunAs) {
-    for (_, gateway) in procs.gateways {
-        gateway.proc.stop(GATEWAY_STOP_GRACE);
-    }
-    for (_, member) in procs.members {
-        member.proc.stop(MEMBER_STOP_GRACE);
-    }
-    let Ok(entries) = std::fs::read_dir(database_dir) else { return };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("member-") {
-            stop_postmaster(&MemberPaths::new(entry.path()), runas);
-        }
-    }
-}
-
-fn stop_member(member: Running, paths: &MemberPaths, runas: &RunAs) {
-    member.proc.stop(MEMBER_STOP_GRACE);
-    stop_postmaster(paths, runas);
-}
-
-/// Patroni stops its PostgreSQL when it stops; if it was killed first, `pg_ctl` stops the
-/// PostgreSQL that `data/postmaster.pid` names (fast, then immediate).
-fn stop_postmaster(paths: &MemberPaths, runas: &RunAs) {
-    if !paths.data.join("postmaster.pid").exists() {
-        return;
-    }
-    let bin_dir = std::fs::read_to_string(&paths.config)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|config| config["postgresql"]["bin_dir"].as_str().map(PathBuf::from))
-        .or_else(|| find_bindir(None).ok());
-    let Some(bin_dir) = bin_dir else { return };
-    for mode in ["fast", "immediate"] {
-        let mut cmd = Command::new(bin_dir.join("pg_ctl"));
-        cmd.arg("-D").arg(&paths.data).args(["stop", "-w", "-t", "30", "-m", mode]);
-        cmd.current_dir(&paths.dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        runas.apply(&mut cmd);
-        if cmd.status().is_ok_and(|s| s.success()) || !paths.data.join("postmaster.pid").exists() {
-            return;
-        }
-    }
-    tracing::warn!(data = %paths.data.display(), "could not stop a PostgreSQL left behind by Patroni");
+    let proc = start()?;
+    tracing::info!(%name, pid = proc.pid(), "started");
+    slot.insert(name.to_string(), proc);
+    Ok(Outcome::Started)
 }
 
 /// `/usr/lib/postgresql/<version>/bin` when present, else whatever `find_bindir` finds.
-fn bin_dir_for(version: &str) -> Result<PathBuf> {
+pub(crate) fn bin_dir_for(version: &str) -> Result<PathBuf> {
     if !version.is_empty() && version.chars().all(|c| c.is_ascii_digit()) {
         let dir = PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
         if let Ok(dir) = find_bindir(Some(&dir)) {

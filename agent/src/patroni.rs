@@ -3,9 +3,10 @@
 //! server's OS user, and waiting on its REST API (https, checked against the database CA).
 
 use crate::files::{find_program, host_port, open_log, tail};
+use crate::process::{self, Managed};
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::MemberSpec;
-use pgplane_localpg::{RunAs, Supervised};
+use pgplane_localpg::RunAs;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,6 +26,10 @@ pub struct MemberPaths {
     pub key: PathBuf,
     pub etcd_ca: PathBuf,
     pub pgpass: PathBuf,
+    /// Patroni's pid, start time and applied configuration (see `process`).
+    pub pidfile: PathBuf,
+    /// The last applied `MemberSpec` (secrets: 0600, readable by the agent only).
+    pub spec: PathBuf,
 }
 
 impl MemberPaths {
@@ -40,6 +45,8 @@ impl MemberPaths {
             key: tls.join("server.key"),
             etcd_ca: tls.join("etcd-ca.pem"),
             pgpass: dir.join("pgpass"),
+            pidfile: process::pidfile(&dir, "patroni"),
+            spec: dir.join("spec.json"),
             tls_dir: tls,
             dir,
         }
@@ -158,8 +165,10 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
     serde_json::to_string_pretty(&config).expect("JSON values serialize")
 }
 
-/// Starts Patroni on `paths.config` as `runas`, logging to `paths.log`.
-pub fn start(paths: &MemberPaths, runas: &RunAs) -> Result<Supervised> {
+/// Starts Patroni on `paths.config` as `runas`, logging to `paths.log`, detached from the agent
+/// and recorded in `paths.pidfile` with the digest of `applied`. SIGTERM stops it (and its
+/// PostgreSQL); a Patroni started again finds its PostgreSQL running and keeps it.
+pub fn start(paths: &MemberPaths, runas: &RunAs, applied: &str) -> Result<Managed> {
     let log = open_log(&paths.log, Some(runas))?;
     let mut cmd = Command::new(find_program("patroni", "PGPLANE_PATRONI")?);
     cmd.arg(&paths.config)
@@ -169,7 +178,12 @@ pub fn start(paths: &MemberPaths, runas: &RunAs) -> Result<Supervised> {
         .stdout(log.try_clone()?)
         .stderr(log);
     runas.apply(&mut cmd);
-    Supervised::spawn(cmd, libc::SIGTERM).context("starting patroni")
+    Managed::start(cmd, libc::SIGTERM, &paths.pidfile, applied).context("starting patroni")
+}
+
+/// The Patroni already running this member's configuration, if any.
+pub fn adopt(paths: &MemberPaths) -> Option<Managed> {
+    Managed::adopt(&paths.pidfile, &paths.config, libc::SIGTERM)
 }
 
 /// What Patroni's `GET /patroni` says about its member.
@@ -217,13 +231,13 @@ pub async fn holds_leader_key(client: &reqwest::Client, host: &str, port: u16) -
 pub async fn wait_running(
     spec: &MemberSpec,
     paths: &MemberPaths,
-    patroni: &Supervised,
+    patroni: &Managed,
     timeout: Duration,
 ) -> Result<PatroniState> {
     let client = rest_client(&spec.tls.ca_pem)?;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = patroni.exit_status() {
+        if let Some(status) = patroni.exited() {
             bail!("patroni exited ({status}); {}", tail(&paths.log, 20));
         }
         let last = match state(&client, &spec.host, spec.patroni_port).await {

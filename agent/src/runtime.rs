@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+use crate::lifecycle::{Lifecycle, OnExit};
 use crate::node::Node;
 
 /// How an agent finds the scheduler and describes its host.
@@ -63,9 +64,23 @@ impl Session {
     }
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs the agent until `shutdown` turns true, then stops the databases it runs.
+pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    run_with(config, shutdown, OnExit::StopDatabases).await
+}
+
+/// Runs the agent until `shutdown` turns true: first re-adopts what runs on this node and starts
+/// what should (from the persisted specs), then serves jobs while reconciling every few seconds.
+/// A job in progress at shutdown is dropped (it comes back when the agent registers again).
+pub async fn run_with(config: AgentConfig, shutdown: watch::Receiver<bool>, on_exit: OnExit) -> anyhow::Result<()> {
     let node = Arc::new(Node::new(config.root.clone())?);
+    let lifecycle = Lifecycle::start(node.clone(), on_exit, shutdown.clone()).await;
+    let result = serve(config, node, shutdown).await;
+    lifecycle.finish().await;
+    result
+}
+
+async fn serve(config: AgentConfig, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let session = Arc::new(Session {
         http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?,
         config,
@@ -91,7 +106,10 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
         };
         match res {
             Ok(r) if r.status() == reqwest::StatusCode::OK => match r.json::<AgentJob>().await {
-                Ok(job) => execute(&session, &node, job).await,
+                Ok(job) => tokio::select! {
+                    _ = execute(&session, &node, job) => {}
+                    _ = shutdown.changed() => break,
+                },
                 Err(e) => tracing::warn!(error = %e, "unreadable job"),
             },
             Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {}
