@@ -127,6 +127,11 @@ async fn register(State(state): State<AgentApiState>, Json(r): Json<Register>) -
     };
     let (agent_id, credential) = state.store.agent_register(&reg).await?;
     tracing::info!(agent = %r.name, %agent_id, host = %r.host, "agent registered");
+    // An agent registers when it starts: the jobs it held died with its previous run.
+    let released = state.store.job_expire_leases(&format!("agent:{agent_id}")).await?;
+    if released > 0 {
+        tracing::info!(agent = %r.name, jobs = released, "the agent restarted; its jobs go back to its queue");
+    }
     Ok(Json(Registered { agent_id, credential }))
 }
 

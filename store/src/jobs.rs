@@ -255,6 +255,20 @@ impl Store {
         })
     }
 
+    /// Ends the leases of the running jobs of `queue` now, so the reaper's next pass returns them
+    /// to the queue, when their worker is known to be gone (an agent that registers again has
+    /// restarted and runs nothing) instead of after the lease's full length. Returns how many.
+    pub async fn job_expire_leases(&self, queue: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = now(), updated_at = now() WHERE queue = $1 AND status = 'running'",
+        )
+        .bind(queue)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
     /// Puts jobs whose lease expired back in the queue (or kills them when out of attempts).
     /// Returns how many were reaped.
     pub async fn job_reap_expired(&self) -> Result<u64> {
