@@ -150,6 +150,11 @@ pub struct AgentArgs {
     /// Folder for the databases' files on this host.
     #[arg(long, env = "PGPLANE_AGENT_ROOT", default_value = "/var/lib/pgplane/agent")]
     root: PathBuf,
+    /// On SIGTERM/SIGINT, stop the databases too. By default they keep running (the data plane
+    /// outlives the agent, as after a crash) and the next agent re-adopts them; under systemd use
+    /// KillMode=process so that stopping the unit does not kill them either.
+    #[arg(long, env = "PGPLANE_AGENT_STOP_DATABASES_ON_EXIT")]
+    stop_databases_on_exit: bool,
 }
 
 impl AgentArgs {
@@ -174,7 +179,12 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
         shutdown_signal().await;
         let _ = tx.send(true);
     });
-    pgplane_agent::runtime::run(args.config(), rx).await
+    let on_exit = if args.stop_databases_on_exit {
+        pgplane_agent::lifecycle::OnExit::StopDatabases
+    } else {
+        pgplane_agent::lifecycle::OnExit::LeaveRunning
+    };
+    pgplane_agent::runtime::run_with(args.config(), rx, on_exit).await
 }
 
 fn init_logging(format: &str) {
