@@ -3,6 +3,7 @@
 mod auth;
 mod databases;
 mod e2e;
+mod ha;
 mod isolation;
 mod limits;
 mod node;

@@ -2,6 +2,7 @@
 //! through Patroni, HAProxy gateways) and, for `pgplane up` and tests, a local etcd.
 //! `Node` is the entry point; the other modules render configurations and run one program each.
 
+pub mod control;
 mod dcs;
 pub mod etcd;
 mod fence;

@@ -122,6 +122,10 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
                         "max_replication_slots": 10,
                         "wal_keep_size": "256MB",
                         "wal_retrieve_retry_interval": "200ms",
+                        // Parameters tenants may change live in the DCS: Patroni's local
+                        // parameters would override every later PATCH /config.
+                        "work_mem": format!("{}kB", size.work_mem_kb),
+                        "maintenance_work_mem": format!("{}MB", size.maintenance_work_mem_mb),
                     },
                 },
             },
@@ -153,8 +157,6 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
                 "password_encryption": "scram-sha-256",
                 "shared_buffers": format!("{}MB", size.shared_buffers_mb),
                 "effective_cache_size": format!("{}MB", size.effective_cache_size_mb),
-                "work_mem": format!("{}kB", size.work_mem_kb),
-                "maintenance_work_mem": format!("{}MB", size.maintenance_work_mem_mb),
                 "logging_collector": "on",
             },
             "pg_hba": pg_hba(spec.force_tls),

@@ -189,6 +189,16 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
                 .map(|_| json!({ "restarted": true }))
                 .map_err(crate::node::NodeError::from)
         }
+        AgentTask::PatchConfig { host, patroni_port, ca_pem, restapi_password, patch, .. } => {
+            crate::control::patch_config(host, *patroni_port, ca_pem, restapi_password, patch)
+                .await
+                .map_err(crate::node::NodeError::from)
+        }
+        AgentTask::Switchover { host, patroni_port, ca_pem, restapi_password, candidate, .. } => {
+            crate::control::switchover(host, *patroni_port, ca_pem, restapi_password, candidate.as_deref())
+                .await
+                .map_err(crate::node::NodeError::from)
+        }
         AgentTask::RemoveDatabase { database_id, generation } => {
             node.remove_database(*database_id, *generation).await.map(|_| json!({}))
         }

@@ -122,6 +122,27 @@ pub enum AgentTask {
         ca_pem: String,
         restapi_password: String,
     },
+    /// Apply a change to the cluster-wide Patroni configuration (`PATCH /config`).
+    PatchConfig {
+        database_id: DatabaseId,
+        generation: i64,
+        host: String,
+        patroni_port: u16,
+        ca_pem: String,
+        restapi_password: String,
+        #[schema(value_type = Object)]
+        patch: serde_json::Value,
+    },
+    /// Move the leader to `candidate` (or the healthiest replica) and wait until it leads.
+    Switchover {
+        database_id: DatabaseId,
+        generation: i64,
+        host: String,
+        patroni_port: u16,
+        ca_pem: String,
+        restapi_password: String,
+        candidate: Option<String>,
+    },
     /// Stop and remove everything of the database on this host: processes, data, ports.
     RemoveDatabase { database_id: DatabaseId, generation: i64 },
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod page;
+pub mod params;
 pub mod validate;
 
 pub use error::{Error, FieldError};

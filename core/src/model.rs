@@ -363,6 +363,52 @@ pub struct Database {
 }
 page_of!(DatabasePage, Database);
 
+/// Tenant-set PostgreSQL parameters and replication mode.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Configuration {
+    /// Parameter → value, as PostgreSQL writes it (e.g. `"work_mem": "65536kB"`).
+    #[schema(value_type = Object)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// Commits wait for the follower (Business only): no acknowledged write is lost on failover.
+    pub synchronous_replication: bool,
+}
+
+/// A change of configuration; absent fields stay, a parameter set to `null` returns to its default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfiguration {
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    pub synchronous_replication: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ParameterList {
+    pub items: Vec<crate::params::ParamDef>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Switchover {
+    /// The member to promote; the healthiest replica when absent.
+    #[serde(default)]
+    pub candidate: Option<String>,
+}
+
+/// Something that happened to a database: `failover`, `switchover`, …
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseEvent {
+    pub id: uuid::Uuid,
+    pub database_id: DatabaseId,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+page_of!(DatabaseEventPage, DatabaseEvent);
+
 /// One PostgreSQL member of a database, as last observed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DatabaseMember {
@@ -426,6 +472,10 @@ string_enum!(
         Delete = "delete",
         /// A rolling restart of the members, one at a time.
         Restart = "restart",
+        /// Parameters or synchronous replication applied through Patroni.
+        Configure = "configure",
+        /// A planned change of leader.
+        Switchover = "switchover",
     }
 );
 

@@ -8,6 +8,8 @@
 //! change_plan: start ─resize─▶ members ─▶ finish (available)
 //! delete:      start ─▶ remove ─▶ finish (deleted; ports, capacity, secrets released)
 //! restart:     start ─▶ restart-0 ─▶ … ─▶ restart-(n-1) ─▶ finish (one member at a time)
+//! configure:   start ─PATCH /config─▶ configure ─▶ finish
+//! switchover:  start ─POST /switchover─▶ switchover ─▶ finish
 //! ```
 
 use pgplane_core::agent::{AgentTask, DatabaseSecrets, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
@@ -58,6 +60,8 @@ fn agent_job(
         AgentTask::EnsureGateway { .. } => "ensure_gateway",
         AgentTask::RemoveDatabase { .. } => "remove_database",
         AgentTask::RestartMember { .. } => "restart_member",
+        AgentTask::PatchConfig { .. } => "patch_config",
+        AgentTask::Switchover { .. } => "switchover",
     };
     let mut job = NewJob::new(
         format!("agent:{agent}"),
@@ -98,7 +102,18 @@ impl Handler for Workflows {
                 (OperationKind::Create, "start") => self.place(&mut tx, &st).await?,
                 (OperationKind::Create, "gateways") => self.gateways(&mut tx, &st).await?,
                 (OperationKind::ChangePlan, "start") => self.resize(&mut tx, &st).await?,
-                (OperationKind::Create | OperationKind::ChangePlan, "finish") => {
+                (OperationKind::Configure, "start") => self.configure(&mut tx, &st).await?,
+                (OperationKind::Switchover, "start") => self.switchover(&mut tx, &st).await?,
+                (
+                    OperationKind::Create
+                    | OperationKind::ChangePlan
+                    | OperationKind::Configure
+                    | OperationKind::Switchover,
+                    "finish",
+                ) => {
+                    if st.operation.kind == OperationKind::Switchover {
+                        self.record_switchover(&mut tx, &st).await?;
+                    }
                     let gw = gateways_of_in(&mut tx, st.database_id).await.map_err(retry)?;
                     let first = gw.first().ok_or_else(|| JobError::Fatal("database without a gateway".into()))?;
                     database_available_in(&mut tx, st.database_id, &first.host, first.port).await.map_err(retry)?;
@@ -321,6 +336,94 @@ impl Workflows {
         operation_progress_in(tx, st.operation.id, progress, &format!("restarting member {}", m.name))
             .await
             .map_err(retry)
+    }
+
+    /// The member whose agent speaks to Patroni for the whole cluster, with the REST secrets.
+    async fn control_member(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+    ) -> Result<(MemberRow, StoredSecrets), JobError> {
+        let m = members_of_in(tx, st.database_id).await.map_err(retry)?.into_iter().next();
+        let m = m.ok_or_else(|| JobError::Fatal("the database has no member".into()))?;
+        let secrets =
+            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+        Ok((m, secrets))
+    }
+
+    /// Applies the desired parameters (plus the plan's max_connections) and replication mode.
+    async fn configure(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let config = self.store.database_configuration(st.database_id).await.map_err(retry)?;
+        let mut parameters: serde_json::Map<String, serde_json::Value> =
+            config.parameters.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        for removed in st.operation.params["removed"].as_array().into_iter().flatten() {
+            if let Some(name) = removed.as_str() {
+                parameters.entry(name.to_string()).or_insert(serde_json::Value::Null);
+            }
+        }
+        parameters.insert("max_connections".into(), json!(st.plan.max_connections));
+        let patch = json!({
+            "postgresql": { "parameters": parameters },
+            "synchronous_mode": config.synchronous_replication,
+        });
+        let (m, secrets) = self.control_member(tx, st).await?;
+        let task = AgentTask::PatchConfig {
+            database_id: st.database_id,
+            generation: st.generation,
+            host: m.host.clone(),
+            patroni_port: m.patroni_port as u16,
+            ca_pem: secrets.ca_cert_pem,
+            restapi_password: secrets.secrets.restapi_password,
+            patch,
+        };
+        job_enqueue_in(tx, &agent_job(m.agent_id, st, "configure", "finish", &task)?).await.map_err(retry)?;
+        operation_progress_in(tx, st.operation.id, 30, "applying the configuration through Patroni")
+            .await
+            .map_err(retry)
+    }
+
+    async fn switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let (m, secrets) = self.control_member(tx, st).await?;
+        let task = AgentTask::Switchover {
+            database_id: st.database_id,
+            generation: st.generation,
+            host: m.host.clone(),
+            patroni_port: m.patroni_port as u16,
+            ca_pem: secrets.ca_cert_pem,
+            restapi_password: secrets.secrets.restapi_password,
+            candidate: st.operation.params["candidate"].as_str().map(str::to_string),
+        };
+        job_enqueue_in(tx, &agent_job(m.agent_id, st, "switchover", "finish", &task)?).await.map_err(retry)?;
+        operation_progress_in(tx, st.operation.id, 30, "switching the leader over").await.map_err(retry)
+    }
+
+    /// Roles and the event, from the agent's answer `{from, to}`.
+    async fn record_switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let result: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT result FROM jobs WHERE operation_id = $1 AND kind = 'switchover' AND status = 'done' LIMIT 1",
+        )
+        .bind(st.operation.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(retry)?
+        .flatten();
+        let Some(result) = result else { return Ok(()) };
+        let (Some(from), Some(to)) = (result["from"].as_str(), result["to"].as_str()) else { return Ok(()) };
+        if from != to {
+            sqlx::query(
+                "UPDATE database_members SET role = CASE WHEN name = $2 THEN 'leader' ELSE 'replica' END \
+                 WHERE database_id = $1",
+            )
+            .bind(st.database_id)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .map_err(retry)?;
+            pgplane_store::config::event_insert_in(tx, st.database_id, "switchover", json!({ "from": from, "to": to }))
+                .await
+                .map_err(retry)?;
+        }
+        Ok(())
     }
 
     /// Asks every agent that holds a part of the database to remove it.

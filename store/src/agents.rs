@@ -106,6 +106,40 @@ impl Store {
             .await
             .map_err(db_error)?;
         for m in &observed.members {
+            // A member newly seen leading, where another member led before, is a change of
+            // leader: a switchover when one was asked for, else a failover.
+            if m.role == "leader" {
+                let previous: Option<String> = sqlx::query_scalar(
+                    "SELECT name FROM database_members WHERE database_id = $1 AND role = 'leader' AND name <> $2 \
+                     AND EXISTS (SELECT 1 FROM database_members WHERE database_id = $1 AND name = $2 AND agent_id = $3 \
+                                 AND role <> 'leader')",
+                )
+                .bind(m.database_id)
+                .bind(&m.member)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                if let Some(previous) = previous {
+                    let planned: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM operations WHERE database_id = $1 AND kind = 'switchover' \
+                         AND status IN ('pending', 'running'))",
+                    )
+                    .bind(m.database_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    let kind = if planned { "switchover" } else { "failover" };
+                    let detail = serde_json::json!({ "from": previous, "to": m.member, "timeline": m.timeline });
+                    crate::config::event_insert_in(&mut tx, m.database_id, kind, detail).await?;
+                    sqlx::query("UPDATE database_members SET role = 'replica' WHERE database_id = $1 AND name = $2")
+                        .bind(m.database_id)
+                        .bind(&previous)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                }
+            }
             // Only the agent that runs a member may speak for it.
             sqlx::query(
                 "UPDATE database_members SET role = $4, state = $5, timeline = $6, lag_bytes = $7, observed_at = now() \

@@ -118,7 +118,7 @@ fn parse_role(role: Option<String>) -> Result<TenantRole> {
     Ok(role.as_deref().map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner))
 }
 
-async fn operation_insert(
+pub(crate) async fn operation_insert(
     tx: &mut Transaction<'_, Postgres>,
     actor: &Actor,
     tenant: TenantId,

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod agents;
 pub mod apps;
 pub mod billing;
+pub mod config;
 pub mod databases;
 mod error;
 pub mod idempotency;

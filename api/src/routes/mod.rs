@@ -3,6 +3,7 @@
 
 mod apps;
 mod billing;
+mod config;
 mod databases;
 mod jobs;
 mod plans;
@@ -30,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tenants::router())
         .merge(apps::router())
         .merge(databases::router())
+        .merge(config::router())
         .merge(billing::router())
         .merge(jobs::router())
 }

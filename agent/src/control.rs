@@ -1,0 +1,89 @@
+//! Cluster-wide actions through a member's Patroni REST API (authenticated, TLS checked
+//! against the database's CA): configuration changes and planned switchovers.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+use crate::files::host_port;
+
+fn client(ca_pem: &str, timeout: Duration) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the database CA")?)
+        .timeout(timeout)
+        .build()?)
+}
+
+/// `PATCH /config`: Patroni applies it on every member (parameters needing a restart wait
+/// for one). Returns the configuration Patroni now holds.
+pub async fn patch_config(host: &str, port: u16, ca_pem: &str, password: &str, patch: &Value) -> Result<Value> {
+    let url = format!("https://{}/config", host_port(host, port));
+    let res = client(ca_pem, Duration::from_secs(30))?
+        .patch(&url)
+        .basic_auth("patroni", Some(password))
+        .json(patch)
+        .send()
+        .await
+        .with_context(|| format!("PATCH {url}"))?;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("Patroni refused the configuration ({status}): {body}");
+    }
+    Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+/// The cluster as Patroni sees it: (leader, healthy replicas), by member name.
+async fn cluster(c: &reqwest::Client, base: &str) -> Result<(Option<String>, Vec<String>)> {
+    let body: Value = c.get(format!("{base}/cluster")).send().await?.json().await?;
+    let members = body["members"].as_array().cloned().unwrap_or_default();
+    let name = |m: &Value| m["name"].as_str().unwrap_or_default().to_string();
+    let leader = members.iter().find(|m| m["role"] == "leader" && m["state"] == "running").map(name);
+    let replicas = members
+        .iter()
+        .filter(|m| m["role"] != "leader" && matches!(m["state"].as_str(), Some("running" | "streaming")))
+        .map(name)
+        .collect();
+    Ok((leader, replicas))
+}
+
+/// A planned switchover to `candidate` (or the first healthy replica); waits until the new
+/// leader runs. Returns `{from, to}`; asking again once `to` leads changes nothing.
+pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, candidate: Option<&str>) -> Result<Value> {
+    let base = format!("https://{}", host_port(host, port));
+    let c = client(ca_pem, Duration::from_secs(60))?;
+    let (leader, replicas) = cluster(&c, &base).await?;
+    let leader = leader.ok_or_else(|| anyhow!("the cluster has no running leader; retry when it has one"))?;
+    if candidate == Some(leader.as_str()) {
+        return Ok(json!({ "from": leader, "to": leader }));
+    }
+    let to = match candidate {
+        Some(c) if replicas.iter().any(|r| r == c) => c.to_string(),
+        Some(c) => bail!("member {c} is not a healthy replica"),
+        None => replicas.first().cloned().ok_or_else(|| anyhow!("no healthy replica to switch over to"))?,
+    };
+    let res = c
+        .post(format!("{base}/switchover"))
+        .basic_auth("patroni", Some(password))
+        .json(&json!({ "leader": leader, "candidate": to }))
+        .send()
+        .await?;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("Patroni refused the switchover ({status}): {body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((Some(now), _)) = cluster(&c, &base).await {
+            if now == to {
+                return Ok(json!({ "from": leader, "to": to }));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{to} did not become the leader within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,266 @@
+//! Business databases with real parts: two members on two agents, two gateways sharing one
+//! port; configuration through Patroni, synchronous replication, a planned switchover, and
+//! an unplanned failover (kill -9 of the leader's Patroni and PostgreSQL) while a client
+//! writes continuously: no acknowledged write is lost and the new leader takes writes.
+
+use pgplane_agent::runtime::AgentConfig;
+use pgplane_agent::LocalEtcd;
+use pgplane_tests::{spawn_app, Client, TestApp, AGENT_BOOTSTRAP_TOKEN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pg{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub async fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let bin =
+        if Path::new("/usr/lib/postgresql/15/bin/psql").exists() { "/usr/lib/postgresql/15/bin/psql" } else { "psql" };
+    let out = tokio::process::Command::new(bin)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Retries a query until it answers `expected` (or the deadline passes).
+async fn eventually(url: &str, sql: &str, expected: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = psql(url, sql).await;
+        if got.as_deref() == Ok(expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql} answered {got:?}, not {expected:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The postmaster of a member, from its data folder's postmaster.pid.
+fn postmaster(member_dir: &Path) -> Option<u32> {
+    let found = walk(member_dir, "postmaster.pid")?;
+    std::fs::read_to_string(found).ok()?.lines().next()?.trim().parse().ok()
+}
+
+fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir() {
+            if let Some(f) = walk(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+struct Platform {
+    app: TestApp,
+    owner: Client,
+    app_id: String,
+    roots: Vec<PathBuf>,
+    _dirs: Vec<TempDir>,
+    stop_agents: tokio::sync::watch::Sender<bool>,
+    _etcd: LocalEtcd,
+}
+
+async fn platform(agents: usize) -> Platform {
+    let etcd_dir = TempDir::new("e");
+    let etcd = {
+        let dir = etcd_dir.0.clone();
+        tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await.unwrap().expect("etcd")
+    };
+    let mut app = spawn_app().await;
+    let agent_api = app.start_scheduler(etcd.access()).await;
+    let (stop_agents, stopped) = tokio::sync::watch::channel(false);
+    let mut dirs = vec![etcd_dir];
+    let mut roots = Vec::new();
+    let base = 23000 + (std::process::id() % 100) as i32 * 20;
+    for i in 0..agents {
+        let dir = TempDir::new("a");
+        roots.push(dir.0.clone());
+        let config = AgentConfig {
+            scheduler_url: agent_api.clone(),
+            bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
+            name: format!("host-{i}"),
+            host: "127.0.0.1".into(),
+            memory_mb: 4096,
+            disk_gb: 100,
+            port_min: base,
+            port_max: base + 19,
+            root: dir.0.clone(),
+        };
+        dirs.push(dir);
+        tokio::spawn(pgplane_agent::runtime::run(config, stopped.clone()));
+    }
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+    Platform { app, owner, app_id, roots, _dirs: dirs, stop_agents, _etcd: etcd }
+}
+
+impl Platform {
+    async fn run(&self, op: &Value, within: Duration) -> Value {
+        let done = self.app.wait_operation(&self.owner, op["id"].as_str().unwrap(), within).await;
+        assert_eq!(done["status"], "done", "{done}");
+        done
+    }
+
+    /// A verify-ca URL for the database's gateway.
+    async fn url(&self, db: &str) -> String {
+        let (_, conn) = self.owner.get(&format!("/v1/databases/{db}/connection")).await;
+        let ca = self.roots[0].join(format!("{db}-ca.pem"));
+        std::fs::write(&ca, conn["ca_pem"].as_str().unwrap()).unwrap();
+        conn["url"]
+            .as_str()
+            .unwrap()
+            .replace("sslmode=prefer", &format!("sslmode=verify-ca&sslrootcert={}", ca.display()))
+    }
+
+    fn member_dir(&self, db: &str, member: &str) -> PathBuf {
+        self.roots
+            .iter()
+            .map(|r| r.join(db).join(format!("member-{member}")))
+            .find(|d| d.exists())
+            .expect("member folder")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn business_configuration_switchover_and_failover_without_losing_writes() {
+    let p = platform(2).await;
+    let started = Instant::now();
+    let (s, op) =
+        p.owner.post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "ha", "plan": "business-1" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    p.run(&op, Duration::from_secs(180)).await;
+    let db = op["database_id"].as_str().unwrap().to_string();
+    let url = p.url(&db).await;
+    eventually(&url, "SELECT 1", "1", Duration::from_secs(30)).await;
+    eprintln!("Business: POST → first query through the gateway: {:?}", started.elapsed());
+    eventually(&url, "CREATE TABLE IF NOT EXISTS w (id int PRIMARY KEY); SELECT 'ok'", "ok", Duration::from_secs(30))
+        .await;
+
+    // Both gateways hold the same address and port.
+    let port = url.split(':').nth(3).unwrap().split('/').next().unwrap().to_string();
+    let gateways = pids_mentioning(&format!("{db}/gateway-"));
+    assert_eq!(gateways.len(), 2, "two HAProxy gateways run: {gateways:?} (port {port})");
+
+    // Parameters and synchronous replication, through Patroni.
+    let (s, op) = p
+        .owner
+        .patch(
+            &format!("/v1/databases/{db}/configuration"),
+            &json!({ "parameters": { "work_mem": 8192, "max_locks_per_transaction": 128 }, "synchronous_replication": true }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(op["params"]["restart_required"], json!(["max_locks_per_transaction"]));
+    p.run(&op, Duration::from_secs(60)).await;
+    eventually(&url, "SHOW work_mem", "8MB", Duration::from_secs(30)).await;
+    eventually(
+        &url,
+        "SELECT setting <> '' FROM pg_settings WHERE name = 'synchronous_standby_names'",
+        "t",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // A planned switchover; the database keeps its URL.
+    let (s, op) = p.owner.post(&format!("/v1/databases/{db}/switchover"), &json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let t = Instant::now();
+    p.run(&op, Duration::from_secs(90)).await;
+    eventually(&url, "INSERT INTO w VALUES (0) RETURNING id", "0", Duration::from_secs(30)).await;
+    eprintln!("switchover: operation and first write after it: {:?}", t.elapsed());
+    let (_, events) = p.owner.get(&format!("/v1/databases/{db}/events")).await;
+    let event = &events["items"][0];
+    assert_eq!(event["kind"], "switchover", "{events}");
+    let leader = event["detail"]["to"].as_str().unwrap().to_string();
+
+    // Unplanned: kill -9 the leader's Patroni and PostgreSQL while a client keeps writing.
+    let leader_dir = p.member_dir(&db, &leader);
+    let mut victims = pids_mentioning(&leader_dir.join("patroni.yml").display().to_string());
+    victims.extend(postmaster(&leader_dir));
+    assert!(victims.len() >= 2, "leader's Patroni and postmaster: {victims:?}");
+    let mut acknowledged = Vec::new();
+    let mut gap_start = None;
+    let mut gap = None;
+    for id in 1..400 {
+        if id == 20 {
+            for pid in &victims {
+                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+        let t = Instant::now();
+        match psql(&url, &format!("INSERT INTO w VALUES ({id}) RETURNING id")).await {
+            Ok(answer) if answer == id.to_string() => {
+                acknowledged.push(id);
+                if let Some(start) = gap_start.take() {
+                    gap = Some(t.duration_since(start) + t.elapsed());
+                }
+                if id > 20 && gap.is_some() && acknowledged.len() > 40 {
+                    break;
+                }
+            }
+            _ => {
+                gap_start.get_or_insert(t);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let gap = gap.expect("writes resumed on the new leader");
+    eprintln!("failover write gap: {gap:?}");
+    let count = psql(
+        &url,
+        &format!(
+            "SELECT count(*) FROM w WHERE id = ANY('{{{}}}')",
+            acknowledged.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        ),
+    )
+    .await;
+    assert_eq!(count, Ok(acknowledged.len().to_string()), "every acknowledged write survived the failover");
+
+    let (s, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    p.run(&del, Duration::from_secs(90)).await;
+    assert!(pids_mentioning(&db).is_empty(), "nothing of the database runs any more");
+    let _ = p.stop_agents.send(true);
+}
