@@ -49,6 +49,7 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
         "# pgplane gateway {name} of database {db}, generation {generation}\n\
          global\n\
          \x20   maxconn 4000\n\
+         \x20   stats socket {socket} mode 600 level admin\n\
          \x20   hard-stop-after 30s\n\
          \n\
          defaults\n\
@@ -71,6 +72,7 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
         db = spec.database_id,
         generation = spec.generation,
         bind = host_port(&spec.listen_host, spec.listen_port),
+        socket = paths.dir.join(STATS_SOCKET).display(),
     );
     for b in &spec.backends {
         let _ = writeln!(
@@ -129,6 +131,46 @@ pub fn adopt(paths: &GatewayPaths) -> Option<Managed> {
 }
 
 /// Waits until the gateway accepts TCP connections, failing early if HAProxy exits.
+/// HAProxy's admin socket, in the gateway's folder.
+pub const STATS_SOCKET: &str = "admin.sock";
+
+/// Servers of the `postgres` proxy and their check status (`UP`, `DOWN`, …), from the admin socket.
+pub async fn server_states(paths: &GatewayPaths) -> Result<Vec<(String, String)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::UnixStream::connect(paths.dir.join(STATS_SOCKET)).await?;
+    sock.write_all(b"show stat\n").await?;
+    let mut out = String::new();
+    sock.read_to_string(&mut out).await?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() > 17 && f[0] == "postgres" && f[1] != "FRONTEND" && f[1] != "BACKEND")
+                .then(|| (f[1].to_string(), f[17].to_string()))
+        })
+        .collect())
+}
+
+/// Waits until the gateway listens and routes: one of its servers passes the `/primary`
+/// check. Until then a client connection would be closed at once.
+pub async fn wait_routing(spec: &GatewaySpec, paths: &GatewayPaths, proc: &Managed, timeout: Duration) -> Result<()> {
+    wait_listening(spec, paths, proc, timeout).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states = server_states(paths).await;
+        if let Ok(s) = &states {
+            if s.iter().any(|(_, status)| status.starts_with("UP")) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no server of the gateway passed the primary check within {timeout:?}: {states:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn wait_listening(spec: &GatewaySpec, paths: &GatewayPaths, proc: &Managed, timeout: Duration) -> Result<()> {
     let addr = host_port(&spec.listen_host, spec.listen_port)
         .to_socket_addrs()?

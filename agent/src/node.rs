@@ -197,7 +197,7 @@ impl Node {
         let applied = self.write_gateway_files(spec, &paths)?;
         self.run_gateway(&mut procs, spec, &paths, &applied).await?;
         let proc = &procs.gateways[&spec.name];
-        haproxy::wait_listening(spec, &paths, proc, Duration::from_secs(10)).await?;
+        haproxy::wait_routing(spec, &paths, proc, Duration::from_secs(30)).await?;
         Ok(proc.pid())
     }
 
