@@ -57,8 +57,7 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
     let mut app = spawn_app().await;
     let agent_api = app.start_scheduler(etcd.access()).await;
     let (stop_agent, stopped) = tokio::sync::watch::channel(false);
-    // A port window unlikely to be taken on this host, distinct per test process.
-    let port_min = 22000 + (std::process::id() % 200) as i32 * 10;
+    let (port_min, port_max) = pgplane_tests::port_window(10);
     let config = AgentConfig {
         scheduler_url: agent_api,
         bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
@@ -67,7 +66,7 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
         memory_mb: 8192,
         disk_gb: 100,
         port_min,
-        port_max: port_min + 9,
+        port_max,
         root: agent_dir.0.clone(),
     };
     let agent = tokio::spawn(pgplane_agent::runtime::run(config, stopped));

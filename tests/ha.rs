@@ -113,7 +113,7 @@ async fn platform(agents: usize) -> Platform {
     let (stop_agents, stopped) = tokio::sync::watch::channel(false);
     let mut dirs = vec![etcd_dir];
     let mut roots = Vec::new();
-    let base = 23000 + (std::process::id() % 100) as i32 * 20;
+    let (port_min, port_max) = pgplane_tests::port_window(20);
     for i in 0..agents {
         let dir = TempDir::new("a");
         roots.push(dir.0.clone());
@@ -124,8 +124,8 @@ async fn platform(agents: usize) -> Platform {
             host: "127.0.0.1".into(),
             memory_mb: 4096,
             disk_gb: 100,
-            port_min: base,
-            port_max: base + 19,
+            port_min,
+            port_max,
             root: dir.0.clone(),
         };
         dirs.push(dir);
@@ -262,5 +262,53 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     assert_eq!(s, StatusCode::ACCEPTED);
     p.run(&del, Duration::from_secs(90)).await;
     assert!(pids_mentioning(&db).is_empty(), "nothing of the database runs any more");
+    let _ = p.stop_agents.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starter_to_business_and_back_keeps_data_and_url() {
+    let p = platform(2).await;
+    let (_, op) = p
+        .owner
+        .post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "grow", "plan": "starter-1" }))
+        .await;
+    p.run(&op, Duration::from_secs(180)).await;
+    let db = op["database_id"].as_str().unwrap().to_string();
+    let url = p.url(&db).await;
+    psql(&url, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)").await.unwrap();
+
+    let started = Instant::now();
+    let (s, op) = p.owner.post(&format!("/v1/databases/{db}/change-plan"), &json!({ "plan": "business-1" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    p.run(&op, Duration::from_secs(180)).await;
+    eprintln!("Starter → Business migration: {:?}", started.elapsed());
+    assert_eq!(p.url(&db).await, url, "the connection URL did not change");
+    eventually(&url, "SELECT count(*) FROM t", "1000", Duration::from_secs(30)).await;
+    let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+    assert_eq!(members["items"].as_array().unwrap().len(), 2, "{members}");
+    assert_eq!(pids_mentioning(&format!("{db}/gateway-")).len(), 2, "two gateways");
+    // The tenant role sees the walsender's row, not its details.
+    eventually(&url, "SELECT count(*) FROM pg_stat_replication", "1", Duration::from_secs(30)).await;
+    psql(&url, "INSERT INTO t VALUES (1001)").await.unwrap();
+
+    let started = Instant::now();
+    let (s, op) = p.owner.post(&format!("/v1/databases/{db}/change-plan"), &json!({ "plan": "starter-1" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    p.run(&op, Duration::from_secs(180)).await;
+    eprintln!("Business → Starter migration: {:?}", started.elapsed());
+    assert_eq!(p.url(&db).await, url);
+    eventually(&url, "SELECT count(*) FROM t", "1001", Duration::from_secs(30)).await;
+    let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+    assert_eq!(members["items"].as_array().unwrap().len(), 1, "{members}");
+    assert_eq!(pids_mentioning(&format!("{db}/gateway-")).len(), 1, "one gateway");
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM port_allocations WHERE database_id = $1::uuid")
+        .bind(&db)
+        .fetch_one(p.app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(held, 3, "postgres, patroni and gateway ports of one member");
+
+    let (_, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
+    p.run(&del, Duration::from_secs(90)).await;
     let _ = p.stop_agents.send(true);
 }

@@ -67,7 +67,7 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
          \x20   bind {bind}\n\
          \x20   option httpchk OPTIONS /primary\n\
          \x20   http-check expect status 200\n\
-         \x20   default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n",
+         \x20   default-server inter 1s downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n",
         name = spec.name,
         db = spec.database_id,
         generation = spec.generation,
@@ -152,6 +152,24 @@ pub async fn server_states(paths: &GatewayPaths) -> Result<Vec<(String, String)>
         .collect())
 }
 
+/// Marks every server down. HAProxy 2.6 starts servers UP before their first check (the
+/// `init-state` setting came later), so a fresh gateway would route some clients to a replica;
+/// marked down, a server takes traffic only once its `/primary` check passes (checked every
+/// `downinter` meanwhile).
+pub async fn mark_all_down(spec: &GatewaySpec, paths: &GatewayPaths) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut commands = String::new();
+    for b in &spec.backends {
+        let _ = write!(commands, "set server postgres/{} health down;", b.member);
+    }
+    commands.push('\n');
+    let mut sock = tokio::net::UnixStream::connect(paths.dir.join(STATS_SOCKET)).await?;
+    sock.write_all(commands.as_bytes()).await?;
+    let mut out = String::new();
+    sock.read_to_string(&mut out).await?;
+    Ok(())
+}
+
 /// Waits until the gateway listens and routes: one of its servers passes the `/primary`
 /// check. Until then a client connection would be closed at once.
 pub async fn wait_routing(spec: &GatewaySpec, paths: &GatewayPaths, proc: &Managed, timeout: Duration) -> Result<()> {
@@ -220,7 +238,7 @@ mod tests {
             "bind 127.0.0.1:6432",
             "option httpchk OPTIONS /primary",
             "http-check expect status 200",
-            "default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions",
+            "default-server inter 1s downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions",
             "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
             "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
         ] {

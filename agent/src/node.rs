@@ -195,8 +195,12 @@ impl Node {
         self.admit(spec.database_id, spec.generation)?;
         let paths = GatewayPaths::new(self.gateway_dir(spec.database_id, &spec.name));
         let applied = self.write_gateway_files(spec, &paths)?;
-        self.run_gateway(&mut procs, spec, &paths, &applied).await?;
+        let outcome = self.run_gateway(&mut procs, spec, &paths, &applied).await?;
         let proc = &procs.gateways[&spec.name];
+        if matches!(outcome, Outcome::Started) {
+            haproxy::wait_listening(spec, &paths, proc, Duration::from_secs(10)).await?;
+            haproxy::mark_all_down(spec, &paths).await?;
+        }
         haproxy::wait_routing(spec, &paths, proc, Duration::from_secs(30)).await?;
         Ok(proc.pid())
     }

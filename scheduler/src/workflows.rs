@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! create:      start ─place, secrets─▶ members ─▶ gateways ─▶ finish (available)
-//! change_plan: start ─resize─▶ members ─▶ finish (available)
+//! change_plan: start ─resize─▶ members ─▶ finish (same number of members)
+//!              start ─add members─▶ members ─▶ gateways ─▶ finish (Starter → Business)
+//!              start ─switchover to the kept member─▶ shrink ─▶ gateways ─▶ finish (Business → Starter)
 //! delete:      start ─▶ remove ─▶ finish (deleted; ports, capacity, secrets released)
 //! restart:     start ─▶ restart-0 ─▶ … ─▶ restart-(n-1) ─▶ finish (one member at a time)
 //! configure:   start ─PATCH /config─▶ configure ─▶ finish
@@ -31,7 +33,7 @@ pub struct Workflows {
     pub config: SchedulerConfig,
 }
 
-fn retry(e: impl std::fmt::Display) -> JobError {
+pub(crate) fn retry(e: impl std::fmt::Display) -> JobError {
     JobError::Retryable(e.to_string())
 }
 
@@ -48,7 +50,7 @@ pub fn sizing(plan: &Plan) -> PgSizing {
 }
 
 /// An agent job of a step; `next` is the operation step that follows once all are done.
-fn agent_job(
+pub(crate) fn agent_job(
     agent: uuid::Uuid,
     st: &OperationState,
     step: &str,
@@ -101,7 +103,9 @@ impl Handler for Workflows {
             match (st.operation.kind, step.as_str()) {
                 (OperationKind::Create, "start") => self.place(&mut tx, &st).await?,
                 (OperationKind::Create, "gateways") => self.gateways(&mut tx, &st).await?,
-                (OperationKind::ChangePlan, "start") => self.resize(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "start") => self.change_plan(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "shrink") => self.shrink(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "gateways") => self.gateways(&mut tx, &st).await?,
                 (OperationKind::Configure, "start") => self.configure(&mut tx, &st).await?,
                 (OperationKind::Switchover, "start") => self.switchover(&mut tx, &st).await?,
                 (
@@ -220,17 +224,17 @@ impl Workflows {
             ca_key_pem,
         };
         secrets_insert_in(tx, db, &secrets).await.map_err(retry)?;
-        self.ensure_members(tx, st, &secrets, &members, "gateways").await?;
+        self.ensure_members(tx, st, &secrets, &members, ("members", "gateways")).await?;
         operation_progress_in(tx, st.operation.id, 10, "starting PostgreSQL members").await.map_err(retry)
     }
 
-    async fn ensure_members(
+    pub(crate) async fn ensure_members(
         &self,
         tx: &mut PgConnection,
         st: &OperationState,
         secrets: &StoredSecrets,
         members: &[MemberRow],
-        next: &str,
+        (step, next): (&str, &str),
     ) -> Result<(), JobError> {
         let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
         for m in members {
@@ -256,14 +260,14 @@ impl Workflows {
                 sizing: sizing(&st.plan),
                 force_tls: st.force_tls,
             };
-            job_enqueue_in(tx, &agent_job(m.agent_id, st, "members", next, &AgentTask::EnsureMember { spec })?)
+            job_enqueue_in(tx, &agent_job(m.agent_id, st, step, next, &AgentTask::EnsureMember { spec })?)
                 .await
                 .map_err(retry)?;
         }
         Ok(())
     }
 
-    async fn gateways(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+    pub(crate) async fn gateways(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
         let secrets =
             secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
@@ -291,24 +295,6 @@ impl Workflows {
                 .map_err(retry)?;
         }
         operation_progress_in(tx, st.operation.id, 70, "starting gateways").await.map_err(retry)
-    }
-
-    /// A size change within a tier: every member gets the new sizing. Changes of tier
-    /// (Starter ↔ Business) are not carried out yet and end the operation in error.
-    async fn resize(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
-        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
-        if members.len() != st.plan.data_nodes as usize {
-            let msg = format!(
-                "moving between {} and {} member(s) is not supported yet; the database keeps running as it was",
-                members.len(),
-                st.plan.data_nodes
-            );
-            return operation_finish_in(tx, st.operation.id, Some(&msg)).await.map_err(retry);
-        }
-        let secrets =
-            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
-        self.ensure_members(tx, st, &secrets, &members, "finish").await?;
-        operation_progress_in(tx, st.operation.id, 20, "applying the new plan's settings").await.map_err(retry)
     }
 
     /// Restarts member `i`; the step after it restarts the next one, so only one member is
@@ -339,7 +325,7 @@ impl Workflows {
     }
 
     /// The member whose agent speaks to Patroni for the whole cluster, with the REST secrets.
-    async fn control_member(
+    pub(crate) async fn control_member(
         &self,
         tx: &mut PgConnection,
         st: &OperationState,
@@ -382,7 +368,7 @@ impl Workflows {
             .map_err(retry)
     }
 
-    async fn switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+    pub(crate) async fn switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let (m, secrets) = self.control_member(tx, st).await?;
         let task = AgentTask::Switchover {
             database_id: st.database_id,

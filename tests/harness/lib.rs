@@ -302,3 +302,13 @@ pub fn assert_problem(status: StatusCode, body: &Value, expected: StatusCode, ki
     assert_eq!(body["type"], format!("urn:pgplane:problem:{kind}"), "{body}");
     assert_eq!(body["status"], expected.as_u16(), "{body}");
 }
+
+/// A window of `size` loopback ports for a test's agents, distinct from every other window
+/// handed out in this process and unlikely to meet another test process's (or the kernel's
+/// ephemeral range, which starts at 32768).
+pub fn port_window(size: i32) -> (i32, i32) {
+    static NEXT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    let offset = NEXT.fetch_add(size, std::sync::atomic::Ordering::SeqCst) % 500;
+    let min = 20_000 + (std::process::id() % 24) as i32 * 500 + offset;
+    (min, min + size - 1)
+}

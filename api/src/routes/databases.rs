@@ -163,17 +163,6 @@ async fn database_change_plan(
     let db = state.store.database_get(&actor, id).await?;
     require_role(db.role, TenantRole::Member)?;
     let plan = state.store.plan_for_tenant(db.item.tenant_id, &input.plan, "plan").await?;
-    let current = state.store.plan_get(&db.item.plan).await?;
-    if current.data_nodes != plan.data_nodes {
-        return Err(Error::conflict(
-            "plan_migration_unavailable",
-            format!(
-                "moving from {} to {} member(s) ({} → {}) is not available yet; sizes within a tier are",
-                current.data_nodes, plan.data_nodes, current.tier, plan.tier
-            ),
-        )
-        .into());
-    }
     Ok(accepted(state.store.database_change_plan(&actor, id, &plan).await?))
 }
 

@@ -1,0 +1,196 @@
+//! Plan changes. Same number of members: every member gets the new sizing. More members
+//! (Starter → Business): new members on other agents join as replicas (Patroni clones them),
+//! then every gateway routes to all members. Fewer (Business → Starter): the leader moves to
+//! the member that stays, the others are removed, then the gateways route to what is left.
+//! The endpoint (gateway address and port) never changes.
+
+use pgplane_core::agent::AgentTask;
+use pgplane_store::jobs::job_enqueue_in;
+use pgplane_store::workflow::*;
+use pgplane_store::{agents, db_error};
+use sqlx::PgConnection;
+
+use crate::queue::JobError;
+use crate::workflows::{agent_job, retry, Workflows};
+
+impl Workflows {
+    pub(crate) async fn change_plan(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        let wanted = st.plan.data_nodes as usize;
+        set_member_size(tx, st).await?;
+        let secrets =
+            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+        if members.len() == wanted {
+            self.ensure_members(tx, st, &secrets, &members, ("members", "finish")).await?;
+            return operation_progress_in(tx, st.operation.id, 20, "applying the new plan's settings")
+                .await
+                .map_err(retry);
+        }
+        if members.len() > wanted {
+            // Keep the first member; make sure it leads before the others go.
+            let keep = members[0].name.clone();
+            let (m, secrets) = self.control_member(tx, st).await?;
+            let task = AgentTask::Switchover {
+                database_id: st.database_id,
+                generation: st.generation,
+                host: m.host.clone(),
+                patroni_port: m.patroni_port as u16,
+                ca_pem: secrets.ca_cert_pem,
+                restapi_password: secrets.secrets.restapi_password,
+                candidate: Some(keep),
+            };
+            job_enqueue_in(tx, &agent_job(m.agent_id, st, "lead", "shrink", &task)?).await.map_err(retry)?;
+            return operation_progress_in(tx, st.operation.id, 15, "moving the leader to the member that stays")
+                .await
+                .map_err(retry);
+        }
+        // Grow: new members on agents that hold no member of this database yet.
+        let taken: Vec<uuid::Uuid> = members.iter().map(|m| m.agent_id).collect();
+        let candidates: Vec<_> = agents::agent_capacity_in(tx)
+            .await
+            .map_err(retry)?
+            .into_iter()
+            .filter(|a| !taken.contains(&a.agent.id))
+            .filter(|a| {
+                a.free_memory_mb >= i64::from(st.plan.memory_mb) && a.free_disk_gb >= i64::from(st.plan.disk_gb)
+            })
+            .take(wanted - members.len())
+            .collect();
+        if candidates.len() < wanted - members.len() {
+            return Err(retry(format!(
+                "waiting for capacity: {} more agent(s) with {} MB and {} GB free are needed",
+                wanted - members.len(),
+                st.plan.memory_mb,
+                st.plan.disk_gb
+            )));
+        }
+        let mut all = members.clone();
+        for a in &candidates {
+            let name = (0..).map(|i| format!("m{i}")).find(|n| !all.iter().any(|m| &m.name == n)).expect("a free name");
+            let range = (a.agent.port_min, a.agent.port_max);
+            let db = st.database_id;
+            let pg_port = agents::port_allocate_in(tx, &a.agent.host, range, db, "postgres").await.map_err(retry)?;
+            let patroni_port =
+                agents::port_allocate_in(tx, &a.agent.host, range, db, "patroni").await.map_err(retry)?;
+            let m = MemberRow {
+                database_id: db,
+                name,
+                agent_id: a.agent.id,
+                host: a.agent.host.clone(),
+                pg_port: i32::from(pg_port),
+                patroni_port: i32::from(patroni_port),
+            };
+            member_insert_in(tx, &m, st.plan.memory_mb, st.plan.disk_gb).await.map_err(retry)?;
+            all.push(m);
+        }
+        self.add_gateways(tx, st, &all).await?;
+        self.ensure_members(tx, st, &secrets, &all, ("members", "gateways")).await?;
+        operation_progress_in(tx, st.operation.id, 20, "adding a follower").await.map_err(retry)
+    }
+
+    /// Up to the plan's number of gateways, on members' agents; on one address they share the
+    /// existing gateway port.
+    async fn add_gateways(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+        members: &[MemberRow],
+    ) -> Result<(), JobError> {
+        let existing = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
+        let first = existing.first().ok_or_else(|| JobError::Fatal("database without a gateway".into()))?;
+        for m in members {
+            let count = gateways_of_in(tx, st.database_id).await.map_err(retry)?.len();
+            if count >= st.plan.gateways as usize {
+                break;
+            }
+            if existing.iter().any(|g| g.agent_id == m.agent_id) {
+                continue;
+            }
+            let port = if m.host == first.host {
+                first.port
+            } else {
+                let (min, max): (i32, i32) = sqlx::query_as("SELECT port_min, port_max FROM agents WHERE id = $1")
+                    .bind(m.agent_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(retry)?;
+                i32::from(
+                    agents::port_allocate_in(tx, &m.host, (min, max), st.database_id, "gateway")
+                        .await
+                        .map_err(retry)?,
+                )
+            };
+            let name = format!("g{count}");
+            let g = GatewayRow { database_id: st.database_id, name, agent_id: m.agent_id, host: m.host.clone(), port };
+            gateway_insert_in(tx, &g).await.map_err(retry)?;
+        }
+        Ok(())
+    }
+
+    /// The leader is the kept member: remove the others with their gateways, and resize it.
+    pub(crate) async fn shrink(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        let wanted = st.plan.data_nodes as usize;
+        let (keep, drop) = members.split_at(wanted.min(members.len()));
+        let kept_agents: Vec<uuid::Uuid> = keep.iter().map(|m| m.agent_id).collect();
+        let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
+        let mut dropped_agents: Vec<uuid::Uuid> = drop.iter().map(|m| m.agent_id).collect();
+        dropped_agents.dedup();
+        for m in drop {
+            for port in [m.pg_port, m.patroni_port] {
+                release_port(tx, &m.host, port).await?;
+            }
+            sqlx::query("DELETE FROM database_members WHERE database_id = $1 AND name = $2")
+                .bind(st.database_id)
+                .bind(&m.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(retry)?;
+        }
+        for g in gateways.iter().filter(|g| !kept_agents.contains(&g.agent_id)) {
+            sqlx::query("DELETE FROM database_gateways WHERE database_id = $1 AND name = $2")
+                .bind(st.database_id)
+                .bind(&g.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(retry)?;
+            let still_used = gateways
+                .iter()
+                .any(|o| o.name != g.name && o.host == g.host && o.port == g.port && kept_agents.contains(&o.agent_id));
+            if !still_used {
+                release_port(tx, &g.host, g.port).await?;
+            }
+        }
+        for agent in dropped_agents {
+            let task = AgentTask::RemoveDatabase { database_id: st.database_id, generation: st.generation };
+            job_enqueue_in(tx, &agent_job(agent, st, "shrink", "gateways", &task)?).await.map_err(retry)?;
+        }
+        let secrets =
+            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+        self.ensure_members(tx, st, &secrets, keep, ("shrink", "gateways")).await?;
+        operation_progress_in(tx, st.operation.id, 50, "removing the follower").await.map_err(retry)
+    }
+}
+
+/// Members are accounted at the new plan's size from now on.
+async fn set_member_size(tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+    sqlx::query("UPDATE database_members SET memory_mb = $2, disk_gb = $3 WHERE database_id = $1")
+        .bind(st.database_id)
+        .bind(st.plan.memory_mb)
+        .bind(st.plan.disk_gb)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)
+        .map_err(retry)?;
+    Ok(())
+}
+
+async fn release_port(tx: &mut PgConnection, host: &str, port: i32) -> Result<(), JobError> {
+    sqlx::query("DELETE FROM port_allocations WHERE host = $1 AND port = $2")
+        .bind(host)
+        .bind(port)
+        .execute(&mut *tx)
+        .await
+        .map_err(retry)?;
+    Ok(())
+}
