@@ -44,3 +44,21 @@ pub fn reap_orphans() -> usize {
     }
     reaped
 }
+
+/// Runs `f` while a thread reaps orphans every 50 ms: Patroni waits for its PostgreSQL's pid to
+/// vanish when it stops it, and the agent may be past its SIGCHLD task (shutting down).
+pub fn reaping<T>(f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let reaper = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            reap_orphans();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    let out = f();
+    done.store(true, Ordering::Relaxed);
+    let _ = reaper.join();
+    out
+}

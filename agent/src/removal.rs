@@ -8,6 +8,7 @@ use crate::haproxy::{self, GatewayPaths};
 use crate::node::{Node, NodeError, Processes, GATEWAY_STOP_GRACE, MEMBER_STOP_GRACE};
 use crate::patroni::{self, MemberPaths};
 use crate::process;
+use crate::reaper::reaping;
 use crate::specs;
 use anyhow::Context;
 use pgplane_core::ids::DatabaseId;
@@ -16,15 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// How long a removal waits for the database's other members to stop before leaving the
-/// deletion of its etcd keys to their removal: a little more than Patroni's ttl.
-const OTHER_MEMBERS_WAIT: Duration = Duration::from_secs(12);
-
 impl Node {
     /// Stops the database's gateways, then its members, deletes its keys in etcd when no other
-    /// member is up, and removes its folder. Removing a database that is not here is fine; the
-    /// generation is remembered after removal. A marker written first keeps the reconciler from
-    /// bringing the database back if the agent dies half-way; running the removal again ends it.
+    /// member is up (a plan change removes one member of a running database), and removes its
+    /// folder. Removing a database that is not here is fine; the generation is remembered after
+    /// removal. A marker written first keeps the reconciler from bringing the database back if
+    /// the agent dies half-way; running the removal again ends it.
     pub async fn remove_database(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
         let db = self.database(database_id);
         let mut procs = db.lock().await;
@@ -39,14 +37,14 @@ impl Node {
         let taken = std::mem::take(&mut *procs);
         let (stop_dir, runas) = (dir.clone(), self.runas.clone());
         tokio::task::spawn_blocking(move || {
-            stop_database(taken, &stop_dir, &runas);
+            reaping(|| stop_database(taken, &stop_dir, &runas));
             process::wait_none_under(&stop_dir, Duration::from_secs(30))
         })
         .await
         .context("stopping the database")??;
         if let Some(first) = members.first() {
             let ours: Vec<String> = members.iter().map(|m| m.member.clone()).collect();
-            dcs::remove_scope_when_last(&first.etcd, &first.scope, &ours, OTHER_MEMBERS_WAIT)
+            dcs::remove_scope_if_last(&first.etcd, &first.scope, &ours)
                 .await
                 .context("deleting the database's keys in etcd")?;
         }
@@ -64,6 +62,10 @@ impl Node {
     /// Stops every process of every database on this node, gateways first; specs and data stay,
     /// so the next agent on this folder starts them again. Blocking.
     pub fn stop_all(&self) {
+        reaping(|| self.stop_all_now());
+    }
+
+    fn stop_all_now(&self) {
         let known: Vec<_> = {
             let map = self.databases.lock().unwrap_or_else(|e| e.into_inner());
             map.iter().map(|(id, db)| (*id, db.clone())).collect()
