@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use pgplane_core::agent::EtcdAccess;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A client of the etcd a database's Patroni uses, with that database's credentials.
 pub struct Dcs {
@@ -107,32 +107,27 @@ impl Dcs {
     }
 }
 
-/// Deletes the scope's keys once no member other than `ours` (stopped here) is up: Patroni
-/// marks a stopped member `stopped`, and a killed one's key expires with its lease (ttl 10 s).
-/// Waits up to `wait` for the others; returns false, deleting nothing, if one stays up (its
-/// own removal will delete the keys).
-pub async fn remove_scope_when_last(access: &EtcdAccess, scope: &str, ours: &[String], wait: Duration) -> Result<bool> {
+/// Deletes the scope's keys unless a member other than `ours` (stopped here) is up: Patroni
+/// marks a member `stopped` as it stops, and a killed one's key expires with its lease (ttl).
+/// Returns false, deleting nothing, when another member is up: that member may be staying (a
+/// plan change removes one member), and if the whole database goes, the removal that stops the
+/// last member sees every other one stopped (each checks after its own stop), and deletes them.
+pub async fn remove_scope_if_last(access: &EtcdAccess, scope: &str, ours: &[String]) -> Result<bool> {
     let dcs = Dcs::new(access)?;
-    let deadline = Instant::now() + wait;
-    loop {
-        let others: Vec<String> = dcs
-            .members(scope)
-            .await?
-            .into_iter()
-            .filter(|(name, state)| !ours.contains(name) && state != "stopped")
-            .map(|(name, _)| name)
-            .collect();
-        if others.is_empty() {
-            let deleted = dcs.delete_scope(scope).await?;
-            tracing::info!(%scope, deleted, "deleted the database's keys in etcd");
-            return Ok(true);
-        }
-        if Instant::now() > deadline {
-            tracing::info!(%scope, ?others, "other members are still up; their removal deletes the etcd keys");
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let others: Vec<String> = dcs
+        .members(scope)
+        .await?
+        .into_iter()
+        .filter(|(name, state)| !ours.contains(name) && state != "stopped")
+        .map(|(name, _)| name)
+        .collect();
+    if !others.is_empty() {
+        tracing::info!(%scope, ?others, "other members are up; the etcd keys stay");
+        return Ok(false);
     }
+    let deleted = dcs.delete_scope(scope).await?;
+    tracing::info!(%scope, deleted, "deleted the database's keys in etcd");
+    Ok(true)
 }
 
 #[cfg(test)]
