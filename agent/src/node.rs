@@ -195,12 +195,8 @@ impl Node {
         self.admit(spec.database_id, spec.generation)?;
         let paths = GatewayPaths::new(self.gateway_dir(spec.database_id, &spec.name));
         let applied = self.write_gateway_files(spec, &paths)?;
-        let outcome = self.run_gateway(&mut procs, spec, &paths, &applied).await?;
+        self.run_gateway(&mut procs, spec, &paths, &applied).await?;
         let proc = &procs.gateways[&spec.name];
-        if matches!(outcome, Outcome::Started) {
-            haproxy::wait_listening(spec, &paths, proc, Duration::from_secs(10)).await?;
-            haproxy::mark_all_down(spec, &paths).await?;
-        }
         haproxy::wait_routing(spec, &paths, proc, Duration::from_secs(30)).await?;
         Ok(proc.pid())
     }
@@ -216,7 +212,8 @@ impl Node {
         Ok(format!("{}\n{}", config.split_once('\n').map_or("", |(_, rest)| rest), spec.ca_pem))
     }
 
-    /// Persists the spec, then makes HAProxy run what `applied` describes.
+    /// Persists the spec, then makes HAProxy run what `applied` describes. A started HAProxy
+    /// has every server marked down until its `/primary` check passes (see `mark_all_down`).
     pub(crate) async fn run_gateway(
         &self,
         procs: &mut Processes,
@@ -227,7 +224,13 @@ impl Node {
         specs::save(&paths.spec, spec)?;
         let start = || haproxy::start(paths, &self.runas, applied);
         let stop = |old: Managed| old.stop(GATEWAY_STOP_GRACE);
-        run_one(&mut procs.gateways, &spec.name, applied, || haproxy::adopt(paths), start, stop).await
+        let outcome = run_one(&mut procs.gateways, &spec.name, applied, || haproxy::adopt(paths), start, stop).await?;
+        if outcome == Outcome::Started {
+            let proc = &procs.gateways[&spec.name];
+            haproxy::wait_listening(spec, paths, proc, Duration::from_secs(10)).await?;
+            haproxy::mark_all_down(spec, paths).await?;
+        }
+        Ok(outcome)
     }
 }
 
