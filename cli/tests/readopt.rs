@@ -29,8 +29,8 @@ async fn replaced(config: &std::path::Path, old: u32, within: Duration) -> u32 {
             [new] if new != old => Some(new),
             _ => None,
         };
-        if now.is_some() && now == seen {
-            return now.unwrap();
+        if let Some(new) = now.filter(|&new| seen == Some(new)) {
+            return new;
         }
         seen = now;
         assert!(Instant::now() < deadline, "nothing replaced {old} running {}", config.display());

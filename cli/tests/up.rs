@@ -1,12 +1,16 @@
 //! The README's first command, end to end: `pgplane up` on a fresh state folder starts a
 //! private PostgreSQL and the API, prints the address and how to get a token; Ctrl-C stops
-//! everything it started; the next `up` keeps the data.
+//! everything it started, databases included; the next `up` keeps the data and runs them again.
+
+mod support;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::checks::psql;
+use support::procs;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -96,7 +100,8 @@ async fn access_token(base: &str, state: &Path) -> String {
 }
 
 fn state_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgplane-up-test-{}", std::process::id()));
+    // Short: a database's PostgreSQL socket path under it must stay under 107 bytes.
+    let dir = std::env::temp_dir().join(format!("pgu-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -126,16 +131,58 @@ async fn up_starts_everything_stops_everything_and_keeps_data() {
         .await
         .unwrap();
     let tenant = created["id"].as_str().expect("tenant id").to_string();
+    let url = database(&http, &base, &token, &tenant, &state).await;
+    assert_eq!(psql(&url, "CREATE TABLE kept AS SELECT 7 AS x; SELECT x FROM kept").await.as_deref(), Ok("7"));
+    assert!(!procs::naming(&state.join("agents")).is_empty());
     stop(up);
     assert!(!alive(pg), "the private PostgreSQL outlived pgplane up");
+    let left = procs::naming(&state);
+    assert!(left.is_empty(), "Patroni, PostgreSQL, HAProxy or etcd of pgplane up outlived it: {left:?}");
 
     let up = start(&state, port);
     let token = access_token(&base, &state).await;
     let listed: Value =
         http.get(format!("{base}/v1/tenants/{tenant}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["name"], "Kept across restarts");
+    // The agents start the database again from what they persisted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql(&url, "SELECT x FROM kept").await.as_deref() != Ok("7") {
+        assert!(Instant::now() < deadline, "the database did not come back with the next pgplane up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop(up);
+    let left = procs::naming(&state);
+    assert!(left.is_empty(), "processes of pgplane up outlived it: {left:?}");
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Creates an app and a Starter database in the tenant, waits until it is available and
+/// returns a psql URL through its gateway, TLS verified against its CA.
+async fn database(http: &reqwest::Client, base: &str, token: &str, tenant: &str, state: &Path) -> String {
+    let post = |path: String, body: Value| http.post(format!("{base}{path}")).bearer_auth(token).json(&body).send();
+    let app: Value =
+        post(format!("/v1/tenants/{tenant}/apps"), json!({ "name": "web" })).await.unwrap().json().await.unwrap();
+    let body = json!({ "name": "kept", "plan": "starter-512" });
+    let op: Value =
+        post(format!("/v1/apps/{}/databases", app["id"].as_str().unwrap()), body).await.unwrap().json().await.unwrap();
+    let get = |path: String| http.get(format!("{base}{path}")).bearer_auth(token).send();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now: Value =
+            get(format!("/v1/operations/{}", op["id"].as_str().unwrap())).await.unwrap().json().await.unwrap();
+        match now["status"].as_str() {
+            Some("done") => break,
+            Some("error" | "canceled") => panic!("creating the database failed: {now}"),
+            _ => assert!(Instant::now() < deadline, "the database was not created: {now}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let db = op["database_id"].as_str().unwrap();
+    let conn: Value = get(format!("/v1/databases/{db}/connection")).await.unwrap().json().await.unwrap();
+    let ca = state.join("kept-ca.pem");
+    std::fs::write(&ca, conn["ca_pem"].as_str().unwrap()).unwrap();
+    let verified = format!("sslmode=verify-ca&sslrootcert={}&connect_timeout=5", ca.display());
+    conn["url"].as_str().unwrap().replace("sslmode=prefer", &verified)
 }
 
 #[test]
