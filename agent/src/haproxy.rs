@@ -125,9 +125,10 @@ pub fn start(paths: &GatewayPaths, runas: &RunAs, applied: &str) -> Result<Manag
     Managed::start(cmd, libc::SIGTERM, &paths.pidfile, applied).context("starting haproxy")
 }
 
-/// The HAProxy already running this gateway's configuration, if any.
+/// The HAProxy already running this gateway's configuration, if any (in the foreground, as
+/// started here; not a passing `haproxy -c`).
 pub fn adopt(paths: &GatewayPaths) -> Option<Managed> {
-    Managed::adopt(&paths.pidfile, &paths.config, libc::SIGTERM)
+    Managed::adopt(&paths.pidfile, &paths.config, libc::SIGTERM, |args| args.iter().any(|a| a == "-db"))
 }
 
 /// Waits until the gateway accepts TCP connections, failing early if HAProxy exits.

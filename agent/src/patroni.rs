@@ -183,9 +183,10 @@ pub fn start(paths: &MemberPaths, runas: &RunAs, applied: &str) -> Result<Manage
     Managed::start(cmd, libc::SIGTERM, &paths.pidfile, applied).context("starting patroni")
 }
 
-/// The Patroni already running this member's configuration, if any.
+/// The Patroni already running this member's configuration, if any (not `patronictl`).
 pub fn adopt(paths: &MemberPaths) -> Option<Managed> {
-    Managed::adopt(&paths.pidfile, &paths.config, libc::SIGTERM)
+    let is_patroni = |args: &[String]| args.iter().take(2).any(|a| a.rsplit('/').next() == Some("patroni"));
+    Managed::adopt(&paths.pidfile, &paths.config, libc::SIGTERM, is_patroni)
 }
 
 /// What Patroni's `GET /patroni` says about its member.

@@ -41,20 +41,21 @@ impl Managed {
     }
 
     /// The live process running `config`, if any: the one `pidfile` names when it still runs
-    /// `config`, else any process whose arguments name `config` (several: all are stopped and
-    /// none is adopted, so a fresh one starts).
-    pub fn adopt(pidfile: &Path, config: &Path, stop_signal: i32) -> Option<Self> {
+    /// `config`, else any process whose arguments name `config` and pass `is_server` (which
+    /// tells the server from a passing tool naming the same file, like `haproxy -c` or
+    /// `patronictl`). Several found: all are stopped and none is adopted, so a fresh one starts.
+    pub fn adopt(pidfile: &Path, config: &Path, stop_signal: i32, is_server: fn(&[String]) -> bool) -> Option<Self> {
         let record = std::fs::read_to_string(pidfile).unwrap_or_default();
         let field = |k: &str| record.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')).map(str::trim);
         let applied = field("applied").unwrap_or_default().to_string();
         if let (Some(pid), Some(start)) = (field("pid"), field("start")) {
             if let (Ok(pid), Ok(start)) = (pid.parse(), start.parse()) {
-                if runs(pid, config) && start_time(pid) == Some(start) {
+                if runs(pid, config, is_server) && start_time(pid) == Some(start) {
                     return Some(Managed { pid, start_time: start, applied, stop_signal, child: None });
                 }
             }
         }
-        let found = processes_naming(config);
+        let found = processes_naming(config, is_server);
         // Only a record without a pid (written just before a spawn) vouches for a found process.
         let applied = if field("pid").is_none() { applied } else { String::new() };
         match found.as_slice() {
@@ -150,18 +151,19 @@ pub fn arguments(pid: u32) -> Vec<String> {
     raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
-/// True when `pid` is alive and one of its arguments is `config`.
-fn runs(pid: u32, config: &Path) -> bool {
-    alive(pid) && arguments(pid).iter().any(|a| Path::new(a) == config)
+/// True when `pid` is alive, one of its arguments is `config`, and they pass `is_server`.
+fn runs(pid: u32, config: &Path, is_server: fn(&[String]) -> bool) -> bool {
+    let args = arguments(pid);
+    alive(pid) && args.iter().any(|a| Path::new(a) == config) && is_server(&args)
 }
 
 /// Live processes one of whose arguments is `config`, with their start times.
-fn processes_naming(config: &Path) -> Vec<(u32, u64)> {
+fn processes_naming(config: &Path, is_server: fn(&[String]) -> bool) -> Vec<(u32, u64)> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found: Vec<(u32, u64)> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != std::process::id() && runs(pid, config))
+        .filter(|&pid| pid != std::process::id() && runs(pid, config, is_server))
         .filter_map(|pid| Some((pid, start_time(pid)?)))
         .collect();
     found.sort();
@@ -199,6 +201,10 @@ pub fn wait_none_under(dir: &Path, timeout: Duration) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn is_tail(args: &[String]) -> bool {
+        args.first().is_some_and(|a| a.ends_with("tail")) && args.iter().any(|a| a == "-f")
+    }
+
     #[test]
     fn a_detached_process_is_recorded_recognized_and_adopted() {
         let dir = std::env::temp_dir().join(format!("pgplane-process-{}", std::process::id()));
@@ -210,17 +216,19 @@ mod tests {
         cmd.arg("-f").arg(&config);
         let started = Managed::start(cmd, libc::SIGTERM, &pidfile, "v1").unwrap();
         assert!(started.is_child() && started.exited().is_none());
-        let adopted = Managed::adopt(&pidfile, &config, libc::SIGTERM).expect("adopted");
+        let adopted = Managed::adopt(&pidfile, &config, libc::SIGTERM, is_tail).expect("adopted");
         assert_eq!((adopted.pid(), adopted.applied()), (started.pid(), digest("v1").as_str()));
         assert!(!adopted.is_child());
         assert_eq!(processes_under(&dir), vec![started.pid()]);
+        // Something else naming the file is not taken for the server.
+        assert!(Managed::adopt(&pidfile, &config, libc::SIGTERM, |_| false).is_none());
         // Without its pid file it is still found by its arguments, with an unknown digest.
         std::fs::remove_file(&pidfile).unwrap();
-        let found = Managed::adopt(&pidfile, &config, libc::SIGTERM).expect("found");
+        let found = Managed::adopt(&pidfile, &config, libc::SIGTERM, is_tail).expect("found");
         assert_eq!((found.pid(), found.applied()), (started.pid(), ""));
         found.stop(Duration::from_secs(5));
         assert!(started.wait_gone(Duration::from_secs(5)));
-        assert!(Managed::adopt(&pidfile, &config, libc::SIGTERM).is_none());
+        assert!(Managed::adopt(&pidfile, &config, libc::SIGTERM, is_tail).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
