@@ -91,3 +91,40 @@ pub fn unmark_removing(root: &Path, database_id: DatabaseId) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgplane_core::agent::GatewaySpec;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn specs_persist_privately_and_a_removal_is_marked() {
+        let root = std::env::temp_dir().join(format!("pgplane-specs-{}", std::process::id()));
+        let db = DatabaseId::new();
+        let dir = root.join(db.to_string());
+        std::fs::create_dir_all(dir.join("gateway-g0")).unwrap();
+        let spec = GatewaySpec {
+            database_id: db,
+            generation: 2,
+            name: "g0".into(),
+            listen_host: "127.0.0.1".into(),
+            listen_port: 6432,
+            backends: vec![],
+            ca_pem: "CA".into(),
+        };
+        let file = dir.join("gateway-g0/spec.json");
+        save(&file, &spec).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load(&dir, db).gateways, vec![spec]);
+        assert!(load(&dir, DatabaseId::new()).gateways.is_empty(), "another database's specs are ignored");
+        assert_eq!(databases(&root), vec![db]);
+        assert_eq!(removing(&root, db), None);
+        mark_removing(&root, db, 3).unwrap();
+        assert_eq!(removing(&root, db), Some(3));
+        unmark_removing(&root, db).unwrap();
+        unmark_removing(&root, db).unwrap();
+        assert_eq!(removing(&root, db), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
