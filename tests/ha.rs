@@ -58,6 +58,23 @@ async fn eventually(url: &str, sql: &str, expected: &str, within: Duration) {
     }
 }
 
+/// A JSON value Patroni keeps in etcd under `/service/<scope>/<key>`.
+async fn dcs_value(etcd: &LocalEtcd, scope: &str, key: &str) -> Option<Value> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let res: Value = reqwest::Client::new()
+        .post(format!("http://{}/v3/kv/range", etcd.endpoint()))
+        .json(&json!({ "key": b64.encode(format!("/service/{scope}/{key}")) }))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let raw = b64.decode(res["kvs"][0]["value"].as_str()?).ok()?;
+    serde_json::from_slice(&raw).ok()
+}
+
 /// Pids of processes whose command line mentions `needle`.
 fn pids_mentioning(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
@@ -92,14 +109,46 @@ fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
+/// One in-process agent that can be stopped and started again on its folder.
+struct Agent {
+    config: AgentConfig,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Agent {
+    fn start(config: AgentConfig) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(pgplane_agent::runtime::run_with(
+            config.clone(),
+            stopped,
+            pgplane_agent::lifecycle::OnExit::StopDatabases,
+        ));
+        Agent { config, stop, task: Some(task) }
+    }
+
+    /// The host is lost: the agent goes away and leaves its processes (killed by the caller).
+    async fn vanish(&mut self) {
+        self.task.take().expect("running").abort();
+    }
+}
+
 struct Platform {
     app: TestApp,
     owner: Client,
     app_id: String,
     roots: Vec<PathBuf>,
+    agents: Vec<Agent>,
     _dirs: Vec<TempDir>,
-    stop_agents: tokio::sync::watch::Sender<bool>,
     _etcd: LocalEtcd,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        for a in &self.agents {
+            let _ = a.stop.send(true);
+        }
+    }
 }
 
 async fn platform(agents: usize) -> Platform {
@@ -110,8 +159,8 @@ async fn platform(agents: usize) -> Platform {
     };
     let mut app = spawn_app().await;
     let agent_api = app.start_scheduler(etcd.access()).await;
-    let (stop_agents, stopped) = tokio::sync::watch::channel(false);
     let mut dirs = vec![etcd_dir];
+    let mut started = Vec::new();
     let mut roots = Vec::new();
     let (port_min, port_max) = pgplane_tests::port_window(20);
     for i in 0..agents {
@@ -129,11 +178,11 @@ async fn platform(agents: usize) -> Platform {
             root: dir.0.clone(),
         };
         dirs.push(dir);
-        tokio::spawn(pgplane_agent::runtime::run(config, stopped.clone()));
+        started.push(Agent::start(config));
     }
     let owner = app.user("owner@a.test").await;
     let (_, app_id) = app.tenant_with_app(&owner, "A").await;
-    Platform { app, owner, app_id, roots, _dirs: dirs, stop_agents, _etcd: etcd }
+    Platform { app, owner, app_id, roots, agents: started, _dirs: dirs, _etcd: etcd }
 }
 
 impl Platform {
@@ -154,6 +203,33 @@ impl Platform {
             .replace("sslmode=prefer", &format!("sslmode=verify-ca&sslrootcert={}", ca.display()))
     }
 
+    async fn stop_agents(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.stop.send(true);
+            if let Some(task) = a.task.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+            }
+        }
+    }
+
+    /// Waits until the members' observed roles are `roles` (in any order), all running.
+    async fn members_become(&self, db: &str, roles: &[&str], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, members) = self.owner.get(&format!("/v1/databases/{db}/members")).await;
+            let items = members["items"].as_array().cloned().unwrap_or_default();
+            let mut seen: Vec<&str> = items.iter().map(|m| m["role"].as_str().unwrap_or("")).collect();
+            seen.sort();
+            let mut want = roles.to_vec();
+            want.sort();
+            if seen == want && items.iter().all(|m| matches!(m["state"].as_str(), Some("running" | "streaming"))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "members are {members}, not {roles:?} and running");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     fn member_dir(&self, db: &str, member: &str) -> PathBuf {
         self.roots
             .iter()
@@ -165,7 +241,7 @@ impl Platform {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn business_configuration_switchover_and_failover_without_losing_writes() {
-    let p = platform(2).await;
+    let mut p = platform(2).await;
     let started = Instant::now();
     let (s, op) =
         p.owner.post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "ha", "plan": "business-1" })).await;
@@ -215,18 +291,34 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     assert_eq!(event["kind"], "switchover", "{events}");
     let leader = event["detail"]["to"].as_str().unwrap().to_string();
 
-    // Unplanned: kill -9 the leader's Patroni and PostgreSQL while a client keeps writing.
+    // Unplanned: the leader's host is lost. Its agent vanishes and every process it ran there
+    // (Patroni, PostgreSQL, the HAProxy gateway) is killed with -9, while a client keeps
+    // writing through the unchanged URL; the other host's gateway keeps the port.
     let leader_dir = p.member_dir(&db, &leader);
-    let mut victims = pids_mentioning(&leader_dir.join("patroni.yml").display().to_string());
+    let host_root = p.roots.iter().position(|r| leader_dir.starts_with(r)).unwrap();
+    let mut victims = pids_mentioning(&p.roots[host_root].join(&db).display().to_string());
     victims.extend(postmaster(&leader_dir));
-    assert!(victims.len() >= 2, "leader's Patroni and postmaster: {victims:?}");
+    victims.sort();
+    victims.dedup();
+    assert!(victims.len() >= 3, "the lost host's Patroni, postmaster and HAProxy: {victims:?}");
+    // With synchronous replication Patroni promotes only the synchronous standby: wait until
+    // the follower (the former leader, rejoining after the switchover) holds that role.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dcs_value(&p._etcd, &db, "sync").await.is_none_or(|v| v["sync_standby"].is_null()) {
+        assert!(Instant::now() < deadline, "no synchronous standby after the switchover");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let mut acknowledged = Vec::new();
     let mut gap_start = None;
     let mut gap = None;
     for id in 1..400 {
         if id == 20 {
+            p.agents[host_root].vanish().await;
             for pid in &victims {
-                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
             }
         }
         let t = Instant::now();
@@ -246,7 +338,19 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
             }
         }
     }
-    let gap = gap.expect("writes resumed on the new leader");
+    let Some(gap) = gap else {
+        let logs: Vec<String> = p
+            .roots
+            .iter()
+            .filter_map(|r| walk(&r.join(&db), "patroni.log"))
+            .map(|f| {
+                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!("{}:\n{}", f.display(), lines[lines.len().saturating_sub(25)..].join("\n"))
+            })
+            .collect();
+        panic!("writes did not resume; last error {:?}\n{}", psql(&url, "SELECT 1").await, logs.join("\n\n"));
+    };
     eprintln!("failover write gap: {gap:?}");
     let count = psql(
         &url,
@@ -258,16 +362,42 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     .await;
     assert_eq!(count, Ok(acknowledged.len().to_string()), "every acknowledged write survived the failover");
 
+    // The failover is recorded from the agents' reports, and the old leader comes back as a
+    // replica (its agent restarts Patroni, which rewinds it onto the new timeline).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, events) = p.owner.get(&format!("/v1/databases/{db}/events")).await;
+        if events["items"][0]["kind"] == "failover" {
+            assert_eq!(events["items"][0]["detail"]["from"], leader.as_str(), "{events}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+            let agents: Vec<(String, serde_json::Value)> =
+                sqlx::query_as("SELECT name, observed FROM agents").fetch_all(p.app.store.pool()).await.unwrap();
+            panic!("no failover event: {events}\nmembers: {members}\nagents: {agents:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The host comes back: its agent re-adopts nothing (all was killed), starts Patroni from
+    // the persisted spec, and Patroni rewinds the old leader into a replica of the new one.
+    let t = Instant::now();
+    let config = p.agents[host_root].config.clone();
+    p.agents[host_root] = Agent::start(config);
+    p.members_become(&db, &["leader", "replica"], Duration::from_secs(90)).await;
+    eprintln!("old leader back as a replica: {:?} after its host returned", t.elapsed());
+    eventually(&url, "SELECT count(*) > 0 FROM w", "t", Duration::from_secs(10)).await;
+
     let (s, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     p.run(&del, Duration::from_secs(90)).await;
     assert!(pids_mentioning(&db).is_empty(), "nothing of the database runs any more");
-    let _ = p.stop_agents.send(true);
+    p.stop_agents().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn starter_to_business_and_back_keeps_data_and_url() {
-    let p = platform(2).await;
+    let mut p = platform(2).await;
     let (_, op) = p
         .owner
         .post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "grow", "plan": "starter-1" }))
@@ -310,5 +440,5 @@ async fn starter_to_business_and_back_keeps_data_and_url() {
 
     let (_, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
     p.run(&del, Duration::from_secs(90)).await;
-    let _ = p.stop_agents.send(true);
+    p.stop_agents().await;
 }

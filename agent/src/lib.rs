@@ -10,6 +10,7 @@ mod files;
 pub mod haproxy;
 pub mod lifecycle;
 pub mod node;
+pub mod observe;
 pub mod patroni;
 pub mod process;
 mod reaper;

@@ -139,7 +139,7 @@ async fn heartbeat_loop(session: Arc<Session>, mut shutdown: watch::Receiver<boo
             .http
             .post(session.url("/agent/v1/heartbeat"))
             .bearer_auth(session.bearer().await)
-            .json(&json!({ "observed": {} }))
+            .json(&json!({ "observed": crate::observe::observe(&session.config.root).await }))
             .send()
             .await;
         if let Err(e) = res.and_then(|r| r.error_for_status()) {

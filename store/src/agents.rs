@@ -142,7 +142,10 @@ impl Store {
             }
             // Only the agent that runs a member may speak for it.
             sqlx::query(
-                "UPDATE database_members SET role = $4, state = $5, timeline = $6, lag_bytes = $7, observed_at = now() \
+                // An unreachable member keeps its last known role: a failover is then seen as the
+                // move from it to the member that now leads, whichever agent reports first.
+                "UPDATE database_members SET role = CASE WHEN $4 = 'unknown' THEN role ELSE $4 END, state = $5, \
+                    timeline = COALESCE($6, timeline), lag_bytes = $7, observed_at = now() \
                  WHERE database_id = $1 AND name = $2 AND agent_id = $3",
             )
             .bind(m.database_id)
