@@ -99,16 +99,17 @@ async fn access_token(base: &str, state: &Path) -> String {
     res["access_token"].as_str().expect("access token").to_string()
 }
 
-fn state_dir() -> PathBuf {
+/// A fresh state folder per test (the tests of this file run at once in one process).
+fn state_dir(test: &str) -> PathBuf {
     // Short: a database's PostgreSQL socket path under it must stay under 107 bytes.
-    let dir = std::env::temp_dir().join(format!("pgu-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pgu{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_starts_everything_stops_everything_and_keeps_data() {
-    let state = state_dir();
+    let state = state_dir("");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -187,9 +188,10 @@ async fn database(http: &reqwest::Client, base: &str, token: &str, tenant: &str,
 
 #[test]
 fn missing_postgres_binaries_say_what_to_do() {
+    let state = state_dir("n");
     let out = Command::new(env!("CARGO_BIN_EXE_pgplane"))
         .args(["up", "--state-dir"])
-        .arg(state_dir().join("never"))
+        .arg(state.join("never"))
         .args(["--pg-bindir", "/nonexistent/bin"])
         .env_remove("PGPLANE_DATABASE_URL")
         .output()
@@ -197,4 +199,5 @@ fn missing_postgres_binaries_say_what_to_do() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not contain initdb and postgres"), "{err}");
+    let _ = std::fs::remove_dir_all(&state);
 }
