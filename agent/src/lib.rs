@@ -1,6 +1,6 @@
 //! The node agent: drives the real processes of the databases placed on this host (PostgreSQL
-//! through Patroni, HAProxy gateways) and, for `pgplane up` and tests, a local etcd.
-//! `Node` is the entry point; the other modules render configurations and run one program each.
+//! through Patroni, HAProxy gateways), which outlive it and are re-adopted (`reconcile`), and for
+//! `pgplane up` and tests a local etcd. `Node` is the entry point; `runtime` the agent's loop.
 
 pub mod control;
 mod dcs;
