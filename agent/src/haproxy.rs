@@ -67,7 +67,7 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
          \x20   bind {bind}\n\
          \x20   option httpchk OPTIONS /primary\n\
          \x20   http-check expect status 200\n\
-         \x20   default-server inter 1s downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n",
+         \x20   default-server inter 1s fastinter 200ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n",
         name = spec.name,
         db = spec.database_id,
         generation = spec.generation,
@@ -239,7 +239,7 @@ mod tests {
             "bind 127.0.0.1:6432",
             "option httpchk OPTIONS /primary",
             "http-check expect status 200",
-            "default-server inter 1s downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions",
+            "default-server inter 1s fastinter 200ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions",
             "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
             "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
         ] {
