@@ -44,9 +44,11 @@ impl Lifecycle {
         Lifecycle { node, on_exit, reconciler, reaper, finished: false }
     }
 
-    /// Stops reconciling, then stops the databases when asked to.
+    /// Stops reconciling (waiting for a pass under way, so it starts nothing behind our back),
+    /// then stops the databases when asked to.
     pub async fn finish(mut self) {
         self.reconciler.abort();
+        let _ = (&mut self.reconciler).await;
         self.reaper.abort();
         self.finished = true;
         if self.on_exit == OnExit::StopDatabases {
