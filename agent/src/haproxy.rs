@@ -131,7 +131,6 @@ pub fn adopt(paths: &GatewayPaths) -> Option<Managed> {
     Managed::adopt(&paths.pidfile, &paths.config, libc::SIGTERM, |args| args.iter().any(|a| a == "-db"))
 }
 
-/// Waits until the gateway accepts TCP connections, failing early if HAProxy exits.
 /// HAProxy's admin socket, in the gateway's folder.
 pub const STATS_SOCKET: &str = "admin.sock";
 
@@ -190,6 +189,7 @@ pub async fn wait_routing(spec: &GatewaySpec, paths: &GatewayPaths, proc: &Manag
     }
 }
 
+/// Waits until the gateway accepts TCP connections, failing early if HAProxy exits.
 pub async fn wait_listening(spec: &GatewaySpec, paths: &GatewayPaths, proc: &Managed, timeout: Duration) -> Result<()> {
     let addr = host_port(&spec.listen_host, spec.listen_port)
         .to_socket_addrs()?
