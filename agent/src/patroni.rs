@@ -32,6 +32,21 @@ pub struct MemberPaths {
     pub spec: PathBuf,
 }
 
+/// The member's unix socket folder: inside its folder when the socket path fits PostgreSQL's
+/// 107-byte limit, else a short folder under /tmp named by a stable hash of the member folder
+/// (deep node folders, such as a non-root `pgplane up` under ~/.local/state, would not fit).
+fn socket_dir(member_dir: &std::path::Path) -> PathBuf {
+    let inside = member_dir.join("socket");
+    // ".s.PGSQL.65535" plus its separator.
+    if inside.as_os_str().len() + 16 <= 107 {
+        return inside;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    member_dir.hash(&mut h);
+    PathBuf::from(format!("/tmp/pgplane-socket-{:016x}", h.finish()))
+}
+
 impl MemberPaths {
     pub fn new(dir: PathBuf) -> Self {
         let tls = dir.join("tls");
@@ -39,7 +54,7 @@ impl MemberPaths {
             config: dir.join("patroni.yml"),
             log: dir.join("patroni.log"),
             data: dir.join("data"),
-            socket_dir: dir.join("socket"),
+            socket_dir: socket_dir(&dir),
             ca: tls.join("ca.pem"),
             cert: tls.join("server.crt"),
             key: tls.join("server.key"),

@@ -17,7 +17,10 @@ use crate::workflows::Workflows;
 pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let wakers = Wakers::default();
     let name = format!("scheduler-{}", std::process::id());
-    let worker = WorkerConfig::new(pgplane_store::databases::SCHEDULER_QUEUE, name);
+    let mut worker = WorkerConfig::new(pgplane_store::databases::SCHEDULER_QUEUE, name);
+    // Workflow steps take milliseconds: a short lease lets another scheduler take over the
+    // step of one that died within seconds (heartbeats keep a slow step's lease alive).
+    worker.lease = Duration::from_secs(6);
     let state = AgentApiState {
         store: store.clone(),
         wakers: wakers.clone(),
