@@ -29,17 +29,7 @@ impl Workflows {
         if members.len() > wanted {
             // Keep the first member; make sure it leads before the others go.
             let keep = members[0].name.clone();
-            let (m, secrets) = self.control_member(tx, st).await?;
-            let task = AgentTask::Switchover {
-                database_id: st.database_id,
-                generation: st.generation,
-                host: m.host.clone(),
-                patroni_port: m.patroni_port as u16,
-                ca_pem: secrets.ca_cert_pem,
-                restapi_password: secrets.secrets.restapi_password,
-                candidate: Some(keep),
-            };
-            job_enqueue_in(tx, &agent_job(m.agent_id, st, "lead", "shrink", &task)?).await.map_err(retry)?;
+            self.enqueue_switchover(tx, st, Some(keep), ("lead", "shrink")).await?;
             return operation_progress_in(tx, st.operation.id, 15, "moving the leader to the member that stays")
                 .await
                 .map_err(retry);

@@ -369,6 +369,19 @@ impl Workflows {
     }
 
     pub(crate) async fn switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let candidate = st.operation.params["candidate"].as_str().map(str::to_string);
+        self.enqueue_switchover(tx, st, candidate, ("switchover", "finish")).await?;
+        operation_progress_in(tx, st.operation.id, 30, "switching the leader over").await.map_err(retry)
+    }
+
+    /// Asks a member's agent to move the leader to `candidate` (or the healthiest replica).
+    pub(crate) async fn enqueue_switchover(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+        candidate: Option<String>,
+        (step, next): (&str, &str),
+    ) -> Result<(), JobError> {
         let (m, secrets) = self.control_member(tx, st).await?;
         let task = AgentTask::Switchover {
             database_id: st.database_id,
@@ -377,10 +390,10 @@ impl Workflows {
             patroni_port: m.patroni_port as u16,
             ca_pem: secrets.ca_cert_pem,
             restapi_password: secrets.secrets.restapi_password,
-            candidate: st.operation.params["candidate"].as_str().map(str::to_string),
+            candidate,
         };
-        job_enqueue_in(tx, &agent_job(m.agent_id, st, "switchover", "finish", &task)?).await.map_err(retry)?;
-        operation_progress_in(tx, st.operation.id, 30, "switching the leader over").await.map_err(retry)
+        job_enqueue_in(tx, &agent_job(m.agent_id, st, step, next, &task)?).await.map_err(retry)?;
+        Ok(())
     }
 
     /// Roles and the event, from the agent's answer `{from, to}`.
