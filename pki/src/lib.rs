@@ -82,7 +82,10 @@ impl DatabaseCa {
         let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::OrganizationName, "pgplane");
         params.distinguished_name.push(DnType::CommonName, *first);
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints at all: rcgen's `ExplicitNoCa` encodes `cA FALSE`, a DEFAULT
+        // value that DER forbids, and Python's cryptography (Patroni's TLS client) then rejects
+        // the certificate ("error parsing asn1 value: EncodedDefault").
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
@@ -133,6 +136,7 @@ mod tests {
         let (_, cert) = x509_parser::parse_x509_certificate(&server_der).unwrap();
         cert.verify_signature(Some(ca_cert.public_key())).expect("signed by the CA");
         assert!(!cert.is_ca());
+        assert!(cert.basic_constraints().unwrap().is_none(), "no DER-invalid `cA FALSE`");
         assert_eq!(cert.issuer(), ca_cert.subject());
         let sans = cert.subject_alternative_name().unwrap().expect("SAN extension").value;
         assert!(sans.general_names.iter().any(|n| matches!(n, GeneralName::IPAddress(b) if *b == [127, 0, 0, 1])));
