@@ -1,0 +1,200 @@
+//! A client of etcd's v3 JSON gateway (the grpc-gateway etcd serves on its client port): https
+//! checked against the platform's etcd CA, a user's token renewed when etcd drops it, key
+//! prefixes; `admin` holds what the root user does (auth on, one user per database).
+
+pub mod admin;
+
+use anyhow::{Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use pgplane_core::agent::EtcdAccess;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// etcd answered and refused; `message` is its error, e.g. `etcdserver: permission denied`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("etcd answered {status} to {path}: {message}")]
+pub struct Refused {
+    pub path: String,
+    pub status: u16,
+    pub message: String,
+}
+
+/// True when `e` is etcd refusing with a message that contains `text`.
+pub fn refused_with(e: &anyhow::Error, text: &str) -> bool {
+    e.downcast_ref::<Refused>().is_some_and(|r| r.message.contains(text))
+}
+
+/// True when etcd refused for want of permission (a key outside the user's prefix).
+pub fn is_permission_denied(e: &anyhow::Error) -> bool {
+    refused_with(e, "permission denied")
+}
+
+/// A client of one etcd cluster with the credentials of `EtcdAccess` (none when it names no user).
+pub struct Client {
+    http: reqwest::Client,
+    access: EtcdAccess,
+    /// The endpoint that issued the token, and the token: etcd's simple tokens live in one member.
+    token: Mutex<Option<(String, String)>>,
+}
+
+impl Client {
+    pub fn new(access: &EtcdAccess) -> Result<Self> {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(ca) = &access.ca_pem {
+            let ca = reqwest::Certificate::from_pem(ca.as_bytes()).context("etcd's CA")?;
+            http = http.tls_built_in_root_certs(false).add_root_certificate(ca);
+        }
+        Ok(Client { http: http.build()?, access: access.clone(), token: Mutex::new(None) })
+    }
+
+    pub fn access(&self) -> &EtcdAccess {
+        &self.access
+    }
+
+    /// POSTs `body` to `path` (e.g. `/v3/kv/range`) on the first endpoint that answers. A
+    /// refusal (`Refused`) is final; an unreachable endpoint makes it try the next one.
+    pub async fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        let mut last = None;
+        for endpoint in &self.access.endpoints {
+            let base = format!("{}://{endpoint}", self.access.protocol);
+            match self.call_one(&base, path, body).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
+                Err(e) => last = Some(e.context(format!("etcd at {base}"))),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no etcd endpoint given")))
+    }
+
+    async fn call_one(&self, base: &str, path: &str, body: &Value) -> Result<Value> {
+        if self.access.username.is_none() {
+            return self.post(base, path, body, None).await;
+        }
+        let cached = self.token.lock().await.clone().filter(|(b, _)| b == base).map(|(_, t)| t);
+        if let Some(token) = cached {
+            match self.post(base, path, body, Some(&token)).await {
+                // Expired (5 minutes unused by default), or the user's password changed.
+                Err(e) if refused_with(&e, "invalid auth token") => {}
+                other => return other,
+            }
+        }
+        let token = self.authenticate(base).await?;
+        self.post(base, path, body, Some(&token)).await
+    }
+
+    async fn authenticate(&self, base: &str) -> Result<String> {
+        let (Some(name), Some(password)) = (&self.access.username, &self.access.password) else {
+            anyhow::bail!("an etcd user without a password");
+        };
+        let body = json!({ "name": name, "password": password });
+        let answer = self.post(base, "/v3/auth/authenticate", &body, None).await?;
+        let token = answer["token"].as_str().context("etcd gave no token")?.to_string();
+        *self.token.lock().await = Some((base.to_string(), token.clone()));
+        Ok(token)
+    }
+
+    async fn post(&self, base: &str, path: &str, body: &Value, token: Option<&str>) -> Result<Value> {
+        let mut req = self.http.post(format!("{base}{path}")).json(body);
+        if let Some(token) = token {
+            req = req.header(reqwest::header::AUTHORIZATION, token);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let answer: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = answer["error"].as_str().map(str::to_string).unwrap_or_else(|| answer.to_string());
+            return Err(Refused { path: path.to_string(), status: status.as_u16(), message }.into());
+        }
+        Ok(answer)
+    }
+
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.call("/v3/kv/put", &json!({ "key": B64.encode(key), "value": B64.encode(value) })).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let answer = self.call("/v3/kv/range", &json!({ "key": B64.encode(key) })).await?;
+        Ok(answer["kvs"][0]["value"].as_str().map(|v| B64.decode(v).unwrap_or_default()))
+    }
+
+    /// Every key under `prefix` with its value.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let answer = self.call("/v3/kv/range", &range(prefix)).await?;
+        let decode = |v: &Value| B64.decode(v.as_str().unwrap_or_default()).unwrap_or_default();
+        Ok(answer["kvs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|kv| (String::from_utf8_lossy(&decode(&kv["key"])).into_owned(), decode(&kv["value"])))
+            .collect())
+    }
+
+    /// How many keys there are under `prefix`.
+    pub async fn count(&self, prefix: &str) -> Result<u64> {
+        let mut body = range(prefix);
+        body["count_only"] = json!(true);
+        Ok(int(&self.call("/v3/kv/range", &body).await?["count"]))
+    }
+
+    /// Deletes every key under `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        Ok(int(&self.call("/v3/kv/deleterange", &range(prefix)).await?["deleted"]))
+    }
+}
+
+/// int64 fields come as strings in etcd's JSON, and are left out when zero.
+fn int(v: &Value) -> u64 {
+    v.as_str().and_then(|d| d.parse().ok()).unwrap_or(0)
+}
+
+/// Patroni's key prefix of a scope (a database's id).
+pub fn scope_prefix(scope: &str) -> String {
+    format!("/service/{scope}/")
+}
+
+/// The first key after every key that starts with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A key range covering `prefix`, as the gateway takes it.
+pub fn range(prefix: &str) -> Value {
+    json!({ "key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(prefix_end("/service/db/"), b"/service/db0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        let r = range("/service/x/");
+        assert_eq!(B64.decode(r["key"].as_str().unwrap()).unwrap(), b"/service/x/");
+        assert_eq!(int(&json!("12")), 12);
+        assert_eq!(int(&Value::Null), 0);
+    }
+
+    #[test]
+    fn refusals_are_recognised_through_context() {
+        let e = anyhow::Error::from(Refused {
+            path: "/v3/kv/put".into(),
+            status: 403,
+            message: "etcdserver: permission denied".into(),
+        })
+        .context("writing");
+        assert!(is_permission_denied(&e));
+        assert!(!refused_with(&anyhow::anyhow!("permission denied"), "permission denied"));
+    }
+}
