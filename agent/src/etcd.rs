@@ -1,13 +1,14 @@
 //! A private single-member etcd 3.4 on loopback, the DCS of `pgplane up` and of the tests: a
-//! supervised child with its data in a folder, plain http on 127.0.0.1 (per-database users and
-//! TLS are for the platform's etcd), healthy before `start` returns, stopped when dropped.
+//! supervised child with its data in a folder, https only (a CA of its own, made once), auth on
+//! with a `root` user; healthy and locked down before `start` returns, stopped when dropped.
 
-use crate::files::{ensure_dir, find_program, open_log, tail};
+use crate::files::{ensure_dir, find_program, open_log, tail, write_atomic};
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::EtcdAccess;
 use pgplane_localpg::{free_port, Supervised};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::future::Future;
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,18 +17,27 @@ use std::time::{Duration, Instant};
 pub struct LocalEtcd {
     dir: PathBuf,
     client_port: u16,
+    ca_pem: String,
+    root_password: String,
     server: Supervised,
 }
 
 impl LocalEtcd {
-    /// Starts etcd with its data in `dir/data`. The ports are kept in `dir/ports` and reused
-    /// while free, so the endpoint written into Patroni's configurations stays valid.
+    /// Starts etcd with its data in `dir/data`, its CA and certificate in `dir/tls` and root's
+    /// password in `dir/root-password` (keys and password 0600). The ports are kept in
+    /// `dir/ports` and reused while free, so the endpoint in Patroni's configurations stays valid.
+    ///
+    /// No `--trusted-ca-file`: with it etcd 3.4 demands a client certificate from every client
+    /// even without `--client-cert-auth` (and a certificate's CN would act as a user name).
+    /// Clients authenticate with a user and password instead.
     pub fn start(dir: &Path) -> Result<Self> {
         ensure_dir(dir, 0o700, None)?;
         ensure_dir(&dir.join("data"), 0o700, None)?;
+        let (ca_pem, cert, key) = tls(&dir.join("tls"))?;
+        let root_password = secret(&dir.join("root-password"))?;
         let (client_port, peer_port) = ports(dir)?;
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let client = format!("https://127.0.0.1:{client_port}");
+        let peer = format!("https://127.0.0.1:{peer_port}");
         let log = open_log(&dir.join("etcd.log"), None)?;
         let mut cmd = Command::new(find_program("etcd", "PGPLANE_ETCD")?);
         cmd.args(["--name", "pgplane", "--logger", "zap", "--log-outputs", "stderr"])
@@ -37,13 +47,23 @@ impl LocalEtcd {
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("pgplane={peer}"), "--initial-cluster-state", "new"])
             .args(["--auto-compaction-retention", "1"])
+            .arg("--cert-file")
+            .arg(&cert)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--peer-cert-file")
+            .arg(&cert)
+            .arg("--peer-key-file")
+            .arg(&key)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         let server = Supervised::spawn(cmd, libc::SIGTERM).context("starting etcd")?;
-        let etcd = LocalEtcd { dir: dir.to_path_buf(), client_port, server };
+        let etcd = LocalEtcd { dir: dir.to_path_buf(), client_port, ca_pem, root_password, server };
         etcd.wait_healthy(Duration::from_secs(30))?;
+        block_on(pgplane_etcd::admin::enable_auth(&etcd.access(), &etcd.root_password))
+            .context("turning etcd's authentication on")?;
         Ok(etcd)
     }
 
@@ -60,20 +80,41 @@ impl LocalEtcd {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// How a database's Patroni reaches this etcd: plain http, no user.
+    /// How a client reaches this etcd: https checked against its CA, no user yet. Every key
+    /// needs one: a database gets its own (`pgplane_etcd::Client::ensure_database_user`).
     pub fn access(&self) -> EtcdAccess {
         EtcdAccess {
             endpoints: vec![self.endpoint()],
-            protocol: "http".into(),
-            ca_pem: None,
+            protocol: "https".into(),
+            ca_pem: Some(self.ca_pem.clone()),
             username: None,
             password: None,
         }
     }
 
-    /// True when `GET /health` answers `"health":"true"`.
+    /// The control plane's handle: `access` as `root`. Never for a database's Patroni, a tenant
+    /// or anything on a database host.
+    pub fn admin(&self) -> EtcdAccess {
+        EtcdAccess {
+            username: Some(pgplane_etcd::admin::ROOT.into()),
+            password: Some(self.root_password.clone()),
+            ..self.access()
+        }
+    }
+
+    /// The PEM of the CA that signed etcd's certificate (for `pgplane scheduler --etcd-ca-file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+
+    /// Root's password, 0600 (for `pgplane scheduler --etcd-root-password-file`).
+    pub fn root_password_file(&self) -> PathBuf {
+        self.dir.join("root-password")
+    }
+
+    /// True when `GET /health` answers `"health":"true"` over https.
     pub fn is_healthy(&self) -> bool {
-        health(self.client_port).unwrap_or(false)
+        block_on(health(&self.access())).unwrap_or(false)
     }
 
     fn wait_healthy(&self, timeout: Duration) -> Result<()> {
@@ -104,6 +145,59 @@ impl Drop for LocalEtcd {
     }
 }
 
+/// Runs `f` to completion on a runtime of its own in a thread of its own, so that the blocking
+/// `start` works from any context, async or not.
+fn block_on<F: Future + Send>(f: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(f))
+            .join()
+            .expect("the etcd client thread")
+    })
+}
+
+async fn health(access: &EtcdAccess) -> Result<bool> {
+    let ca = reqwest::Certificate::from_pem(access.ca_pem.as_deref().unwrap_or_default().as_bytes())?;
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let url = format!("https://{}/health", access.endpoints[0]);
+    Ok(http.get(url).send().await?.text().await?.contains("\"health\":\"true\""))
+}
+
+/// The etcd CA and server certificate in `dir`, made on first use: (CA PEM, cert file, key file).
+/// The CA serves etcd only; it names 127.0.0.1 and localhost, where this etcd listens.
+fn tls(dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
+    ensure_dir(dir, 0o700, None)?;
+    let (ca, ca_key, cert, key) =
+        (dir.join("ca.pem"), dir.join("ca.key"), dir.join("server.pem"), dir.join("server.key"));
+    if ![&ca, &ca_key, &cert, &key].iter().all(|f| f.exists()) {
+        let authority = pgplane_pki::DatabaseCa::generate("etcd")?;
+        let server = authority.issue_server(&["127.0.0.1", "localhost"])?;
+        write_atomic(&ca_key, authority.key_pem(), None)?;
+        write_atomic(&key, &server.key_pem, None)?;
+        write_atomic(&cert, &server.cert_pem, None)?;
+        write_atomic(&ca, authority.cert_pem(), None)?;
+    }
+    Ok((std::fs::read_to_string(&ca)?, cert, key))
+}
+
+/// A random secret kept in `file` (0600), made on first use.
+fn secret(file: &Path) -> Result<String> {
+    if let Ok(s) = std::fs::read_to_string(file) {
+        return Ok(s.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let s = hex::encode(bytes);
+    write_atomic(file, &s, None)?;
+    Ok(s)
+}
+
 /// The client and peer ports recorded in `dir/ports` when both are still free, else new ones.
 fn ports(dir: &Path) -> Result<(u16, u16)> {
     let file = dir.join("ports");
@@ -121,20 +215,10 @@ fn ports(dir: &Path) -> Result<(u16, u16)> {
     while peer == client {
         peer = free_port()?;
     }
-    crate::files::write_atomic(&file, &format!("{client} {peer}\n"), None)?;
+    write_atomic(&file, &format!("{client} {peer}\n"), None)?;
     Ok((client, peer))
 }
 
 fn is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-}
-
-/// One plain HTTP/1.0 `GET /health`.
-fn health(port: u16) -> Result<bool> {
-    let mut stream = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    Ok(answer.starts_with("HTTP/1.") && answer.contains("\"health\":\"true\""))
 }
