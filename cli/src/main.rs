@@ -95,19 +95,44 @@ pub struct SchedulerArgs {
     /// The platform's etcd endpoints (host:port, comma-separated), as Patroni reaches them.
     #[arg(long, env = "PGPLANE_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
     etcd_endpoints: Vec<String>,
+    /// PEM of the CA that signed etcd's server certificate: etcd is reached over https, checked
+    /// against it (plain http without it).
+    #[arg(long, env = "PGPLANE_ETCD_CA_FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// File holding the password of etcd's `root` user: each database then gets an etcd user of
+    /// its own, confined to its key prefix. Without it etcd must run without authentication,
+    /// and databases share it unconfined (development only).
+    #[arg(long, env = "PGPLANE_ETCD_ROOT_PASSWORD_FILE")]
+    etcd_root_password_file: Option<PathBuf>,
+}
+
+impl SchedulerArgs {
+    /// The etcd access the scheduler administers, read from the files given.
+    fn etcd(&self) -> Result<pgplane_core::agent::EtcdAccess> {
+        let read =
+            |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+        let ca_pem = self.etcd_ca_file.as_ref().map(read).transpose()?;
+        let password = self.etcd_root_password_file.as_ref().map(read).transpose()?.map(|p| p.trim().to_string());
+        if password.is_none() {
+            tracing::warn!("no --etcd-root-password-file: databases share etcd without users of their own");
+        }
+        let access = pgplane_core::agent::EtcdAccess {
+            endpoints: self.etcd_endpoints.clone(),
+            protocol: if ca_pem.is_some() { "https" } else { "http" }.into(),
+            ca_pem,
+            username: password.as_ref().map(|_| pgplane_etcd::admin::ROOT.to_string()),
+            password,
+        };
+        pgplane_etcd::Client::new(&access).context("the etcd CA file")?;
+        Ok(access)
+    }
 }
 
 async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
     let store = Store::connect(args.db.database_url.expose_secret(), 8).await?;
     store.migrate().await?;
     let config = pgplane_scheduler::config::SchedulerConfig {
-        etcd: pgplane_core::agent::EtcdAccess {
-            endpoints: args.etcd_endpoints,
-            protocol: "http".into(),
-            ca_pem: None,
-            username: None,
-            password: None,
-        },
+        etcd: args.etcd()?,
         bootstrap_token: args.agent_bootstrap_token.expose_secret().to_string(),
     };
     let listener = tokio::net::TcpListener::bind(args.agent_listen)

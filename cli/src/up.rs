@@ -85,7 +85,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let etcd_dir = state_dir.join("etcd");
     let etcd = tokio::task::spawn_blocking(move || pgplane_agent::LocalEtcd::start(&etcd_dir)).await??;
     let scheduler_config =
-        pgplane_scheduler::config::SchedulerConfig { etcd: etcd.access(), bootstrap_token: bootstrap_token.clone() };
+        pgplane_scheduler::config::SchedulerConfig { etcd: etcd.admin(), bootstrap_token: bootstrap_token.clone() };
     let scheduler =
         tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped.clone()));
     // Three local agents, so that a Business database's members land on distinct "hosts".
@@ -114,7 +114,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         println!(
             "\npgplane is up.\n  API:            http://{addr}  (OpenAPI: http://{addr}/v1/openapi.json)\n  \
              Agent API:      http://{agent_addr}  (3 local agents; bootstrap token in {state}/agent-bootstrap-token)\n  \
-             etcd:           {etcd_endpoint}\n  \
+             etcd:           https://{etcd_endpoint}  (CA in {etcd_ca}; root's password in {etcd_root})\n  \
              Control plane:  {pg_line}\n  Operator token: {token}  (an API token of the platform operator)\n\n\
              Get an access token (valid one hour) and call the API:\n  \
              TOKEN=$(curl -s -X POST http://{addr}/v1/auth/token -H 'content-type: application/json' \\\n      \
@@ -122,7 +122,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
              curl -s http://{addr}/v1/me -H \"authorization: Bearer $TOKEN\"\n\nCtrl-C stops everything.",
             token = token_file.display(),
             state = state_dir.display(),
-            etcd_endpoint = etcd.endpoint()
+            etcd_endpoint = etcd.endpoint(),
+            etcd_ca = etcd.ca_file().display(),
+            etcd_root = etcd.root_password_file().display()
         );
     })
     .await;

@@ -3,6 +3,7 @@
 
 pub mod agent_api;
 pub mod config;
+mod etcd_users;
 mod plan_change;
 pub mod queue;
 pub mod run;

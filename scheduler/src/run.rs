@@ -31,7 +31,11 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
     tasks.spawn(wakers.clone().listen(store.clone(), shutdown.clone()));
     tasks.spawn(run_reaper(store.clone(), Duration::from_secs(2), shutdown.clone()));
     tasks.spawn(sweep_dead_operations(store.clone(), shutdown.clone()));
-    let handler = Arc::new(Workflows { store: store.clone(), config });
+    let etcd = match crate::etcd_users::admin_client(&config.etcd) {
+        Ok(etcd) => etcd,
+        Err(e) => return tracing::error!(error = %e, "the etcd access of the configuration is unusable"),
+    };
+    let handler = Arc::new(Workflows { store: store.clone(), config, etcd });
     tasks.spawn(run_worker(store.clone(), worker, handler, wakers, shutdown.clone()));
     let mut stop = shutdown.clone();
     tasks.spawn(async move {

@@ -4,11 +4,11 @@
 //! step's agent jobs are done.
 //!
 //! ```text
-//! create:      start ─place, secrets─▶ members ─▶ gateways ─▶ finish (available)
+//! create:      start ─place, secrets, etcd user─▶ members ─▶ gateways ─▶ finish (available)
 //! change_plan: start ─resize─▶ members ─▶ finish (same number of members)
 //!              start ─add members─▶ members ─▶ gateways ─▶ finish (Starter → Business)
 //!              start ─switchover to the kept member─▶ shrink ─▶ gateways ─▶ finish (Business → Starter)
-//! delete:      start ─▶ remove ─▶ finish (deleted; ports, capacity, secrets released)
+//! delete:      start ─▶ remove ─▶ finish (deleted; etcd user and keys, ports, capacity, secrets released)
 //! restart:     start ─▶ restart-0 ─▶ … ─▶ restart-(n-1) ─▶ finish (one member at a time)
 //! configure:   start ─PATCH /config─▶ configure ─▶ finish
 //! switchover:  start ─POST /switchover─▶ switchover ─▶ finish
@@ -31,6 +31,8 @@ use crate::tls;
 pub struct Workflows {
     pub store: Store,
     pub config: SchedulerConfig,
+    /// etcd as root, when it has auth (see `SchedulerConfig::etcd`).
+    pub etcd: Option<pgplane_etcd::Client>,
 }
 
 pub(crate) fn retry(e: impl std::fmt::Display) -> JobError {
@@ -89,7 +91,7 @@ pub fn step_job(st_db: pgplane_core::ids::DatabaseId, op: pgplane_core::ids::Ope
     job
 }
 
-fn password() -> String {
+pub(crate) fn password() -> String {
     Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
 }
 
@@ -131,6 +133,7 @@ impl Handler for Workflows {
                 }
                 (OperationKind::Restart, "finish") => operation_finish_in(&mut tx, op, None).await.map_err(retry)?,
                 (OperationKind::Delete, "finish") => {
+                    self.etcd_forget(st.database_id).await?;
                     database_deleted_in(&mut tx, st.database_id).await.map_err(retry)?;
                     operation_finish_in(&mut tx, op, None).await.map_err(retry)?;
                 }
@@ -222,6 +225,7 @@ impl Workflows {
             },
             ca_cert_pem,
             ca_key_pem,
+            etcd_password: Some(password()),
         };
         secrets_insert_in(tx, db, &secrets).await.map_err(retry)?;
         self.ensure_members(tx, st, &secrets, &members, ("members", "gateways")).await?;
@@ -237,6 +241,7 @@ impl Workflows {
         (step, next): (&str, &str),
     ) -> Result<(), JobError> {
         let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
+        let etcd = self.etcd_access(tx, st.database_id, secrets).await?;
         for m in members {
             // Clients reach the member through the gateway (TLS passes through), so the
             // certificate names the gateways' hosts as well as the member's.
@@ -254,7 +259,7 @@ impl Workflows {
                 host: m.host.clone(),
                 pg_port: m.pg_port as u16,
                 patroni_port: m.patroni_port as u16,
-                etcd: self.config.etcd.clone(),
+                etcd: etcd.clone(),
                 tls: TlsBundle { ca_pem: secrets.ca_cert_pem.clone(), cert_pem, key_pem },
                 secrets: secrets.secrets.clone(),
                 sizing: sizing(&st.plan),

@@ -44,6 +44,8 @@ pub struct StoredSecrets {
     pub secrets: DatabaseSecrets,
     pub ca_cert_pem: String,
     pub ca_key_pem: String,
+    /// The password of the database's etcd user (none for databases placed before etcd users).
+    pub etcd_password: Option<String>,
 }
 
 /// Locks an operation and its database for a workflow step.
@@ -158,28 +160,45 @@ pub async fn gateways_of_in(conn: &mut PgConnection, db: DatabaseId) -> Result<V
 }
 
 pub async fn secrets_insert_in(conn: &mut PgConnection, db: DatabaseId, s: &StoredSecrets) -> Result<()> {
-    sqlx::query("INSERT INTO database_secrets (database_id, secrets, ca_cert_pem, ca_key_pem) VALUES ($1, $2, $3, $4)")
-        .bind(db)
-        .bind(serde_json::to_value(&s.secrets).map_err(Error::internal)?)
-        .bind(&s.ca_cert_pem)
-        .bind(&s.ca_key_pem)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO database_secrets (database_id, secrets, ca_cert_pem, ca_key_pem, etcd_password) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(db)
+    .bind(serde_json::to_value(&s.secrets).map_err(Error::internal)?)
+    .bind(&s.ca_cert_pem)
+    .bind(&s.ca_key_pem)
+    .bind(&s.etcd_password)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
     Ok(())
 }
 
 pub async fn secrets_get_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Option<StoredSecrets>> {
-    let row: Option<(serde_json::Value, String, String)> =
-        sqlx::query_as("SELECT secrets, ca_cert_pem, ca_key_pem FROM database_secrets WHERE database_id = $1")
-            .bind(db)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_error)?;
-    row.map(|(s, ca_cert_pem, ca_key_pem)| {
-        Ok(StoredSecrets { secrets: serde_json::from_value(s).map_err(Error::internal)?, ca_cert_pem, ca_key_pem })
+    let row: Option<(serde_json::Value, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT secrets, ca_cert_pem, ca_key_pem, etcd_password FROM database_secrets WHERE database_id = $1",
+    )
+    .bind(db)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    row.map(|(s, ca_cert_pem, ca_key_pem, etcd_password)| {
+        let secrets = serde_json::from_value(s).map_err(Error::internal)?;
+        Ok(StoredSecrets { secrets, ca_cert_pem, ca_key_pem, etcd_password })
     })
     .transpose()
+}
+
+/// Records the password of the database's etcd user.
+pub async fn secrets_set_etcd_password_in(conn: &mut PgConnection, db: DatabaseId, password: &str) -> Result<()> {
+    sqlx::query("UPDATE database_secrets SET etcd_password = $2 WHERE database_id = $1")
+        .bind(db)
+        .bind(password)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// The database is up: its endpoint and status `available`.
