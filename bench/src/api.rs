@@ -111,8 +111,8 @@ pub async fn run(args: Args) -> Result<()> {
 async fn measure(args: &Args, tools: &Tools, server: &fixture::Server, fixture: &Fixture) -> Result<()> {
     let url = server.url.as_str();
     let secret: [u8; 32] = std::array::from_fn(|i| uuid::Uuid::new_v4().as_bytes()[i % 16]);
-    let logging = match &args.api_log {
-        None => "no tracing subscriber installed: its request spans and logs are disabled".to_string(),
+    let (logging, log_file) = match &args.api_log {
+        None => ("no tracing subscriber installed: its request spans and logs are disabled".to_string(), None),
         Some(filter) => {
             let path = std::env::temp_dir().join(format!("pgplane-bench-api-{}.log", std::process::id()));
             let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -121,10 +121,11 @@ async fn measure(args: &Args, tools: &Tools, server: &fixture::Server, fixture: 
                 .with_writer(std::sync::Mutex::new(file))
                 .with_ansi(false)
                 .init();
-            format!(
+            let text = format!(
                 "tracing subscriber with filter {filter:?} writing to {} (the minimal logs nothing)",
                 path.display()
-            )
+            );
+            (text, Some(RemovedOnDrop(path)))
         }
     };
     let pgplane = spawn_pgplane(url, &secret, args.pool_size).await?;
@@ -213,6 +214,10 @@ async fn measure(args: &Args, tools: &Tools, server: &fixture::Server, fixture: 
     let rss_after = rss();
     pgplane.stop().await?;
     minimal.stop().await?;
+    if let Some(RemovedOnDrop(path)) = &log_file {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        println!("the API wrote {:.1} MB of logs (file removed)", size as f64 / 1e6);
+    }
 
     for (name, sat, fix) in &results {
         for (run, f) in [("saturated", sat), ("fixed-rate", fix)] {
@@ -238,6 +243,15 @@ async fn measure(args: &Args, tools: &Tools, server: &fixture::Server, fixture: 
     }
     println!("load average after: {}", loadavg());
     Ok(())
+}
+
+/// A file of ours, removed when the run ends however it ends.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// One load-generator run, noting how much CPU other processes took meanwhile.
