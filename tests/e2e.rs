@@ -29,6 +29,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.push(path);
+        }
+    }
+    found
+}
+
 async fn psql(url: &str, sql: &str) -> Result<String, String> {
     let bin = ["/usr/lib/postgresql/15/bin/psql", "psql"]
         .into_iter()
@@ -55,7 +69,7 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
         tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await.unwrap().expect("etcd")
     };
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd.access()).await;
+    let agent_api = app.start_scheduler(etcd.admin()).await;
     let (stop_agent, stopped) = tokio::sync::watch::channel(false);
     let (port_min, port_max) = pgplane_tests::port_window(10);
     let config = AgentConfig {
@@ -98,6 +112,13 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
     )
     .await;
     assert_eq!(who.as_deref(), Ok("shop shop true"));
+    // Patroni wrote its keys as the database's own etcd user; etcd's root password is nowhere
+    // on the agent's host.
+    let etcd_root = pgplane_etcd::Client::new(&etcd.admin()).unwrap();
+    let etcd_user = pgplane_etcd::admin::database_user(db);
+    assert!(etcd_root.user_exists(&etcd_user).await.unwrap());
+    assert!(etcd_root.count(&pgplane_etcd::scope_prefix(db)).await.unwrap() > 0);
+    assert_eq!(files_containing(&agent_dir.0, etcd.admin().password.as_deref().unwrap()), Vec::<PathBuf>::new());
 
     // A rolling restart through the API: PostgreSQL comes back, newly started, with the data.
     let started_before = psql(&url, "SELECT pg_postmaster_start_time()").await.unwrap();
@@ -118,6 +139,8 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
     let port = conn["port"].as_i64().unwrap() as u16;
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "the gateway's port is free again");
     assert!(psql(&url, "SELECT 1").await.is_err());
+    assert!(!etcd_root.user_exists(&etcd_user).await.unwrap(), "the database's etcd user is gone");
+    assert_eq!(etcd_root.count(&pgplane_etcd::scope_prefix(db)).await.unwrap(), 0, "its etcd keys are gone");
 
     stop_agent.send(true).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;

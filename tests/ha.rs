@@ -60,19 +60,8 @@ async fn eventually(url: &str, sql: &str, expected: &str, within: Duration) {
 
 /// A JSON value Patroni keeps in etcd under `/service/<scope>/<key>`.
 async fn dcs_value(etcd: &LocalEtcd, scope: &str, key: &str) -> Option<Value> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let res: Value = reqwest::Client::new()
-        .post(format!("http://{}/v3/kv/range", etcd.endpoint()))
-        .json(&json!({ "key": b64.encode(format!("/service/{scope}/{key}")) }))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let raw = b64.decode(res["kvs"][0]["value"].as_str()?).ok()?;
-    serde_json::from_slice(&raw).ok()
+    let root = pgplane_etcd::Client::new(&etcd.admin()).ok()?;
+    serde_json::from_slice(&root.get(&format!("/service/{scope}/{key}")).await.ok()??).ok()
 }
 
 /// Pids of processes whose command line mentions `needle`.
@@ -158,7 +147,7 @@ async fn platform(agents: usize) -> Platform {
         tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await.unwrap().expect("etcd")
     };
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd.access()).await;
+    let agent_api = app.start_scheduler(etcd.admin()).await;
     let mut dirs = vec![etcd_dir];
     let mut started = Vec::new();
     let mut roots = Vec::new();

@@ -3,6 +3,7 @@
 mod auth;
 mod databases;
 mod e2e;
+mod etcd_auth;
 mod ha;
 mod isolation;
 mod limits;

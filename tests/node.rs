@@ -177,7 +177,10 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     let _stop = StopOnDrop(&node);
     let db = DatabaseId::new();
     let ca = DatabaseCa::generate(&db.to_string())?;
-    let spec = member_spec(db, 1, etcd.access(), &ca)?;
+    // Patroni reaches etcd as the database's own user, as the scheduler would make it.
+    let etcd_root = pgplane_etcd::Client::new(&etcd.admin())?;
+    let access = etcd_root.ensure_database_user(&db.to_string(), &secret()).await?;
+    let spec = member_spec(db, 1, access, &ca)?;
     let gateway = gateway_spec(&spec, &ca)?;
     let ca_file = tmp.0.join("ca.pem");
     std::fs::write(&ca_file, ca.cert_pem())?;

@@ -3,9 +3,6 @@
 //! process, folder, port, row or etcd key; and every job of the operation done exactly once.
 
 use super::{procs, Plane};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -86,11 +83,8 @@ pub async fn assert_provisioned(plane: &Plane, db: &str, op: &str) -> i64 {
 
 /// Keys under Patroni's prefix of the database in etcd.
 pub async fn etcd_keys(plane: &Plane, db: &str) -> i64 {
-    let (key, end) = (format!("/service/{db}/"), format!("/service/{db}0"));
-    let body = json!({ "key": B64.encode(key), "range_end": B64.encode(end), "count_only": true });
-    let url = format!("http://{}/v3/kv/range", plane.etcd.endpoint());
-    let answer: Value = reqwest::Client::new().post(url).json(&body).send().await.unwrap().json().await.unwrap();
-    answer["count"].as_str().and_then(|c| c.parse().ok()).unwrap_or(0)
+    let root = pgplane_etcd::Client::new(&plane.etcd.admin()).unwrap();
+    root.count(&pgplane_etcd::scope_prefix(db)).await.unwrap() as i64
 }
 
 /// Nothing of the database runs, on disk, on its ports, in the control plane or in etcd.
@@ -107,6 +101,9 @@ pub async fn assert_deleted(plane: &Plane, db: &str, ports: &[i32], op: &str) ->
         assert_eq!(rows, 0, "{table} keeps rows of {db}");
     }
     assert_eq!(etcd_keys(plane, db).await, 0, "Patroni's keys of {db} are left in etcd");
+    let root = pgplane_etcd::Client::new(&plane.etcd.admin()).unwrap();
+    let user = pgplane_etcd::admin::database_user(db);
+    assert!(!root.user_exists(&user).await.unwrap(), "the etcd user {user} is left");
     assert_jobs_once(plane, op).await
 }
 

@@ -127,6 +127,7 @@ impl Plane {
         let api_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let (api_port, agent_api) = (free_port(), format!("127.0.0.1:{}", free_port()));
         let s = |v: &str| v.to_string();
+        let path = |p: PathBuf| p.display().to_string();
         let api = Proc::new(
             vec![s("api"), s("--database-url"), url.clone(), s("--listen"), format!("127.0.0.1:{api_port}")]
                 .into_iter()
@@ -139,6 +140,8 @@ impl Plane {
             vec![s("scheduler"), s("--database-url"), url.clone(), s("--agent-listen"), agent_api.clone()]
                 .into_iter()
                 .chain([s("--agent-bootstrap-token"), s(bootstrap), s("--etcd-endpoints"), etcd.endpoint()])
+                .chain([s("--etcd-ca-file"), path(etcd.ca_file()), s("--etcd-root-password-file")])
+                .chain([path(etcd.root_password_file())])
                 .collect(),
             dir.join("scheduler.log"),
         );
