@@ -4,30 +4,12 @@
 
 use pgplane_agent::runtime::AgentConfig;
 use pgplane_agent::LocalEtcd;
+use pgplane_tests::data_plane::{psql, TempDir};
 use pgplane_tests::{spawn_app, AGENT_BOOTSTRAP_TOKEN};
 use reqwest::StatusCode;
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// A folder removed when dropped; short, since PostgreSQL's socket path must stay under 107 bytes.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pg{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Files under `dir` whose bytes contain `needle`.
 fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
@@ -41,23 +23,6 @@ fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-async fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let bin = ["/usr/lib/postgresql/15/bin/psql", "psql"]
-        .into_iter()
-        .find(|p| !p.contains('/') || std::path::Path::new(p).exists())
-        .unwrap();
-    let out = tokio::process::Command::new(bin)
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

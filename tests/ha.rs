@@ -5,45 +5,12 @@
 
 use pgplane_agent::runtime::AgentConfig;
 use pgplane_agent::LocalEtcd;
+use pgplane_tests::data_plane::{find_file, pids_mentioning, postmaster, psql, TempDir};
 use pgplane_tests::{spawn_app, Client, TestApp, AGENT_BOOTSTRAP_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pg{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub async fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let bin =
-        if Path::new("/usr/lib/postgresql/15/bin/psql").exists() { "/usr/lib/postgresql/15/bin/psql" } else { "psql" };
-    let out = tokio::process::Command::new(bin)
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "3")
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
 
 /// Retries a query until it answers `expected` (or the deadline passes).
 async fn eventually(url: &str, sql: &str, expected: &str, within: Duration) {
@@ -62,40 +29,6 @@ async fn eventually(url: &str, sql: &str, expected: &str, within: Duration) {
 async fn dcs_value(etcd: &LocalEtcd, scope: &str, key: &str) -> Option<Value> {
     let root = pgplane_etcd::Client::new(&etcd.admin()).ok()?;
     serde_json::from_slice(&root.get(&format!("/service/{scope}/{key}")).await.ok()??).ok()
-}
-
-/// Pids of processes whose command line mentions `needle`.
-fn pids_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// The postmaster of a member, from its data folder's postmaster.pid.
-fn postmaster(member_dir: &Path) -> Option<u32> {
-    let found = walk(member_dir, "postmaster.pid")?;
-    std::fs::read_to_string(found).ok()?.lines().next()?.trim().parse().ok()
-}
-
-fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-        if p.is_dir() {
-            if let Some(f) = walk(&p, name) {
-                return Some(f);
-            }
-        }
-    }
-    None
 }
 
 /// One in-process agent that can be stopped and started again on its folder.
@@ -331,7 +264,7 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
         let logs: Vec<String> = p
             .roots
             .iter()
-            .filter_map(|r| walk(&r.join(&db), "patroni.log"))
+            .filter_map(|r| find_file(&r.join(&db), "patroni.log"))
             .map(|f| {
                 let text = std::fs::read_to_string(&f).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();

@@ -2,6 +2,8 @@
 //! `PGPLANE_TEST_DATABASE_URL` names one), a fresh migrated control-plane database per
 //! test, and the API served on a loopback port, driven over real HTTP.
 
+pub mod data_plane;
+
 use anyhow::Result;
 use pgplane_api::{ApiConfig, AppState, JwtKeys};
 use pgplane_core::model::{CreateUser, PlatformRole};

@@ -1,0 +1,75 @@
+//! Helpers for tests that run real data-plane processes: short temporary folders, psql, and
+//! finding processes by what their command line names.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A folder removed when dropped; short, since PostgreSQL's socket path must stay under 107 bytes.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pg{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
+        std::fs::create_dir_all(&dir).expect("temporary folder");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("folder mode");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs one SQL string with the real psql client; Ok(output) or Err(its error).
+pub async fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let bin =
+        if Path::new("/usr/lib/postgresql/15/bin/psql").exists() { "/usr/lib/postgresql/15/bin/psql" } else { "psql" };
+    let out = tokio::process::Command::new(bin)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn pids_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The first file named `name` below `dir`.
+pub fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+/// The postmaster of a member, from its data folder's postmaster.pid.
+pub fn postmaster(member_dir: &Path) -> Option<u32> {
+    let found = find_file(member_dir, "postmaster.pid")?;
+    std::fs::read_to_string(found).ok()?.lines().next()?.trim().parse().ok()
+}
