@@ -1,14 +1,27 @@
 //! pgplane's benchmarks. They print figures; nothing here asserts a timing.
 //!
 //! `cargo run --release -p pgplane-bench -- api [--duration 10 --connections 64 ...]`
+//! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate`
 
 mod api;
+mod client;
+mod controlpg;
 mod cpu;
+mod dcs;
+mod failover;
+mod figures;
 mod fixture;
+mod ha;
 mod loadgen;
+mod migrate;
 mod minimal;
+mod platform;
+mod procs;
+mod provision;
+mod queue;
 mod report;
 mod servers;
+mod switchover;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +37,19 @@ enum Bench {
     /// GET /v1/databases/{id} on the real API vs a minimal axum + sqlx endpoint: saturated
     /// throughput and latency at a fixed rate, through oha (and optionally wrk).
     Api(api::Args),
+    /// The job queue: enqueue → claim latency through LISTEN/NOTIFY, and no-op jobs drained
+    /// per second by `run_worker` and by hand.
+    Queue(queue::Args),
+    /// POST a database → first query through its gateway over verify-ca (Starter, Business),
+    /// and the resident memory of the api, scheduler and agent processes.
+    Provision(provision::Args),
+    /// kill -9 of a Business leader's Patroni and PostgreSQL under writes: write gap, lost
+    /// writes, whether leadership moved; with the platform's Patroni timings and shorter ones.
+    Failover(failover::Args),
+    /// Planned switchovers through the API under writes: write gap and failed queries.
+    Switchover(switchover::Args),
+    /// Starter → Business → Starter plan changes: until done and answering on the same URL.
+    Migrate(migrate::Args),
 }
 
 #[tokio::main]
@@ -31,6 +57,11 @@ async fn main() -> anyhow::Result<()> {
     // No tracing subscriber unless `--api-log` asks for one: the API's request logging is off.
     match Cli::parse().bench {
         Bench::Api(args) => api::run(args).await,
+        Bench::Queue(args) => queue::run(args).await,
+        Bench::Provision(args) => provision::run(args).await,
+        Bench::Failover(args) => failover::run(args).await,
+        Bench::Switchover(args) => switchover::run(args).await,
+        Bench::Migrate(args) => migrate::run(args).await,
     }
 }
 
