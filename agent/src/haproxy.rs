@@ -163,7 +163,18 @@ pub async fn mark_all_down(spec: &GatewaySpec, paths: &GatewayPaths) -> Result<(
         let _ = write!(commands, "set server postgres/{} health down;", b.member);
     }
     commands.push('\n');
-    let mut sock = tokio::net::UnixStream::connect(paths.dir.join(STATS_SOCKET)).await?;
+    // HAProxy may listen on its port a moment before it creates the admin socket.
+    let socket = paths.dir.join(STATS_SOCKET);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut sock = loop {
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(sock) => break sock,
+            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
+        }
+    };
     sock.write_all(commands.as_bytes()).await?;
     let mut out = String::new();
     sock.read_to_string(&mut out).await?;
