@@ -2,11 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use pgplane_core::ids::{AppId, TenantId};
-use pgplane_core::model::{App, TenantRole};
+use pgplane_core::model::App;
 use pgplane_core::page::PageRequest;
 use sqlx::FromRow;
 
-use crate::{db_error, parse_enum, Actor, Error, Result, Scoped, Store};
+use crate::{db_error, scoped_role, Actor, Error, Result, Scoped, Store};
 
 #[derive(FromRow)]
 struct AppRow {
@@ -58,10 +58,7 @@ impl Store {
         .await
         .map_err(db_error)?;
         let row = row.ok_or(Error::not_found("app"))?;
-        Ok(Scoped {
-            item: row.app.into(),
-            role: row.role.as_deref().map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner),
-        })
+        Ok(Scoped { item: row.app.into(), role: scoped_role(row.role.as_deref())? })
     }
 
     pub async fn app_list(&self, tenant: TenantId, page: &PageRequest) -> Result<(Vec<App>, Option<String>)> {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use pgplane_core::ids::{AddonId, AddonPeriodId, AppId, DatabaseId, OperationId, TenantId};
 use pgplane_core::model::{
-    Database, DatabaseSettings, DatabaseStatus, Endpoint, Operation, OperationKind, OperationStatus, Plan, TenantRole,
+    Database, DatabaseSettings, DatabaseStatus, Endpoint, Operation, OperationKind, OperationStatus, Plan,
 };
 use pgplane_core::page::PageRequest;
 use serde_json::json;
@@ -112,10 +112,6 @@ pub struct NewDatabase<'a> {
     pub plan: &'a Plan,
     pub version: &'a str,
     pub settings: DatabaseSettings,
-}
-
-fn parse_role(role: Option<String>) -> Result<TenantRole> {
-    Ok(role.as_deref().map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner))
 }
 
 pub(crate) async fn operation_insert(
@@ -262,7 +258,7 @@ impl Store {
         .await
         .map_err(db_error)?;
         let row = row.ok_or(Error::not_found("database"))?;
-        Ok(Scoped { role: parse_role(row.role)?, item: row.db.into_database()? })
+        Ok(Scoped { role: crate::scoped_role(row.role.as_deref())?, item: row.db.into_database()? })
     }
 
     pub async fn database_list(&self, app: AppId, page: &PageRequest) -> Result<(Vec<Database>, Option<String>)> {
@@ -422,7 +418,7 @@ impl Store {
         .await
         .map_err(db_error)?;
         let row = row.ok_or(Error::not_found("operation"))?;
-        Ok(Scoped { role: parse_role(row.role)?, item: row.op.into_operation()? })
+        Ok(Scoped { role: crate::scoped_role(row.role.as_deref())?, item: row.op.into_operation()? })
     }
 
     /// An operation by id, without access checks (the scheduler's view).

@@ -92,3 +92,8 @@ impl Store {
 pub(crate) fn parse_enum<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T> {
     s.parse().map_err(Error::internal)
 }
+
+/// The caller's role from a membership join; no membership means an operator, who acts as owner.
+pub(crate) fn scoped_role(role: Option<&str>) -> Result<TenantRole> {
+    Ok(role.map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner))
+}

@@ -7,7 +7,7 @@ use pgplane_core::model::{Member, Tenant, TenantRole};
 use pgplane_core::page::PageRequest;
 use sqlx::FromRow;
 
-use crate::{db_error, parse_enum, Actor, Error, Result, Scoped, Store};
+use crate::{db_error, parse_enum, scoped_role, Actor, Error, Result, Scoped, Store};
 
 #[derive(FromRow)]
 struct TenantRow {
@@ -20,7 +20,7 @@ struct TenantRow {
 impl TenantRow {
     fn into_scoped(self) -> Result<Scoped<Tenant>> {
         Ok(Scoped {
-            role: self.role.as_deref().map(parse_enum).transpose()?.unwrap_or(TenantRole::Owner),
+            role: scoped_role(self.role.as_deref())?,
             item: Tenant { id: self.id, name: self.name, created_at: self.created_at },
         })
     }
