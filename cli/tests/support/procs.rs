@@ -4,19 +4,8 @@
 
 use std::path::Path;
 
-/// True while the process exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with(['Z', 'X'])))
-        .unwrap_or(false)
-}
-
-/// The arguments of a process (none for zombies).
-pub fn arguments(pid: u32) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
-}
+// The agent's own /proc readers: the tests look at processes the way the agent does.
+pub use pgplane_agent::process::{alive, arguments};
 
 fn pids() -> Vec<u32> {
     let mut all: Vec<u32> = std::fs::read_dir("/proc")
