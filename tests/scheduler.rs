@@ -156,6 +156,8 @@ async fn provision_then_delete_a_starter_database() {
     assert_eq!(members["items"][0]["role"], "leader");
     assert_eq!(members["items"][0]["state"], "running");
     assert_eq!(members["items"][0]["timeline"], 1);
+    // An observation without `synchronous` (an older agent's) reads as not synchronous.
+    assert_eq!(members["items"][0]["synchronous"], false);
     assert!(members["items"][0]["observed_at"].is_string());
 
     let (s, restart) = owner.post(&format!("/v1/databases/{db_id}/restart"), &json!({})).await;
@@ -205,6 +207,49 @@ async fn business_members_go_on_distinct_agents_and_wait_for_capacity() {
         let gateways = tasks.iter().filter(|t| matches!(t, AgentTask::EnsureGateway { .. })).count();
         assert_eq!((members, gateways), (1, 1), "each agent runs one member and one gateway: {tasks:?}");
     }
+
+    // Each agent reports its member as Patroni sees it: m0 leads, m1 is the synchronous standby.
+    let db_id = op["database_id"].as_str().unwrap();
+    for agent in [&first, &second] {
+        let member = agent
+            .tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|t| match t {
+                AgentTask::EnsureMember { spec } => Some(spec.member.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let seen = if member == "m0" {
+            json!({ "database_id": db_id, "member": member, "role": "leader", "state": "running", "timeline": 1,
+                    "lag_bytes": 0, "synchronous": false })
+        } else {
+            json!({ "database_id": db_id, "member": member, "role": "replica", "state": "streaming", "timeline": 1,
+                    "lag_bytes": 0, "synchronous": true })
+        };
+        let res = reqwest::Client::new()
+            .post(format!("{agent_api}/agent/v1/heartbeat"))
+            .bearer_auth(&agent.credential)
+            .json(&json!({ "observed": { "members": [seen] } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+    let (_, members) = owner.get(&format!("/v1/databases/{db_id}/members")).await;
+    let items = members["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{members}");
+    assert_eq!(
+        (&items[0]["name"], &items[0]["role"], &items[0]["synchronous"]),
+        (&json!("m0"), &json!("leader"), &json!(false)),
+        "{members}"
+    );
+    assert_eq!(
+        (&items[1]["name"], &items[1]["role"], &items[1]["synchronous"]),
+        (&json!("m1"), &json!("replica"), &json!(true)),
+        "{members}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

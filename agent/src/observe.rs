@@ -30,6 +30,7 @@ async fn member(spec: &MemberSpec) -> ObservedMember {
         state: "unreachable".into(),
         timeline: None,
         lag_bytes: None,
+        synchronous: false,
     };
     let Ok(client) = rest_client(&spec.tls.ca_pem) else { return seen };
     let url = format!("https://{}/cluster", crate::files::host_port(&spec.host, spec.patroni_port));
@@ -43,6 +44,7 @@ async fn member(spec: &MemberSpec) -> ObservedMember {
             _ => "unknown",
         }
         .into();
+        seen.synchronous = me["role"] == "sync_standby";
         seen.state = me["state"].as_str().unwrap_or("unknown").to_string();
         seen.timeline = me["timeline"].as_i64();
         seen.lag_bytes = me["lag"].as_i64();

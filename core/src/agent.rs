@@ -191,6 +191,10 @@ pub struct ObservedMember {
     pub timeline: Option<i64>,
     /// Bytes of WAL the member is behind its leader (replicas).
     pub lag_bytes: Option<i64>,
+    /// The replica Patroni lists as its synchronous standby (`sync_standby`). Absent from older
+    /// agents' reports, which read as `false`.
+    #[serde(default)]
+    pub synchronous: bool,
 }
 
 /// What an agent reports with each heartbeat.

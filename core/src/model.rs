@@ -420,6 +420,9 @@ pub struct DatabaseMember {
     pub timeline: Option<i64>,
     /// Bytes of WAL behind the leader.
     pub lag_bytes: Option<i64>,
+    /// The synchronous standby: with synchronous replication on, the replica that acknowledges
+    /// each commit, and the one a failover promotes. Always `false` for the leader.
+    pub synchronous: bool,
     /// When its agent last reported on it.
     pub observed_at: Option<DateTime<Utc>>,
 }

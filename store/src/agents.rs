@@ -142,10 +142,12 @@ impl Store {
             }
             // Only the agent that runs a member may speak for it.
             sqlx::query(
-                // An unreachable member keeps its last known role: a failover is then seen as the
-                // move from it to the member that now leads, whichever agent reports first.
+                // An unreachable member keeps its last known role (and whether it was the
+                // synchronous standby): a failover is then seen as the move from it to the member
+                // that now leads, whichever agent reports first.
                 "UPDATE database_members SET role = CASE WHEN $4 = 'unknown' THEN role ELSE $4 END, state = $5, \
-                    timeline = COALESCE($6, timeline), lag_bytes = $7, observed_at = now() \
+                    timeline = COALESCE($6, timeline), lag_bytes = $7, \
+                    synchronous = CASE WHEN $4 = 'unknown' THEN synchronous ELSE $8 END, observed_at = now() \
                  WHERE database_id = $1 AND name = $2 AND agent_id = $3",
             )
             .bind(m.database_id)
@@ -155,6 +157,7 @@ impl Store {
             .bind(&m.state)
             .bind(m.timeline)
             .bind(m.lag_bytes)
+            .bind(m.synchronous)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;

@@ -492,10 +492,12 @@ impl Store {
 impl Store {
     /// The database's members as last observed, in name order.
     pub async fn database_members(&self, id: DatabaseId) -> Result<Vec<pgplane_core::model::DatabaseMember>> {
-        type Row = (String, String, String, Option<i64>, Option<i64>, Option<DateTime<Utc>>);
+        type Row = (String, String, String, Option<i64>, Option<i64>, bool, Option<DateTime<Utc>>);
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT name, role, state, timeline, lag_bytes, observed_at FROM database_members \
-             WHERE database_id = $1 ORDER BY name",
+            // A switchover marks the new leader before its agent reports again: a leader is never
+            // shown as the synchronous standby it was.
+            "SELECT name, role, state, timeline, lag_bytes, synchronous AND role <> 'leader', observed_at \
+             FROM database_members WHERE database_id = $1 ORDER BY name",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -503,13 +505,8 @@ impl Store {
         .map_err(db_error)?;
         Ok(rows
             .into_iter()
-            .map(|(name, role, state, timeline, lag_bytes, observed_at)| pgplane_core::model::DatabaseMember {
-                name,
-                role,
-                state,
-                timeline,
-                lag_bytes,
-                observed_at,
+            .map(|(name, role, state, timeline, lag_bytes, synchronous, observed_at)| {
+                pgplane_core::model::DatabaseMember { name, role, state, timeline, lag_bytes, synchronous, observed_at }
             })
             .collect())
     }
