@@ -42,6 +42,14 @@ impl GatewayPaths {
 /// HAProxy's whole configuration for `spec`. Client and server timeouts are long because
 /// database sessions idle for long; TCP keepalives notice dead peers meanwhile. Certificates
 /// are verified against the CA without `verifyhost` (it needs a DNS SAN; members have IP SANs).
+///
+/// Leadership changes: a server is the primary while its Patroni holds the leader key AND its
+/// PostgreSQL is writable (two `expect`s on one check). A leader that stops is noticed within
+/// `inter` + `fastinter` (0.6 s), a new one within `downinter` (0.1 s). A new client connection
+/// that meets a stopped server is not failed: HAProxy retries it every 200 ms (its turn-around
+/// between retries is `timeout connect`, capped at 1 s), each time on whichever server is up
+/// then (`redispatch 1`), 15 times, so during a switchover or failover clients wait in the
+/// gateway for the new leader (about 3 s at most) instead of getting errors.
 pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
     let mut cfg = String::new();
     let _ = write!(
@@ -56,7 +64,9 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
          \x20   mode tcp\n\
          \x20   option clitcpka\n\
          \x20   option srvtcpka\n\
-         \x20   timeout connect 5s\n\
+         \x20   timeout connect 200ms\n\
+         \x20   retries 15\n\
+         \x20   option redispatch 1\n\
          \x20   timeout client 24h\n\
          \x20   timeout server 24h\n\
          \x20   timeout client-fin 30s\n\
@@ -65,14 +75,17 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
          \n\
          listen postgres\n\
          \x20   bind {bind}\n\
-         \x20   option httpchk OPTIONS /primary\n\
+         \x20   option httpchk\n\
+         \x20   http-check send meth GET uri /primary\n\
          \x20   http-check expect status 200\n\
-         \x20   default-server inter 1s fastinter 200ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n",
+         \x20   http-check expect rstring {writable}\n\
+         \x20   default-server inter 500ms fastinter 100ms downinter 100ms fall 2 rise 1 on-marked-down shutdown-sessions\n",
         name = spec.name,
         db = spec.database_id,
         generation = spec.generation,
         bind = host_port(&spec.listen_host, spec.listen_port),
         socket = paths.dir.join(STATS_SOCKET).display(),
+        writable = WRITABLE,
     );
     for b in &spec.backends {
         let _ = writeln!(
@@ -86,6 +99,12 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
     }
     cfg
 }
+
+/// What Patroni's `GET /primary` body says of a PostgreSQL that is out of recovery (Patroni asks
+/// PostgreSQL on every request). Patroni answers 200 as soon as it holds the leader key, while
+/// a promoted PostgreSQL may still be finishing recovery and refuse writes: both must hold.
+/// Patroni 3.0 says `master`, later versions `primary`.
+const WRITABLE: &str = r#""\"role\": \"(master|primary)\"""#;
 
 fn haproxy() -> Result<PathBuf> {
     find_program("haproxy", "PGPLANE_HAPROXY")
@@ -248,9 +267,13 @@ mod tests {
         for line in [
             "mode tcp",
             "bind 127.0.0.1:6432",
-            "option httpchk OPTIONS /primary",
+            "http-check send meth GET uri /primary",
             "http-check expect status 200",
-            "default-server inter 1s fastinter 200ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions",
+            r#"http-check expect rstring "\"role\": \"(master|primary)\"""#,
+            "retries 15",
+            "option redispatch 1",
+            "timeout connect 200ms",
+            "default-server inter 500ms fastinter 100ms downinter 100ms fall 2 rise 1 on-marked-down shutdown-sessions",
             "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
             "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
         ] {
