@@ -1,6 +1,7 @@
 //! The `pgplane` binary.
 
 mod bootstrap;
+mod etcd;
 mod up;
 
 use anyhow::{Context, Result};
@@ -38,6 +39,10 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Runs a node agent: drives PostgreSQL, Patroni and HAProxy on this host.
     Agent(AgentArgs),
+    /// Prepares an etcd that pgplane does not start itself as `up` prepares its own: https with
+    /// a CA of its own, authentication on with a `root` user.
+    #[command(subcommand)]
+    Etcd(etcd::EtcdCommand),
 }
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -92,38 +97,17 @@ pub struct SchedulerArgs {
     /// Shared secret agents present to register.
     #[arg(long, env = "PGPLANE_AGENT_BOOTSTRAP_TOKEN", value_parser = secret, hide_env_values = true)]
     agent_bootstrap_token: SecretString,
-    /// The platform's etcd endpoints (host:port, comma-separated), as Patroni reaches them.
-    #[arg(long, env = "PGPLANE_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
-    etcd_endpoints: Vec<String>,
-    /// PEM of the CA that signed etcd's server certificate: etcd is reached over https, checked
-    /// against it (plain http without it).
-    #[arg(long, env = "PGPLANE_ETCD_CA_FILE")]
-    etcd_ca_file: Option<PathBuf>,
-    /// File holding the password of etcd's `root` user: each database then gets an etcd user of
-    /// its own, confined to its key prefix. Without it etcd must run without authentication,
-    /// and databases share it unconfined (development only).
-    #[arg(long, env = "PGPLANE_ETCD_ROOT_PASSWORD_FILE")]
-    etcd_root_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: etcd::EtcdArgs,
 }
 
 impl SchedulerArgs {
     /// The etcd access the scheduler administers, read from the files given.
     fn etcd(&self) -> Result<pgplane_core::agent::EtcdAccess> {
-        let read =
-            |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
-        let ca_pem = self.etcd_ca_file.as_ref().map(read).transpose()?;
-        let password = self.etcd_root_password_file.as_ref().map(read).transpose()?.map(|p| p.trim().to_string());
-        if password.is_none() {
+        let access = self.etcd.access()?;
+        if access.password.is_none() {
             tracing::warn!("no --etcd-root-password-file: databases share etcd without users of their own");
         }
-        let access = pgplane_core::agent::EtcdAccess {
-            endpoints: self.etcd_endpoints.clone(),
-            protocol: if ca_pem.is_some() { "https" } else { "http" }.into(),
-            ca_pem,
-            username: password.as_ref().map(|_| pgplane_etcd::admin::ROOT.to_string()),
-            password,
-        };
-        pgplane_etcd::Client::new(&access).context("the etcd CA file")?;
         Ok(access)
     }
 }
@@ -242,6 +226,7 @@ async fn main() -> Result<()> {
         }
         Command::Scheduler(args) => run_scheduler(args).await,
         Command::Agent(args) => run_agent(args).await,
+        Command::Etcd(command) => etcd::run(command).await,
     }
 }
 

@@ -1,8 +1,10 @@
 //! A client of etcd's v3 JSON gateway (the grpc-gateway etcd serves on its client port): https
 //! checked against the platform's etcd CA, a user's token renewed when etcd drops it, key
-//! prefixes; `admin` holds what the root user does (auth on, one user per database).
+//! prefixes; `admin` holds what the root user does (auth on, one user per database), `setup` the
+//! files etcd runs with (its CA, server certificate and root's password).
 
 pub mod admin;
+pub mod setup;
 
 use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
