@@ -84,6 +84,7 @@ pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, can
         if Instant::now() > deadline {
             bail!("{to} did not become the leader within 60 s");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Polled often: the gateways' drain is lifted once this returns.
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -46,10 +46,12 @@ impl GatewayPaths {
 /// Leadership changes: a server is the primary while its Patroni holds the leader key AND its
 /// PostgreSQL is writable (two `expect`s on one check). A leader that stops is noticed within
 /// `inter` + `fastinter` (0.6 s), a new one within `downinter` (0.1 s). A new client connection
-/// that meets a stopped server is not failed: HAProxy retries it every 200 ms (its turn-around
-/// between retries is `timeout connect`, capped at 1 s), each time on whichever server is up
-/// then (`redispatch 1`), 15 times, so during a switchover or failover clients wait in the
-/// gateway for the new leader (about 3 s at most) instead of getting errors.
+/// that finds no primary is not closed: it goes to the `no-primary` backup (or meets a stopped
+/// server), is refused, and HAProxy tries again every 100 ms (its turn-around between retries
+/// is `timeout connect`, capped at 1 s) on whichever server is usable then (`redispatch 1`),
+/// 30 times: during a switchover or failover clients wait in the gateway for the new leader,
+/// about 3 s at most, instead of getting errors. A switchover drains the old leader first
+/// (`set_drain`), so no new connection reaches a PostgreSQL that is shutting down.
 pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
     let mut cfg = String::new();
     let _ = write!(
@@ -64,8 +66,8 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
          \x20   mode tcp\n\
          \x20   option clitcpka\n\
          \x20   option srvtcpka\n\
-         \x20   timeout connect 200ms\n\
-         \x20   retries 15\n\
+         \x20   timeout connect 100ms\n\
+         \x20   retries 30\n\
          \x20   option redispatch 1\n\
          \x20   timeout client 24h\n\
          \x20   timeout server 24h\n\
@@ -97,8 +99,17 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
             ca = paths.ca.display(),
         );
     }
+    let _ = writeln!(cfg, "    server {HOLD} {HOLD_ADDR} backup");
     cfg
 }
+
+/// The backup server HAProxy falls back to when no member is the primary (all down or
+/// drained): an address nothing listens on, so each attempt is refused at once and HAProxy
+/// retries it on the next usable server (see `render`). It parks new client connections in the
+/// gateway until a primary passes its check, instead of closing them.
+const HOLD: &str = "no-primary";
+/// tcpmux's port: refused on any host that does not run the 1980s tcpmux service.
+const HOLD_ADDR: &str = "127.0.0.1:1";
 
 /// What Patroni's `GET /primary` body says of a PostgreSQL that is out of recovery (Patroni asks
 /// PostgreSQL on every request). Patroni answers 200 as soon as it holds the leader key, while
@@ -153,19 +164,39 @@ pub fn adopt(paths: &GatewayPaths) -> Option<Managed> {
 /// HAProxy's admin socket, in the gateway's folder.
 pub const STATS_SOCKET: &str = "admin.sock";
 
-/// Servers of the `postgres` proxy and their check status (`UP`, `DOWN`, …), from the admin socket.
-pub async fn server_states(paths: &GatewayPaths) -> Result<Vec<(String, String)>> {
+/// Sends `commands` (`;`-separated) to HAProxy's admin socket; returns what it answered.
+async fn admin(paths: &GatewayPaths, commands: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::UnixStream::connect(paths.dir.join(STATS_SOCKET)).await?;
-    sock.write_all(b"show stat\n").await?;
+    let socket = paths.dir.join(STATS_SOCKET);
+    let mut sock = tokio::net::UnixStream::connect(&socket)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    sock.write_all(format!("{commands}\n").as_bytes()).await?;
     let mut out = String::new();
     sock.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Drains `member` (new connections go elsewhere or wait for a primary; open sessions go on),
+/// or makes it take new connections again.
+pub async fn set_drain(paths: &GatewayPaths, member: &str, drain: bool) -> Result<()> {
+    let state = if drain { "drain" } else { "ready" };
+    let out = admin(paths, &format!("set server postgres/{member} state {state}")).await?;
+    if !out.trim().is_empty() {
+        bail!("HAProxy refused to set {member} to {state}: {}", out.trim());
+    }
+    Ok(())
+}
+
+/// Servers of the `postgres` proxy and their check status (`UP`, `DOWN`, …), from the admin socket.
+pub async fn server_states(paths: &GatewayPaths) -> Result<Vec<(String, String)>> {
+    let out = admin(paths, "show stat").await?;
     Ok(out
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            (f.len() > 17 && f[0] == "postgres" && f[1] != "FRONTEND" && f[1] != "BACKEND")
+            (f.len() > 17 && f[0] == "postgres" && !matches!(f[1], "FRONTEND" | "BACKEND" | HOLD))
                 .then(|| (f[1].to_string(), f[17].to_string()))
         })
         .collect())
@@ -270,12 +301,13 @@ mod tests {
             "http-check send meth GET uri /primary",
             "http-check expect status 200",
             r#"http-check expect rstring "\"role\": \"(master|primary)\"""#,
-            "retries 15",
+            "retries 30",
             "option redispatch 1",
-            "timeout connect 200ms",
+            "timeout connect 100ms",
             "default-server inter 500ms fastinter 100ms downinter 100ms fall 2 rise 1 on-marked-down shutdown-sessions",
             "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
             "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
+            "server no-primary 127.0.0.1:1 backup",
         ] {
             assert!(cfg.lines().any(|l| l.trim() == line), "missing {line:?} in\n{cfg}");
         }

@@ -4,6 +4,7 @@
 
 pub mod control;
 mod dcs;
+mod drain;
 pub mod etcd;
 mod fence;
 mod files;

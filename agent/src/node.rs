@@ -52,6 +52,8 @@ pub(crate) enum Outcome {
     Adopted,
     /// Started (it was not running, had exited, or ran another configuration).
     Started,
+    /// Running, and told to re-read its changed configuration.
+    Reloaded,
 }
 
 /// The processes this node drives outlive it: dropping a `Node` (or the agent's crash) leaves
@@ -126,7 +128,7 @@ impl Node {
 
     /// Fences the job, and refuses one not newer than a removal under way (a newer one
     /// places the database here again).
-    fn admit(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
+    pub(crate) fn admit(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
         fence::advance(&self.root, database_id, generation)?;
         if let Some(removal) = specs::removing(&self.root, database_id) {
             if generation <= removal {
@@ -145,7 +147,24 @@ impl Node {
         paths: &MemberPaths,
         applied: &str,
     ) -> Result<Outcome> {
+        let previous: Option<MemberSpec> = specs::load_one(&paths.spec);
         specs::save(&paths.spec, spec)?;
+        if previous.as_ref().is_some_and(|p| reloadable(p, spec)) {
+            if !procs.members.contains_key(&spec.member) {
+                if let Some(found) = patroni::adopt(paths) {
+                    tracing::info!(member = %spec.member, pid = found.pid(), "re-adopted a running process");
+                    procs.members.insert(spec.member.clone(), found);
+                }
+            }
+            if let Some(proc) = procs.members.get_mut(&spec.member) {
+                let digest = process::digest(applied);
+                if proc.exited().is_none() && !proc.applied().is_empty() && proc.applied() != digest {
+                    tracing::info!(member = %spec.member, pid = proc.pid(), "configuration changed; reloading Patroni");
+                    proc.reload(&paths.pidfile, applied)?;
+                    return Ok(Outcome::Reloaded);
+                }
+            }
+        }
         let (runas, stop_paths) = (self.runas.clone(), paths.clone());
         let stop = move |old: Managed| {
             old.stop(MEMBER_STOP_GRACE);
@@ -232,6 +251,27 @@ impl Node {
         }
         Ok(outcome)
     }
+}
+
+/// True when a running Patroni can take `new` by reloading (SIGHUP: Patroni re-reads its file,
+/// rewrites pg_hba and postgresql.conf, reloads PostgreSQL, which re-reads its TLS files, and its
+/// REST API's certificate) instead of a restart that stops PostgreSQL: certificates, pg_hba,
+/// generation and settings PostgreSQL applies live. Addresses, etcd access, passwords, the
+/// version and settings that need a PostgreSQL restart take a restart.
+fn reloadable(old: &MemberSpec, new: &MemberSpec) -> bool {
+    let (a, b) = (&old.sizing, &new.sizing);
+    old.database_id == new.database_id
+        && old.scope == new.scope
+        && old.member == new.member
+        && old.version == new.version
+        && old.host == new.host
+        && old.pg_port == new.pg_port
+        && old.patroni_port == new.patroni_port
+        && old.etcd == new.etcd
+        && old.secrets == new.secrets
+        && old.tls.ca_pem == new.tls.ca_pem
+        && a.max_connections == b.max_connections
+        && a.shared_buffers_mb == b.shared_buffers_mb
 }
 
 /// Leaves a live process running `applied` alone (adopting it first if the agent restarted),

@@ -97,6 +97,18 @@ impl Managed {
         start_time(self.pid) == Some(self.start_time) && alive(self.pid)
     }
 
+    /// Asks it to re-read its configuration (SIGHUP) and records `applied` as what it runs now.
+    pub fn reload(&mut self, pidfile: &Path, applied: &str) -> Result<()> {
+        if self.exited().is_some() {
+            anyhow::bail!("process {} is gone", self.pid);
+        }
+        let applied = digest(applied);
+        write_atomic(pidfile, &format!("pid {}\nstart {}\napplied {applied}\n", self.pid, self.start_time), None)?;
+        send_signal(self.pid, libc::SIGHUP);
+        self.applied = applied;
+        Ok(())
+    }
+
     /// Sends the stop signal and waits up to `grace`, then SIGKILL, and waits until it is gone.
     pub fn stop(&self, grace: Duration) {
         if let Some(child) = &self.child {

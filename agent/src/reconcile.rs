@@ -21,6 +21,8 @@ pub struct Reconciled {
     pub adopted: usize,
     /// Started again (exited, killed, or never started).
     pub started: usize,
+    /// Told to re-read a changed configuration.
+    pub reloaded: usize,
     /// Skipped this pass: a job holds the database.
     pub busy: usize,
     pub failed: usize,
@@ -32,6 +34,7 @@ impl Reconciled {
             Ok(Outcome::Unchanged) => self.unchanged += 1,
             Ok(Outcome::Adopted) => self.adopted += 1,
             Ok(Outcome::Started) => self.started += 1,
+            Ok(Outcome::Reloaded) => self.reloaded += 1,
             Err(e) => {
                 tracing::warn!(%what, error = format!("{e:#}"), "reconciling failed; trying again next pass");
                 self.failed += 1;
@@ -41,7 +44,7 @@ impl Reconciled {
 
     /// True when the pass changed or failed something worth a log line.
     pub fn eventful(&self) -> bool {
-        self.adopted + self.started + self.failed > 0
+        self.adopted + self.started + self.reloaded + self.failed > 0
     }
 }
 
@@ -68,6 +71,9 @@ impl Node {
             for spec in &persisted.gateways {
                 let what = format!("gateway {} of {id}", spec.name);
                 out.count(self.reconcile_gateway(&mut procs, spec).await, &what);
+                if let Err(e) = self.lapse_drains(id, &spec.name).await {
+                    tracing::warn!(%what, error = format!("{e:#}"), "lifting a lapsed drain failed; trying again next pass");
+                }
             }
         }
         out

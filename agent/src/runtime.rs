@@ -199,6 +199,10 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
                 .await
                 .map_err(crate::node::NodeError::from)
         }
+        AgentTask::DrainMember { database_id, generation, member, drain, for_secs } => node
+            .drain_member(*database_id, *generation, member, *drain, *for_secs)
+            .await
+            .map(|gateways| json!({ "gateways": gateways })),
         AgentTask::RemoveDatabase { database_id, generation } => {
             node.remove_database(*database_id, *generation).await.map(|_| json!({}))
         }

@@ -24,7 +24,7 @@ pub fn save<T: Serialize>(file: &Path, spec: &T) -> Result<()> {
     Ok(())
 }
 
-fn load_one<T: DeserializeOwned>(file: &Path) -> Option<T> {
+pub(crate) fn load_one<T: DeserializeOwned>(file: &Path) -> Option<T> {
     let text = std::fs::read_to_string(file).ok()?;
     match serde_json::from_str(&text) {
         Ok(spec) => Some(spec),

@@ -143,6 +143,10 @@ pub enum AgentTask {
         restapi_password: String,
         candidate: Option<String>,
     },
+    /// Drain (or stop draining) `member` in this host's gateways of the database: new client
+    /// connections stop going to it and wait in the gateway for another primary, sessions
+    /// already open go on. A drain lapses by itself after `for_secs`.
+    DrainMember { database_id: DatabaseId, generation: i64, member: String, drain: bool, for_secs: u32 },
     /// Stop and remove everything of the database on this host: processes, data, ports.
     RemoveDatabase { database_id: DatabaseId, generation: i64 },
 }

@@ -11,7 +11,8 @@
 //! delete:      start ─▶ remove ─▶ finish (deleted; etcd user and keys, ports, capacity, secrets released)
 //! restart:     start ─▶ restart-0 ─▶ … ─▶ restart-(n-1) ─▶ finish (one member at a time)
 //! configure:   start ─PATCH /config─▶ configure ─▶ finish
-//! switchover:  start ─POST /switchover─▶ switchover ─▶ finish
+//! switchover:  start ─drain the leader in every gateway─▶ switchover ─POST /switchover─▶ undrain
+//!              ─lift the drain─▶ finish
 //! ```
 
 use pgplane_core::agent::{AgentTask, DatabaseSecrets, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
@@ -26,6 +27,10 @@ use sqlx::PgConnection;
 use crate::config::SchedulerConfig;
 use crate::queue::{Done, Handler, JobError};
 use crate::tls;
+
+/// How long a switchover's drain may hold at most; it is lifted as soon as the switchover is
+/// done, this bounds a switchover that never finishes.
+const DRAIN_SECS: u32 = 20;
 
 /// Runs `operation` jobs.
 pub struct Workflows {
@@ -66,6 +71,7 @@ pub(crate) fn agent_job(
         AgentTask::RestartMember { .. } => "restart_member",
         AgentTask::PatchConfig { .. } => "patch_config",
         AgentTask::Switchover { .. } => "switchover",
+        AgentTask::DrainMember { .. } => "drain_member",
     };
     let mut job = NewJob::new(
         format!("agent:{agent}"),
@@ -110,6 +116,8 @@ impl Handler for Workflows {
                 (OperationKind::ChangePlan, "gateways") => self.gateways(&mut tx, &st).await?,
                 (OperationKind::Configure, "start") => self.configure(&mut tx, &st).await?,
                 (OperationKind::Switchover, "start") => self.switchover(&mut tx, &st).await?,
+                (OperationKind::Switchover, "switchover") => self.switchover_drained(&mut tx, &st).await?,
+                (OperationKind::Switchover, "undrain") => self.undrain(&mut tx, &st).await?,
                 (
                     OperationKind::Create
                     | OperationKind::ChangePlan
@@ -373,10 +381,73 @@ impl Workflows {
             .map_err(retry)
     }
 
+    /// First drains the leader in every gateway (when the leader is known): from then on new
+    /// client connections wait in the gateways for the new leader instead of reaching one
+    /// that is about to stop.
     pub(crate) async fn switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let leader: Option<String> =
+            sqlx::query_scalar("SELECT name FROM database_members WHERE database_id = $1 AND role = 'leader' LIMIT 1")
+                .bind(st.database_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(retry)?;
+        let Some(leader) = leader else { return self.switchover_drained(tx, st).await };
+        if self.drain_jobs(tx, st, &leader, true, ("drain", "switchover")).await? == 0 {
+            return self.switchover_drained(tx, st).await;
+        }
+        operation_progress_in(tx, st.operation.id, 20, "draining the leader in the gateways").await.map_err(retry)
+    }
+
+    pub(crate) async fn switchover_drained(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let candidate = st.operation.params["candidate"].as_str().map(str::to_string);
-        self.enqueue_switchover(tx, st, candidate, ("switchover", "finish")).await?;
-        operation_progress_in(tx, st.operation.id, 30, "switching the leader over").await.map_err(retry)
+        self.enqueue_switchover(tx, st, candidate, ("switchover", "undrain")).await?;
+        operation_progress_in(tx, st.operation.id, 40, "switching the leader over").await.map_err(retry)
+    }
+
+    /// Lifts the drain of the switchover's first step, if it had one.
+    async fn undrain(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let drained: Option<String> = sqlx::query_scalar(
+            "SELECT payload->'task'->>'member' FROM jobs WHERE operation_id = $1 AND kind = 'drain_member' LIMIT 1",
+        )
+        .bind(st.operation.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(retry)?
+        .flatten();
+        let jobs = match drained {
+            Some(member) => self.drain_jobs(tx, st, &member, false, ("undrain", "finish")).await?,
+            None => 0,
+        };
+        if jobs == 0 {
+            job_enqueue_in(tx, &step_job(st.database_id, st.operation.id, "finish")).await.map_err(retry)?;
+        }
+        operation_progress_in(tx, st.operation.id, 90, "the gateways route to the new leader").await.map_err(retry)
+    }
+
+    /// One `DrainMember` job per agent that runs a gateway of the database; returns how many.
+    async fn drain_jobs(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+        member: &str,
+        drain: bool,
+        (step, next): (&str, &str),
+    ) -> Result<usize, JobError> {
+        let mut agents: Vec<uuid::Uuid> =
+            gateways_of_in(tx, st.database_id).await.map_err(retry)?.iter().map(|g| g.agent_id).collect();
+        agents.sort();
+        agents.dedup();
+        for agent in &agents {
+            let task = AgentTask::DrainMember {
+                database_id: st.database_id,
+                generation: st.generation,
+                member: member.to_string(),
+                drain,
+                for_secs: DRAIN_SECS,
+            };
+            job_enqueue_in(tx, &agent_job(*agent, st, step, next, &task)?).await.map_err(retry)?;
+        }
+        Ok(agents.len())
     }
 
     /// Asks a member's agent to move the leader to `candidate` (or the healthiest replica).
