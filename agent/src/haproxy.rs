@@ -92,7 +92,7 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
     for b in &spec.backends {
         let _ = writeln!(
             cfg,
-            "    server {name} {addr} check port {check} check-ssl verify required ca-file \"{ca}\"",
+            "    server {name} {addr} check port {check} check-ssl verify required ca-file \"{ca}\" disabled",
             name = b.member,
             addr = host_port(&b.host, b.pg_port),
             check = b.patroni_port,
@@ -140,17 +140,19 @@ pub fn check_config(config: &Path, runas: &RunAs) -> Result<()> {
 }
 
 /// Starts HAProxy in the foreground (`-db`) as `runas`, detached from the agent and recorded
-/// in `paths.pidfile` with the digest of `applied`; SIGTERM stops it at once.
-pub fn start(paths: &GatewayPaths, runas: &RunAs, applied: &str) -> Result<Managed> {
+/// in `paths.pidfile` with the digest of `applied`; SIGTERM stops it at once. `replacing`: the
+/// HAProxy of this gateway that runs an older configuration; the new one binds the port beside
+/// it, then tells it (`-sf`) to stop listening and finish its sessions (cut after
+/// `hard-stop-after`), so a configuration change refuses no connection and ends no session early.
+pub fn start(paths: &GatewayPaths, runas: &RunAs, applied: &str, replacing: Option<u32>) -> Result<Managed> {
     check_config(&paths.config, runas)?;
     let log = open_log(&paths.log, Some(runas))?;
     let mut cmd = Command::new(haproxy()?);
-    cmd.args(["-db", "-f"])
-        .arg(&paths.config)
-        .current_dir(&paths.dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args(["-db", "-f"]).arg(&paths.config);
+    if let Some(old) = replacing {
+        cmd.arg("-sf").arg(old.to_string());
+    }
+    cmd.current_dir(&paths.dir).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     runas.apply(&mut cmd);
     Managed::start(cmd, libc::SIGTERM, &paths.pidfile, applied).context("starting haproxy")
 }
@@ -202,34 +204,76 @@ pub async fn server_states(paths: &GatewayPaths) -> Result<Vec<(String, String)>
         .collect())
 }
 
-/// Marks every server down. HAProxy 2.6 starts servers UP before their first check (the
-/// `init-state` setting came later), so a fresh gateway would route some clients to a replica;
-/// marked down, a server takes traffic only once its `/primary` check passes (checked every
-/// `downinter` meanwhile).
-pub async fn mark_all_down(spec: &GatewaySpec, paths: &GatewayPaths) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut commands = String::new();
-    for b in &spec.backends {
-        let _ = write!(commands, "set server postgres/{} health down;", b.member);
-    }
-    commands.push('\n');
-    // HAProxy may listen on its port a moment before it creates the admin socket.
-    let socket = paths.dir.join(STATS_SOCKET);
+/// Puts the servers of a started HAProxy in service. They start in maintenance (`disabled` in
+/// the configuration): HAProxy 2.6 would start them UP before their first check (the
+/// `init-state` setting came later) and route some clients to a replica. The servers in
+/// `primary` (what the HAProxy it replaces saw passing its check) are UP at once; the others
+/// are marked down until their `/primary` check passes. Meanwhile clients wait on the
+/// `no-primary` backup.
+pub async fn put_in_service(
+    spec: &GatewaySpec,
+    paths: &GatewayPaths,
+    proc: &Managed,
+    primary: &[String],
+) -> Result<()> {
+    // Out of maintenance a server is UP at once, even marked down before; drained, it takes no
+    // new connection while it is marked down, then it is made ready (and stays down until its
+    // check passes).
+    let commands: Vec<String> = spec
+        .backends
+        .iter()
+        .map(|b| {
+            let m = &b.member;
+            if primary.contains(m) {
+                format!("set server postgres/{m} state ready;set server postgres/{m} health up")
+            } else {
+                format!("set server postgres/{m} state drain;set server postgres/{m} health down;set server postgres/{m} state ready")
+            }
+        })
+        .collect();
+    let commands = commands.join(";");
+    // HAProxy may listen on its port a moment before it creates the admin socket; while it
+    // replaces another HAProxy, the socket's path still leads to that one for a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut sock = loop {
-        match tokio::net::UnixStream::connect(&socket).await {
-            Ok(sock) => break sock,
-            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::NotFound => {
+    let expected = format!("Pid: {}", proc.pid());
+    loop {
+        match admin(paths, "show info").await {
+            Ok(info) if info.lines().any(|l| l.trim() == expected) => break,
+            Ok(_) | Err(_) if Instant::now() < deadline && proc.exited().is_none() => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
+            Ok(_) => bail!("the admin socket of {} leads to another HAProxy", paths.dir.display()),
+            Err(e) => return Err(e),
         }
-    };
-    sock.write_all(commands.as_bytes()).await?;
-    let mut out = String::new();
-    sock.read_to_string(&mut out).await?;
+    }
+    let out = admin(paths, &commands).await?;
+    if !out.trim().is_empty() {
+        bail!("HAProxy refused to put the servers in service: {}", out.trim());
+    }
     Ok(())
 }
+
+/// The backends that pass the gateway's check right now (`GET /primary` answers 200 and says
+/// PostgreSQL is writable), asked directly: a fresh HAProxy runs its first checks only after
+/// `inter`, and clients would wait for it meanwhile.
+pub async fn probe_primary(spec: &GatewaySpec) -> Vec<String> {
+    let Ok(client) = crate::patroni::rest_client(&spec.ca_pem) else { return Vec::new() };
+    let mut found = Vec::new();
+    for b in &spec.backends {
+        let url = format!("https://{}/primary", host_port(&b.host, b.patroni_port));
+        let Ok(res) = client.get(&url).timeout(Duration::from_secs(1)).send().await else { continue };
+        if res.status() != reqwest::StatusCode::OK {
+            continue;
+        }
+        if res.text().await.is_ok_and(|body| WRITABLE_ROLES.iter().any(|w| body.contains(w))) {
+            found.push(b.member.clone());
+        }
+    }
+    found
+}
+
+/// What `WRITABLE` matches, as plain strings.
+const WRITABLE_ROLES: [&str; 2] = [r#""role": "master""#, r#""role": "primary""#];
 
 /// Waits until the gateway listens and routes: one of its servers passes the `/primary`
 /// check. Until then a client connection would be closed at once.
@@ -305,8 +349,8 @@ mod tests {
             "option redispatch 1",
             "timeout connect 100ms",
             "default-server inter 500ms fastinter 100ms downinter 100ms fall 2 rise 1 on-marked-down shutdown-sessions",
-            "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
-            "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\"",
+            "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\" disabled",
+            "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\" disabled",
             "server no-primary 127.0.0.1:1 backup",
         ] {
             assert!(cfg.lines().any(|l| l.trim() == line), "missing {line:?} in\n{cfg}");

@@ -149,11 +149,13 @@ impl Node {
     ) -> Result<Outcome> {
         let previous: Option<MemberSpec> = specs::load_one(&paths.spec);
         specs::save(&paths.spec, spec)?;
+        let mut adopted = false;
         if previous.as_ref().is_some_and(|p| reloadable(p, spec)) {
             if !procs.members.contains_key(&spec.member) {
                 if let Some(found) = patroni::adopt(paths) {
                     tracing::info!(member = %spec.member, pid = found.pid(), "re-adopted a running process");
                     procs.members.insert(spec.member.clone(), found);
+                    adopted = true;
                 }
             }
             if let Some(proc) = procs.members.get_mut(&spec.member) {
@@ -171,7 +173,10 @@ impl Node {
             crate::removal::stop_postmaster(&stop_paths, &runas);
         };
         let start = || patroni::start(paths, &self.runas, applied);
-        run_one(&mut procs.members, &spec.member, applied, || patroni::adopt(paths), start, stop).await
+        Ok(match run_one(&mut procs.members, &spec.member, applied, || patroni::adopt(paths), start, stop).await? {
+            Outcome::Unchanged if adopted => Outcome::Adopted,
+            outcome => outcome,
+        })
     }
 
     /// Writes the member's folder; returns everything Patroni's behaviour depends on.
@@ -231,8 +236,10 @@ impl Node {
         Ok(format!("{}\n{}", config.split_once('\n').map_or("", |(_, rest)| rest), spec.ca_pem))
     }
 
-    /// Persists the spec, then makes HAProxy run what `applied` describes. A started HAProxy
-    /// has every server marked down until its `/primary` check passes (see `mark_all_down`).
+    /// Persists the spec, then makes HAProxy run what `applied` describes. A live HAProxy with
+    /// another configuration is replaced seamlessly (see `haproxy::start`), a dead one started
+    /// again. A started HAProxy routes to a server once its `/primary` check passes (see
+    /// `haproxy::put_in_service`).
     pub(crate) async fn run_gateway(
         &self,
         procs: &mut Processes,
@@ -241,13 +248,50 @@ impl Node {
         applied: &str,
     ) -> Result<Outcome> {
         specs::save(&paths.spec, spec)?;
-        let start = || haproxy::start(paths, &self.runas, applied);
-        let stop = |old: Managed| old.stop(GATEWAY_STOP_GRACE);
-        let outcome = run_one(&mut procs.gateways, &spec.name, applied, || haproxy::adopt(paths), start, stop).await?;
-        if outcome == Outcome::Started {
+        let mut adopted = false;
+        if !procs.gateways.contains_key(&spec.name) {
+            if let Some(found) = haproxy::adopt(paths) {
+                tracing::info!(gateway = %spec.name, pid = found.pid(), "re-adopted a running process");
+                procs.gateways.insert(spec.name.clone(), found);
+                adopted = true;
+            }
+        }
+        let mut primary = Vec::new();
+        let outcome = match procs.gateways.get(&spec.name) {
+            Some(old)
+                if old.exited().is_none() && !old.applied().is_empty() && old.applied() != process::digest(applied) =>
+            {
+                let old = procs.gateways.remove(&spec.name).expect("just seen");
+                primary = haproxy::server_states(paths)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(_, status)| status == "UP")
+                    .map(|(name, _)| name)
+                    .collect();
+                tracing::info!(gateway = %spec.name, pid = old.pid(), "configuration changed; replacing HAProxy seamlessly");
+                let new = haproxy::start(paths, &self.runas, applied, Some(old.pid()))?;
+                tracing::info!(gateway = %spec.name, pid = new.pid(), "started");
+                procs.gateways.insert(spec.name.clone(), new);
+                // `old` finishes its sessions and exits by itself; it is reaped meanwhile.
+                Outcome::Reloaded
+            }
+            _ => {
+                let start = || haproxy::start(paths, &self.runas, applied, None);
+                let stop = |old: Managed| old.stop(GATEWAY_STOP_GRACE);
+                match run_one(&mut procs.gateways, &spec.name, applied, || None, start, stop).await? {
+                    Outcome::Unchanged if adopted => Outcome::Adopted,
+                    outcome => outcome,
+                }
+            }
+        };
+        if matches!(outcome, Outcome::Started | Outcome::Reloaded) {
+            if primary.is_empty() {
+                primary = haproxy::probe_primary(spec).await;
+            }
             let proc = &procs.gateways[&spec.name];
             haproxy::wait_listening(spec, paths, proc, Duration::from_secs(10)).await?;
-            haproxy::mark_all_down(spec, paths).await?;
+            haproxy::put_in_service(spec, paths, proc, &primary).await?;
         }
         Ok(outcome)
     }
