@@ -274,6 +274,40 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     let haproxy_pid = node.ensure_gateway(&both).await?;
     query_until(&tls_url, "SELECT pg_is_in_recovery()", "f", Duration::from_secs(20)).await?;
 
+    // A switchover drains the leader: no new connection goes to it, they wait in the gateway
+    // (on its no-primary backup, retried every 100 ms) until a primary takes them; here, until
+    // the drain is lifted.
+    let gw_paths = pgplane_agent::haproxy::GatewayPaths::new(node.gateway_dir(db, &gateway.name));
+    let state_of = |member: String| {
+        let gw_paths = gw_paths.clone();
+        async move {
+            let states = pgplane_agent::haproxy::server_states(&gw_paths).await.unwrap_or_default();
+            states.into_iter().find(|(m, _)| *m == member).map(|(_, s)| s).unwrap_or_default()
+        }
+    };
+    assert_eq!(node.drain_member(db, 1, &spec.member, true, 60).await?, vec![gateway.name.clone()]);
+    assert_eq!(state_of(spec.member.clone()).await, "DRAIN");
+    let waiting = {
+        let url = tls_url.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            (run_psql(&url, &["SELECT count(*) FROM t"]).await, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    node.drain_member(db, 1, &spec.member, false, 0).await?;
+    let (answer, waited) = waiting.await?;
+    assert_eq!(answer.as_deref(), Ok("3"), "a client arriving during the drain waits, then is served");
+    assert!(waited >= Duration::from_millis(500), "it was held while drained: {waited:?}");
+    assert_eq!(state_of(spec.member.clone()).await, "UP");
+    // A drain nobody lifts lapses by itself (the reconciler lifts it past its deadline).
+    node.drain_member(db, 1, &spec.member, true, 1).await?;
+    assert_eq!(state_of(spec.member.clone()).await, "DRAIN");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    node.reconcile().await;
+    assert_eq!(state_of(spec.member.clone()).await, "UP");
+    query_until(&tls_url, "SELECT count(*) FROM t", "3", Duration::from_secs(5)).await?;
+
     let mut pids = node.pids(db).await;
     pids.push(postmaster_pid(&node.member_dir(db, &spec.member))?);
     pids.push(postmaster_pid(&node.member_dir(db, &replica.member))?);

@@ -250,6 +250,44 @@ async fn business_members_go_on_distinct_agents_and_wait_for_capacity() {
         (&json!("m1"), &json!("replica"), &json!(true)),
         "{members}"
     );
+
+    // What each agent was asked from here on, in order, as (kind, member, drain).
+    let mark = |agent: &FakeAgent| agent.tasks.lock().unwrap().len();
+    let since = |agent: &FakeAgent, from: usize| -> Vec<(String, String, Option<bool>)> {
+        agent.tasks.lock().unwrap()[from..]
+            .iter()
+            .map(|t| match t {
+                AgentTask::DrainMember { member, drain, .. } => ("drain".into(), member.clone(), Some(*drain)),
+                AgentTask::EnsureMember { spec } => ("member".into(), spec.member.clone(), None),
+                AgentTask::Switchover { .. } => ("switchover".into(), String::new(), None),
+                AgentTask::PatchConfig { .. } => ("config".into(), String::new(), None),
+                other => (format!("{other:?}"), String::new(), None),
+            })
+            .collect()
+    };
+    let drain = |on: bool| ("drain".to_string(), "m0".to_string(), Some(on));
+    let switchover = ("switchover".to_string(), String::new(), None);
+
+    // A planned switchover drains the leader in every gateway first and lifts the drain after.
+    let (a, b) = (mark(&first), mark(&second));
+    let (s, op) = owner.post(&format!("/v1/databases/{db_id}/switchover"), &json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(since(&first, a), vec![drain(true), switchover.clone(), drain(false)]);
+    assert_eq!(since(&second, b), vec![drain(true), drain(false)]);
+
+    // A new memory size restarts PostgreSQL: the connection limit first, then the follower
+    // resized, a drained switchover onto it, then the former leader resized.
+    let (a, b) = (mark(&first), mark(&second));
+    let (s, op) = owner.post(&format!("/v1/databases/{db_id}/change-plan"), &json!({ "plan": "business-4" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    let member = |m: &str| ("member".to_string(), m.to_string(), None);
+    let config = ("config".to_string(), String::new(), None);
+    assert_eq!(since(&first, a), vec![config, drain(true), switchover, drain(false), member("m0")]);
+    assert_eq!(since(&second, b), vec![member("m1"), drain(true), drain(false), member("m1")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

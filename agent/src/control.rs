@@ -78,7 +78,7 @@ pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, can
     loop {
         if let Ok((Some(now), _)) = cluster(&c, &base).await {
             if now == to {
-                return Ok(json!({ "from": leader, "to": to }));
+                break;
             }
         }
         if Instant::now() > deadline {
@@ -87,4 +87,17 @@ pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, can
         // Polled often: the gateways' drain is lifted once this returns.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // Then the former leader follows. Until it runs again Patroni is busy with it (stopping,
+    // rewinding, starting it as a replica) and, asked to stop meanwhile, would only stop once
+    // that is over: what comes next (a restart of it, a removal) waits for it here instead.
+    let settled = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < settled {
+        if let Ok((_, replicas)) = cluster(&c, &base).await {
+            if replicas.contains(&leader) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(json!({ "from": leader, "to": to }))
 }

@@ -54,6 +54,8 @@ pub(crate) enum Outcome {
     Started,
     /// Running, and told to re-read its changed configuration.
     Reloaded,
+    /// Stopped while running another configuration, and started with this one.
+    Restarted,
 }
 
 /// The processes this node drives outlive it: dropping a `Node` (or the agent's crash) leaves
@@ -122,8 +124,14 @@ impl Node {
         let state = patroni::wait_running(spec, &paths, proc, MEMBER_START_TIMEOUT).await?;
         if state.is_primary() {
             tenant::ensure(spec, &paths, &bin_dir, &self.runas).await?;
+        } else if outcome == Outcome::Restarted {
+            // What follows a restart (a switchover to it, in a rolling resize) needs the
+            // cluster to count it as a healthy replica again, which it does once Patroni
+            // has published its state.
+            patroni::wait_listed(spec, MEMBER_START_TIMEOUT).await?;
         }
-        Ok(MemberStatus { patroni_pid: proc.pid(), role: state.role, started: outcome == Outcome::Started })
+        let started = matches!(outcome, Outcome::Started | Outcome::Restarted);
+        Ok(MemberStatus { patroni_pid: proc.pid(), role: state.role, started })
     }
 
     /// Fences the job, and refuses one not newer than a removal under way (a newer one
@@ -285,7 +293,7 @@ impl Node {
                 }
             }
         };
-        if matches!(outcome, Outcome::Started | Outcome::Reloaded) {
+        if matches!(outcome, Outcome::Started | Outcome::Restarted | Outcome::Reloaded) {
             if primary.is_empty() {
                 primary = haproxy::probe_primary(spec).await;
             }
@@ -343,19 +351,21 @@ async fn run_one(
             return Ok(if adopted { Outcome::Adopted } else { Outcome::Unchanged });
         }
     }
+    let mut restarted = false;
     if let Some(old) = slot.remove(name) {
         match old.exited() {
             Some(how) => tracing::warn!(%name, pid = old.pid(), %how, "process exited; starting it again"),
             None => {
                 tracing::info!(%name, pid = old.pid(), "configuration changed; restarting");
                 tokio::task::spawn_blocking(move || stop(old)).await.context("stopping")?;
+                restarted = true;
             }
         }
     }
     let proc = start()?;
     tracing::info!(%name, pid = proc.pid(), "started");
     slot.insert(name.to_string(), proc);
-    Ok(Outcome::Started)
+    Ok(if restarted { Outcome::Restarted } else { Outcome::Started })
 }
 
 /// `/usr/lib/postgresql/<version>/bin` when present, else whatever `find_bindir` finds.

@@ -325,6 +325,32 @@ pub async fn wait_running(
     }
 }
 
+/// Waits until the cluster, as Patroni publishes it (`GET /cluster`, from the DCS), lists the
+/// member as a running replica.
+pub async fn wait_listed(spec: &MemberSpec, timeout: Duration) -> Result<()> {
+    let client = rest_client(&spec.tls.ca_pem)?;
+    let url = format!("https://{}/cluster", host_port(&spec.host, spec.patroni_port));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut last = String::from("not listed");
+        if let Ok(res) = client.get(&url).send().await {
+            if let Ok(body) = res.json::<Value>().await {
+                let me = body["members"].as_array().into_iter().flatten().find(|m| m["name"] == spec.member.as_str());
+                if let Some(m) = me {
+                    if m["role"] != "leader" && matches!(m["state"].as_str(), Some("running" | "streaming")) {
+                        return Ok(());
+                    }
+                    last = format!("listed as {} {}", m["role"], m["state"]);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("member {} is not a running replica of the cluster within {timeout:?} ({last})", spec.member);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

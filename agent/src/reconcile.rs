@@ -33,7 +33,7 @@ impl Reconciled {
         match outcome {
             Ok(Outcome::Unchanged) => self.unchanged += 1,
             Ok(Outcome::Adopted) => self.adopted += 1,
-            Ok(Outcome::Started) => self.started += 1,
+            Ok(Outcome::Started | Outcome::Restarted) => self.started += 1,
             Ok(Outcome::Reloaded) => self.reloaded += 1,
             Err(e) => {
                 tracing::warn!(%what, error = format!("{e:#}"), "reconciling failed; trying again next pass");

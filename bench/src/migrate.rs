@@ -1,4 +1,6 @@
-//! `migrate`: plan changes Starter → Business and back (POST /v1/databases/{id}/change-plan),
+//! `migrate`: plan changes, by default Starter → Business and back (POST
+//! /v1/databases/{id}/change-plan; `--sequence` for others, such as a resize
+//! `business-2,business-1`),
 //! timed until the operation is done and until the database answers its data through the same
 //! URL; a client writes through the gateway meanwhile (one INSERT per new connection), so the
 //! write gap and failed writes of each change are printed too.
@@ -15,19 +17,23 @@ use crate::platform::Platform;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Round trips (Starter → Business → Starter).
+    /// Rounds of the sequence.
     #[arg(long, default_value_t = 3)]
     trials: usize,
+    /// The plan the database is created with.
     #[arg(long, default_value = "starter-1")]
     starter: String,
-    #[arg(long, default_value = "business-1")]
-    business: String,
+    /// The plans to change to in each round, in order (the last should be where a round
+    /// starts again).
+    #[arg(long, value_delimiter = ',', default_value = "business-1,starter-1")]
+    sequence: Vec<String>,
     /// Rows in the table whose count must answer through the URL after each change.
     #[arg(long, default_value_t = 100_000)]
     rows: u32,
 }
 
 struct Trial {
+    /// `from → to`.
     to: String,
     /// POST → operation done.
     operation: Duration,
@@ -40,7 +46,7 @@ struct Trial {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    header("migrate: Starter → Business → Starter, under writes");
+    header(&format!("migrate: {} → {}, under writes", args.starter, args.sequence.join(" → ")));
     let p = Platform::start(2).await?;
     let result = measure(&args, &p).await;
     p.stop().await?;
@@ -56,7 +62,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut t = Table::new(&["change", "POST → done", "POST → answers", "members", "write gap", "failed", "lost"]);
     for tr in &trials {
         t.row(vec![
-            format!("→ {}", tr.to),
+            tr.to.clone(),
             dur(tr.operation.as_secs_f64()),
             dur(tr.answer.as_secs_f64()),
             tr.members.to_string(),
@@ -68,7 +74,13 @@ pub async fn run(args: Args) -> Result<()> {
     t.print();
     println!();
     let mut t = Table::new(&["change", "n", "POST → answers p50", "max", "write gap p50", "max", "goal"]);
-    for to in [&args.business, &args.starter] {
+    let mut changes: Vec<&String> = Vec::new();
+    for t in &trials {
+        if !changes.contains(&&t.to) {
+            changes.push(&t.to);
+        }
+    }
+    for to in changes {
         let of: Vec<&Trial> = trials.iter().filter(|t| &t.to == to).collect();
         let (Some(a), Some(g)) = (
             Summary::of_durations(&of.iter().map(|t| t.answer).collect::<Vec<_>>()),
@@ -76,7 +88,7 @@ pub async fn run(args: Args) -> Result<()> {
         ) else {
             continue;
         };
-        t.row(vec![format!("→ {to}"), a.n.to_string(), dur(a.p50), dur(a.max), dur(g.p50), dur(g.max), "-".into()]);
+        t.row(vec![to.clone(), a.n.to_string(), dur(a.p50), dur(a.max), dur(g.p50), dur(g.max), "-".into()]);
     }
     t.print();
     footer();
@@ -92,9 +104,11 @@ async fn measure(args: &Args, p: &Platform) -> Result<Vec<Trial>> {
     println!("  {} created in {created:.2} s, {rows} rows loaded", args.starter);
     let mut next_id = 1;
     let mut trials = Vec::new();
-    let mut members = 1;
+    let (_, listed) = p.api.get(&format!("/v1/databases/{db}/members")).await?;
+    let mut members = listed["items"].as_array().context("members")?.len();
+    let mut from = args.starter.clone();
     for _ in 0..args.trials {
-        for to in [&args.business, &args.starter] {
+        for to in &args.sequence {
             p.wait_healthy(&db, members, false, Duration::from_secs(180)).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
             let path = format!("/v1/databases/{db}/change-plan");
@@ -123,7 +137,7 @@ async fn measure(args: &Args, p: &Platform) -> Result<Vec<Trial>> {
             let (_, listed) = p.api.get(&format!("/v1/databases/{db}/members")).await?;
             members = listed["items"].as_array().context("members")?.len();
             let tr = Trial {
-                to: to.clone(),
+                to: format!("{from} → {to}"),
                 operation,
                 answer,
                 members,
@@ -131,6 +145,7 @@ async fn measure(args: &Args, p: &Platform) -> Result<Vec<Trial>> {
                 failed: window.gap.failed,
                 lost: window.lost,
             };
+            from = to.clone();
             println!(
                 "  → {to}: done {:.2} s, answers {:.2} s, {members} member(s), gap {:.2} s, {} failed",
                 operation.as_secs_f64(),

@@ -1,8 +1,14 @@
 //! Plan changes. Same number of members: every member gets the new sizing. More members
 //! (Starter → Business): new members on other agents join as replicas (Patroni clones them),
 //! then every gateway routes to all members. Fewer (Business → Starter): the leader moves to
-//! the member that stays, the others are removed, then the gateways route to what is left.
-//! The endpoint (gateway address and port) never changes.
+//! the member that stays (a drained switchover), the others are removed, then the gateways
+//! route to what is left. The endpoint (gateway address and port) never changes.
+//!
+//! A new memory size needs a PostgreSQL restart: the connection limit is set in Patroni's DCS
+//! first (`config`), then members restart follower first, and the leader only after a drained
+//! switchover has moved the lead to a resized follower (`drain` ─▶ `switch` ─▶ `undrain` ─▶
+//! `resize-leader`). A member whose spec changes in nothing that needs a restart (a new
+//! certificate naming a new gateway host) is reloaded by its agent, never restarted.
 
 use pgplane_core::agent::AgentTask;
 use pgplane_store::jobs::job_enqueue_in;
@@ -11,28 +17,69 @@ use pgplane_store::{agents, db_error};
 use sqlx::PgConnection;
 
 use crate::queue::JobError;
-use crate::workflows::{agent_job, retry, Workflows};
+use crate::workflows::{agent_job, observed_leader, retry, Workflows};
 
 impl Workflows {
     pub(crate) async fn change_plan(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let resized: bool = sqlx::query_scalar(
+            "SELECT COALESCE(bool_or(memory_mb <> $2), false) FROM database_members WHERE database_id = $1",
+        )
+        .bind(st.database_id)
+        .bind(st.plan.memory_mb)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(retry)?;
+        set_member_size(tx, st).await?;
+        if !resized {
+            return self.reshape(tx, st, false).await;
+        }
+        // Another size: shared_buffers and max_connections take a PostgreSQL restart. The
+        // connection limit lives in Patroni's DCS (PostgreSQL wants it cluster-wide); set it
+        // first, the restarts below apply it with the new memory.
+        let (m, secrets) = self.control_member(tx, st).await?;
+        let task = AgentTask::PatchConfig {
+            database_id: st.database_id,
+            generation: st.generation,
+            host: m.host.clone(),
+            patroni_port: m.patroni_port as u16,
+            ca_pem: secrets.ca_cert_pem,
+            restapi_password: secrets.secrets.restapi_password,
+            patch: serde_json::json!({ "postgresql": { "parameters": { "max_connections": st.plan.max_connections } } }),
+        };
+        job_enqueue_in(tx, &agent_job(m.agent_id, st, "config", "resize", &task)?).await.map_err(retry)?;
+        operation_progress_in(tx, st.operation.id, 10, "setting the new plan's connection limit").await.map_err(retry)
+    }
+
+    /// Gives the members the plan's size and number. `rolling`: the new size needs a restart
+    /// of PostgreSQL; with a follower, the followers get it first, then the leader moves to one
+    /// of them (a drained switchover) and the former leader gets it as a follower
+    /// (`resize-leader`), so clients see a switchover, not an outage.
+    pub(crate) async fn reshape(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+        rolling: bool,
+    ) -> Result<(), JobError> {
         let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
         let wanted = st.plan.data_nodes as usize;
-        set_member_size(tx, st).await?;
         let secrets =
             secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
         if members.len() == wanted {
+            let leader = if rolling && wanted > 1 { observed_leader(tx, st).await? } else { None };
+            if let Some(leader) = leader {
+                let followers: Vec<MemberRow> = members.iter().filter(|m| m.name != leader).cloned().collect();
+                self.ensure_members(tx, st, &secrets, &followers, ("members", "drain")).await?;
+                return operation_progress_in(tx, st.operation.id, 20, "resizing the followers").await.map_err(retry);
+            }
             self.ensure_members(tx, st, &secrets, &members, ("members", "finish")).await?;
             return operation_progress_in(tx, st.operation.id, 20, "applying the new plan's settings")
                 .await
                 .map_err(retry);
         }
         if members.len() > wanted {
-            // Keep the first member; make sure it leads before the others go.
-            let keep = members[0].name.clone();
-            self.enqueue_switchover(tx, st, Some(keep), ("lead", "shrink")).await?;
-            return operation_progress_in(tx, st.operation.id, 15, "moving the leader to the member that stays")
-                .await
-                .map_err(retry);
+            // The leader stays when known (no switchover then), else the first member, which
+            // takes the lead before the others go.
+            return self.switchover(tx, st).await;
         }
         // Grow: new members on agents that hold no member of this database yet.
         let taken: Vec<uuid::Uuid> = members.iter().map(|m| m.agent_id).collect();
@@ -74,8 +121,24 @@ impl Workflows {
             all.push(m);
         }
         self.add_gateways(tx, st, &all).await?;
-        self.ensure_members(tx, st, &secrets, &all, ("members", "gateways")).await?;
+        if rolling {
+            // The leader keeps running at its old size until a new member leads.
+            let new = &all[members.len()..];
+            self.ensure_members(tx, st, &secrets, new, ("members", "gateways-rolling")).await?;
+        } else {
+            self.ensure_members(tx, st, &secrets, &all, ("members", "gateways")).await?;
+        }
         operation_progress_in(tx, st.operation.id, 20, "adding a follower").await.map_err(retry)
+    }
+
+    /// After a rolling resize's switchover: every member at the new size (the former leader,
+    /// now a follower, restarts; the others are unchanged).
+    pub(crate) async fn resize_rest(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        let secrets =
+            secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+        self.ensure_members(tx, st, &secrets, &members, ("members", "finish")).await?;
+        operation_progress_in(tx, st.operation.id, 80, "resizing the former leader").await.map_err(retry)
     }
 
     /// Up to the plan's number of gateways, on members' agents; on one address they share the
@@ -120,8 +183,9 @@ impl Workflows {
     /// The leader is the kept member: remove the others with their gateways, and resize it.
     pub(crate) async fn shrink(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
-        let wanted = st.plan.data_nodes as usize;
-        let (keep, drop) = members.split_at(wanted.min(members.len()));
+        let kept = kept_member(tx, st, &members).await?;
+        let (keep, drop): (Vec<MemberRow>, Vec<MemberRow>) = members.iter().cloned().partition(|m| m.name == kept);
+        let (keep, drop) = (&keep[..], &drop[..]);
         let kept_agents: Vec<uuid::Uuid> = keep.iter().map(|m| m.agent_id).collect();
         let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
         let mut dropped_agents: Vec<uuid::Uuid> = drop.iter().map(|m| m.agent_id).collect();
@@ -160,6 +224,31 @@ impl Workflows {
         self.ensure_members(tx, st, &secrets, keep, ("shrink", "gateways")).await?;
         operation_progress_in(tx, st.operation.id, 50, "removing the follower").await.map_err(retry)
     }
+}
+
+/// The member that stays when Business becomes Starter: the leader the operation's switchover
+/// chose; before it, the leader as last observed (then no switchover is needed), else the first.
+pub(crate) async fn kept_member(
+    tx: &mut PgConnection,
+    st: &OperationState,
+    members: &[MemberRow],
+) -> Result<String, JobError> {
+    let switched: Option<String> = sqlx::query_scalar(
+        "SELECT result->>'to' FROM jobs WHERE operation_id = $1 AND kind = 'switchover' AND status = 'done' LIMIT 1",
+    )
+    .bind(st.operation.id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(retry)?
+    .flatten();
+    let leader = match switched {
+        Some(to) => Some(to),
+        None => observed_leader(tx, st).await?,
+    };
+    Ok(match leader {
+        Some(l) if members.iter().any(|m| m.name == l) => l,
+        _ => members.first().map(|m| m.name.clone()).ok_or_else(|| JobError::Fatal("no member".into()))?,
+    })
 }
 
 /// Members are accounted at the new plan's size from now on.

@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! create:      start ─place, secrets, etcd user─▶ members ─▶ gateways ─▶ finish (available)
-//! change_plan: start ─resize─▶ members ─▶ finish (same number of members)
-//!              start ─add members─▶ members ─▶ gateways ─▶ finish (Starter → Business)
-//!              start ─switchover to the kept member─▶ shrink ─▶ gateways ─▶ finish (Business → Starter)
+//! change_plan: start ─resize─▶ finish (same number of members, same memory: reloads)
+//!              start ─add members─▶ gateways ─▶ finish (Starter → Business)
+//!              start ─drained switchover to the kept member─▶ … undrain ─▶ shrink ─▶ finish
+//!              (Business → Starter); a new memory size first sets max_connections (config ─▶
+//!              resize) and restarts followers first: resize ─▶ drain ─▶ switch ─▶ undrain ─▶
+//!              resize-leader ─▶ finish (see plan_change.rs)
 //! delete:      start ─▶ remove ─▶ finish (deleted; etcd user and keys, ports, capacity, secrets released)
 //! restart:     start ─▶ restart-0 ─▶ … ─▶ restart-(n-1) ─▶ finish (one member at a time)
 //! configure:   start ─PATCH /config─▶ configure ─▶ finish
-//! switchover:  start ─drain the leader in every gateway─▶ switchover ─POST /switchover─▶ undrain
+//! switchover:  start ─drain the leader in every gateway─▶ switch ─POST /switchover─▶ undrain
 //!              ─lift the drain─▶ finish
 //! ```
 
@@ -27,6 +30,15 @@ use sqlx::PgConnection;
 use crate::config::SchedulerConfig;
 use crate::queue::{Done, Handler, JobError};
 use crate::tls;
+
+/// The member Patroni last reported as the leader, if any.
+pub(crate) async fn observed_leader(tx: &mut PgConnection, st: &OperationState) -> Result<Option<String>, JobError> {
+    sqlx::query_scalar("SELECT name FROM database_members WHERE database_id = $1 AND role = 'leader' LIMIT 1")
+        .bind(st.database_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(retry)
+}
 
 /// How long a switchover's drain may hold at most; it is lifted as soon as the switchover is
 /// done, this bounds a switchover that never finishes.
@@ -112,12 +124,18 @@ impl Handler for Workflows {
                 (OperationKind::Create, "start") => self.place(&mut tx, &st).await?,
                 (OperationKind::Create, "gateways") => self.gateways(&mut tx, &st).await?,
                 (OperationKind::ChangePlan, "start") => self.change_plan(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "resize") => self.reshape(&mut tx, &st, true).await?,
                 (OperationKind::ChangePlan, "shrink") => self.shrink(&mut tx, &st).await?,
                 (OperationKind::ChangePlan, "gateways") => self.gateways(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "gateways-rolling") => self.gateways_then(&mut tx, &st, "drain").await?,
+                (OperationKind::ChangePlan, "drain") => self.switchover(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "resize-leader") => self.resize_rest(&mut tx, &st).await?,
                 (OperationKind::Configure, "start") => self.configure(&mut tx, &st).await?,
                 (OperationKind::Switchover, "start") => self.switchover(&mut tx, &st).await?,
-                (OperationKind::Switchover, "switchover") => self.switchover_drained(&mut tx, &st).await?,
-                (OperationKind::Switchover, "undrain") => self.undrain(&mut tx, &st).await?,
+                (OperationKind::Switchover | OperationKind::ChangePlan, "switch") => self.switch(&mut tx, &st).await?,
+                (OperationKind::Switchover | OperationKind::ChangePlan, "undrain") => {
+                    self.undrain(&mut tx, &st).await?
+                }
                 (
                     OperationKind::Create
                     | OperationKind::ChangePlan
@@ -281,6 +299,16 @@ impl Workflows {
     }
 
     pub(crate) async fn gateways(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        self.gateways_then(tx, st, "finish").await
+    }
+
+    /// Every gateway routes to every member; then the operation goes on with `next`.
+    pub(crate) async fn gateways_then(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+        next: &str,
+    ) -> Result<(), JobError> {
         let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
         let secrets =
             secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
@@ -303,7 +331,7 @@ impl Workflows {
                 backends: backends.clone(),
                 ca_pem: secrets.ca_cert_pem.clone(),
             };
-            job_enqueue_in(tx, &agent_job(g.agent_id, st, "gateways", "finish", &AgentTask::EnsureGateway { spec })?)
+            job_enqueue_in(tx, &agent_job(g.agent_id, st, "gateways", next, &AgentTask::EnsureGateway { spec })?)
                 .await
                 .map_err(retry)?;
         }
@@ -381,33 +409,38 @@ impl Workflows {
             .map_err(retry)
     }
 
-    /// First drains the leader in every gateway (when the leader is known): from then on new
-    /// client connections wait in the gateways for the new leader instead of reaching one
-    /// that is about to stop.
+    /// A switchover with the leader drained in every gateway around it: `drain` (this step)
+    /// ─▶ `switch` ─POST /switchover─▶ `undrain` ─▶ what follows (see `after_switchover`).
+    /// Drained, the leader takes no new client connection: they wait in the gateways for the
+    /// new leader instead of reaching a PostgreSQL that is about to stop. Without a known
+    /// leader (never observed), or when the candidate already leads, there is nothing to drain.
     pub(crate) async fn switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
-        let leader: Option<String> =
-            sqlx::query_scalar("SELECT name FROM database_members WHERE database_id = $1 AND role = 'leader' LIMIT 1")
-                .bind(st.database_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(retry)?;
-        let Some(leader) = leader else { return self.switchover_drained(tx, st).await };
-        if self.drain_jobs(tx, st, &leader, true, ("drain", "switchover")).await? == 0 {
-            return self.switchover_drained(tx, st).await;
+        let candidate = self.switchover_candidate(tx, st).await?;
+        match observed_leader(tx, st).await? {
+            Some(leader)
+                if candidate.as_deref() != Some(leader.as_str())
+                    && self.drain_jobs(tx, st, &leader, true, ("drain", "switch")).await? > 0 =>
+            {
+                operation_progress_in(tx, st.operation.id, 40, "draining the leader in the gateways")
+                    .await
+                    .map_err(retry)
+            }
+            _ => self.switch(tx, st).await,
         }
-        operation_progress_in(tx, st.operation.id, 20, "draining the leader in the gateways").await.map_err(retry)
     }
 
-    pub(crate) async fn switchover_drained(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
-        let candidate = st.operation.params["candidate"].as_str().map(str::to_string);
-        self.enqueue_switchover(tx, st, candidate, ("switchover", "undrain")).await?;
-        operation_progress_in(tx, st.operation.id, 40, "switching the leader over").await.map_err(retry)
+    pub(crate) async fn switch(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let candidate = self.switchover_candidate(tx, st).await?;
+        self.enqueue_switchover(tx, st, candidate, ("switch", "undrain")).await?;
+        operation_progress_in(tx, st.operation.id, 50, "switching the leader over").await.map_err(retry)
     }
 
     /// Lifts the drain of the switchover's first step, if it had one.
     async fn undrain(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let after = self.after_switchover(tx, st).await?;
         let drained: Option<String> = sqlx::query_scalar(
-            "SELECT payload->'task'->>'member' FROM jobs WHERE operation_id = $1 AND kind = 'drain_member' LIMIT 1",
+            "SELECT payload->'task'->>'member' FROM jobs \
+             WHERE operation_id = $1 AND kind = 'drain_member' AND (payload->'task'->>'drain')::boolean LIMIT 1",
         )
         .bind(st.operation.id)
         .fetch_optional(&mut *tx)
@@ -415,13 +448,41 @@ impl Workflows {
         .map_err(retry)?
         .flatten();
         let jobs = match drained {
-            Some(member) => self.drain_jobs(tx, st, &member, false, ("undrain", "finish")).await?,
+            Some(member) => self.drain_jobs(tx, st, &member, false, ("undrain", after)).await?,
             None => 0,
         };
         if jobs == 0 {
-            job_enqueue_in(tx, &step_job(st.database_id, st.operation.id, "finish")).await.map_err(retry)?;
+            job_enqueue_in(tx, &step_job(st.database_id, st.operation.id, after)).await.map_err(retry)?;
         }
-        operation_progress_in(tx, st.operation.id, 90, "the gateways route to the new leader").await.map_err(retry)
+        operation_progress_in(tx, st.operation.id, 60, "the gateways route to the new leader").await.map_err(retry)
+    }
+
+    /// Whom a switchover hands the leadership to: the one asked for; the member that stays when
+    /// a plan change removes members (see `kept_member`); else Patroni's healthiest replica.
+    async fn switchover_candidate(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+    ) -> Result<Option<String>, JobError> {
+        if st.operation.kind == OperationKind::Switchover {
+            return Ok(st.operation.params["candidate"].as_str().map(str::to_string));
+        }
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        if members.len() <= st.plan.data_nodes as usize {
+            return Ok(None);
+        }
+        crate::plan_change::kept_member(tx, st, &members).await.map(Some)
+    }
+
+    /// The step after a switchover: done for a switchover; for a plan change, removing the
+    /// members that go (Business → Starter) or giving the former leader, now a replica, the
+    /// new sizing (a rolling resize).
+    async fn after_switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<&'static str, JobError> {
+        if st.operation.kind == OperationKind::Switchover {
+            return Ok("finish");
+        }
+        let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+        Ok(if members.len() > st.plan.data_nodes as usize { "shrink" } else { "resize-leader" })
     }
 
     /// One `DrainMember` job per agent that runs a gateway of the database; returns how many.
