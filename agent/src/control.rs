@@ -36,16 +36,30 @@ pub async fn patch_config(host: &str, port: u16, ca_pem: &str, password: &str, p
 
 /// The cluster as Patroni sees it: (leader, healthy replicas), by member name.
 async fn cluster(c: &reqwest::Client, base: &str) -> Result<(Option<String>, Vec<String>)> {
+    let (leader, replicas, _) = cluster_with_leader_api(c, base).await?;
+    Ok((leader, replicas))
+}
+
+/// `cluster`, plus the base URL of the leader's REST API (from its `api_url`).
+async fn cluster_with_leader_api(
+    c: &reqwest::Client,
+    base: &str,
+) -> Result<(Option<String>, Vec<String>, Option<String>)> {
     let body: Value = c.get(format!("{base}/cluster")).send().await?.json().await?;
     let members = body["members"].as_array().cloned().unwrap_or_default();
     let name = |m: &Value| m["name"].as_str().unwrap_or_default().to_string();
-    let leader = members.iter().find(|m| m["role"] == "leader" && m["state"] == "running").map(name);
+    let leader = members.iter().find(|m| m["role"] == "leader" && m["state"] == "running");
+    let api = leader
+        .and_then(|m| m["api_url"].as_str())
+        .and_then(|u| u.strip_suffix("/patroni"))
+        .filter(|u| u.starts_with("https://"))
+        .map(str::to_string);
     let replicas = members
         .iter()
         .filter(|m| m["role"] != "leader" && matches!(m["state"].as_str(), Some("running" | "streaming")))
         .map(name)
         .collect();
-    Ok((leader, replicas))
+    Ok((leader.map(name), replicas, api))
 }
 
 /// A planned switchover to `candidate` (or the first healthy replica); waits until the new
@@ -53,7 +67,7 @@ async fn cluster(c: &reqwest::Client, base: &str) -> Result<(Option<String>, Vec
 pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, candidate: Option<&str>) -> Result<Value> {
     let base = format!("https://{}", host_port(host, port));
     let c = client(ca_pem, Duration::from_secs(60))?;
-    let (leader, replicas) = cluster(&c, &base).await?;
+    let (leader, replicas, leader_api) = cluster_with_leader_api(&c, &base).await?;
     let leader = leader.ok_or_else(|| anyhow!("the cluster has no running leader; retry when it has one"))?;
     if candidate == Some(leader.as_str()) {
         return Ok(json!({ "from": leader, "to": leader }));
@@ -63,8 +77,10 @@ pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, can
         Some(c) => bail!("member {c} is not a healthy replica"),
         None => replicas.first().cloned().ok_or_else(|| anyhow!("no healthy replica to switch over to"))?,
     };
+    // Asked on the leader's own REST API, Patroni wakes its loop at once; asked elsewhere, the
+    // leader notices the request on its next loop (up to `loop_wait` later).
     let res = c
-        .post(format!("{base}/switchover"))
+        .post(format!("{}/switchover", leader_api.as_deref().unwrap_or(&base)))
         .basic_auth("patroni", Some(password))
         .json(&json!({ "leader": leader, "candidate": to }))
         .send()

@@ -152,6 +152,10 @@ async fn heartbeat_loop(session: Arc<Session>, mut shutdown: watch::Receiver<boo
     }
 }
 
+/// How long the drain of a switchover's leader holds at most (it is lifted once the
+/// switchover is done; this bounds one that never finishes).
+const SWITCHOVER_DRAIN_SECS: u32 = 20;
+
 /// Runs one job while extending its lease, then reports how it ended.
 async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
     let id = job.job_id;
@@ -194,10 +198,28 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
                 .await
                 .map_err(crate::node::NodeError::from)
         }
-        AgentTask::Switchover { host, patroni_port, ca_pem, restapi_password, candidate, .. } => {
-            crate::control::switchover(host, *patroni_port, ca_pem, restapi_password, candidate.as_deref())
-                .await
-                .map_err(crate::node::NodeError::from)
+        AgentTask::Switchover {
+            database_id,
+            generation,
+            host,
+            patroni_port,
+            ca_pem,
+            restapi_password,
+            candidate,
+            drain_leader,
+        } => {
+            let drained = match drain_leader {
+                Some(leader) => node.drain_member(*database_id, *generation, leader, true, SWITCHOVER_DRAIN_SECS).await,
+                None => Ok(Vec::new()),
+            };
+            match drained {
+                Ok(_) => {
+                    crate::control::switchover(host, *patroni_port, ca_pem, restapi_password, candidate.as_deref())
+                        .await
+                        .map_err(crate::node::NodeError::from)
+                }
+                Err(e) => Err(e),
+            }
         }
         AgentTask::DrainMember { database_id, generation, member, drain, for_secs } => node
             .drain_member(*database_id, *generation, member, *drain, *for_secs)

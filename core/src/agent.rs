@@ -142,6 +142,10 @@ pub enum AgentTask {
         ca_pem: String,
         restapi_password: String,
         candidate: Option<String>,
+        /// The leader to drain in this host's gateways just before asking Patroni (the other
+        /// hosts' gateways drain it in jobs of the same step).
+        #[serde(default)]
+        drain_leader: Option<String>,
     },
     /// Drain (or stop draining) `member` in this host's gateways of the database: new client
     /// connections stop going to it and wait in the gateway for another primary, sessions

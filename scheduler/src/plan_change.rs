@@ -6,7 +6,7 @@
 //!
 //! A new memory size needs a PostgreSQL restart: the connection limit is set in Patroni's DCS
 //! first (`config`), then members restart follower first, and the leader only after a drained
-//! switchover has moved the lead to a resized follower (`drain` ─▶ `switch` ─▶ `undrain` ─▶
+//! switchover has moved the lead to a resized follower (`drain` ─▶ `undrain` ─▶
 //! `resize-leader`). A member whose spec changes in nothing that needs a restart (a new
 //! certificate naming a new gateway host) is reloaded by its agent, never restarted.
 

@@ -9,12 +9,12 @@
 //!              start ─add members─▶ gateways ─▶ finish (Starter → Business)
 //!              start ─drained switchover to the kept member─▶ … undrain ─▶ shrink ─▶ finish
 //!              (Business → Starter); a new memory size first sets max_connections (config ─▶
-//!              resize) and restarts followers first: resize ─▶ drain ─▶ switch ─▶ undrain ─▶
+//!              resize) and restarts followers first: resize ─▶ drain ─▶ undrain ─▶
 //!              resize-leader ─▶ finish (see plan_change.rs)
 //! delete:      start ─▶ remove ─▶ finish (deleted; etcd user and keys, ports, capacity, secrets released)
 //! restart:     start ─▶ restart-0 ─▶ … ─▶ restart-(n-1) ─▶ finish (one member at a time)
 //! configure:   start ─PATCH /config─▶ configure ─▶ finish
-//! switchover:  start ─drain the leader in every gateway─▶ switch ─POST /switchover─▶ undrain
+//! switchover:  start ─drain the leader in every gateway, POST /switchover─▶ undrain
 //!              ─lift the drain─▶ finish
 //! ```
 
@@ -132,7 +132,6 @@ impl Handler for Workflows {
                 (OperationKind::ChangePlan, "resize-leader") => self.resize_rest(&mut tx, &st).await?,
                 (OperationKind::Configure, "start") => self.configure(&mut tx, &st).await?,
                 (OperationKind::Switchover, "start") => self.switchover(&mut tx, &st).await?,
-                (OperationKind::Switchover | OperationKind::ChangePlan, "switch") => self.switch(&mut tx, &st).await?,
                 (OperationKind::Switchover | OperationKind::ChangePlan, "undrain") => {
                     self.undrain(&mut tx, &st).await?
                 }
@@ -409,38 +408,37 @@ impl Workflows {
             .map_err(retry)
     }
 
-    /// A switchover with the leader drained in every gateway around it: `drain` (this step)
-    /// ─▶ `switch` ─POST /switchover─▶ `undrain` ─▶ what follows (see `after_switchover`).
-    /// Drained, the leader takes no new client connection: they wait in the gateways for the
-    /// new leader instead of reaching a PostgreSQL that is about to stop. Without a known
-    /// leader (never observed), or when the candidate already leads, there is nothing to drain.
+    /// A switchover with the leader drained in every gateway around it: `start` ─drain jobs and
+    /// POST /switchover─▶ `undrain` ─▶ what follows (see `after_switchover`). Drained, the leader
+    /// takes no new client connection: they wait in the gateways for the new leader instead of
+    /// reaching a PostgreSQL that is about to stop. The drain goes out with the switchover, not
+    /// before it: Patroni checks the candidate for ~0.3 s before it demotes the leader, time
+    /// enough for the gateways' drain jobs (milliseconds) and time clients would otherwise spend
+    /// waiting. The agent that asks Patroni drains its own gateways first (it runs one job at a
+    /// time). Without a known leader (never observed), or when the candidate already leads,
+    /// there is nothing to drain.
     pub(crate) async fn switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let candidate = self.switchover_candidate(tx, st).await?;
-        match observed_leader(tx, st).await? {
-            Some(leader)
-                if candidate.as_deref() != Some(leader.as_str())
-                    && self.drain_jobs(tx, st, &leader, true, ("drain", "switch")).await? > 0 =>
-            {
-                operation_progress_in(tx, st.operation.id, 40, "draining the leader in the gateways")
-                    .await
-                    .map_err(retry)
-            }
-            _ => self.switch(tx, st).await,
+        let (m, _) = self.control_member(tx, st).await?;
+        let drain = match observed_leader(tx, st).await? {
+            Some(leader) if candidate.as_deref() != Some(leader.as_str()) => Some(leader),
+            _ => None,
+        };
+        if let Some(leader) = &drain {
+            self.drain_jobs(tx, st, leader, true, ("switch", "undrain"), Some(m.agent_id)).await?;
         }
-    }
-
-    pub(crate) async fn switch(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
-        let candidate = self.switchover_candidate(tx, st).await?;
-        self.enqueue_switchover(tx, st, candidate, ("switch", "undrain")).await?;
-        operation_progress_in(tx, st.operation.id, 50, "switching the leader over").await.map_err(retry)
+        self.enqueue_switchover(tx, st, candidate, drain, ("switch", "undrain")).await?;
+        operation_progress_in(tx, st.operation.id, 40, "switching the leader over, its connections drained")
+            .await
+            .map_err(retry)
     }
 
     /// Lifts the drain of the switchover's first step, if it had one.
     async fn undrain(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let after = self.after_switchover(tx, st).await?;
         let drained: Option<String> = sqlx::query_scalar(
-            "SELECT payload->'task'->>'member' FROM jobs \
-             WHERE operation_id = $1 AND kind = 'drain_member' AND (payload->'task'->>'drain')::boolean LIMIT 1",
+            "SELECT payload->'task'->>'drain_leader' FROM jobs \
+             WHERE operation_id = $1 AND kind = 'switchover' AND payload->'task'->>'drain_leader' IS NOT NULL LIMIT 1",
         )
         .bind(st.operation.id)
         .fetch_optional(&mut *tx)
@@ -448,7 +446,7 @@ impl Workflows {
         .map_err(retry)?
         .flatten();
         let jobs = match drained {
-            Some(member) => self.drain_jobs(tx, st, &member, false, ("undrain", after)).await?,
+            Some(member) => self.drain_jobs(tx, st, &member, false, ("undrain", after), None).await?,
             None => 0,
         };
         if jobs == 0 {
@@ -485,7 +483,8 @@ impl Workflows {
         Ok(if members.len() > st.plan.data_nodes as usize { "shrink" } else { "resize-leader" })
     }
 
-    /// One `DrainMember` job per agent that runs a gateway of the database; returns how many.
+    /// One `DrainMember` job per agent that runs a gateway of the database (but `except`);
+    /// returns how many.
     async fn drain_jobs(
         &self,
         tx: &mut PgConnection,
@@ -493,9 +492,11 @@ impl Workflows {
         member: &str,
         drain: bool,
         (step, next): (&str, &str),
+        except: Option<uuid::Uuid>,
     ) -> Result<usize, JobError> {
         let mut agents: Vec<uuid::Uuid> =
             gateways_of_in(tx, st.database_id).await.map_err(retry)?.iter().map(|g| g.agent_id).collect();
+        agents.retain(|a| Some(*a) != except);
         agents.sort();
         agents.dedup();
         for agent in &agents {
@@ -517,6 +518,7 @@ impl Workflows {
         tx: &mut PgConnection,
         st: &OperationState,
         candidate: Option<String>,
+        drain_leader: Option<String>,
         (step, next): (&str, &str),
     ) -> Result<(), JobError> {
         let (m, secrets) = self.control_member(tx, st).await?;
@@ -528,6 +530,7 @@ impl Workflows {
             ca_pem: secrets.ca_cert_pem,
             restapi_password: secrets.secrets.restapi_password,
             candidate,
+            drain_leader,
         };
         job_enqueue_in(tx, &agent_job(m.agent_id, st, step, next, &task)?).await.map_err(retry)?;
         Ok(())
