@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use pgplane_core::agent::EtcdAccess;
 use pgplane_localpg::{free_port, Supervised};
 use std::future::Future;
-use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,8 +32,10 @@ impl LocalEtcd {
     pub fn start(dir: &Path) -> Result<Self> {
         ensure_dir(dir, 0o700, None)?;
         ensure_dir(&dir.join("data"), 0o700, None)?;
-        let (ca_pem, cert, key) = tls(&dir.join("tls"))?;
-        let root_password = secret(&dir.join("root-password"))?;
+        // The same files, made the same way, as `pgplane etcd init` makes for docker-compose.
+        let prepared = pgplane_etcd::setup::prepare(dir, &["127.0.0.1", "localhost"])?;
+        let (ca_pem, root_password) = (prepared.ca_pem, prepared.root_password);
+        let (cert, key) = (prepared.files.cert_file(), prepared.files.key_file());
         let (client_port, peer_port) = ports(dir)?;
         let client = format!("https://127.0.0.1:{client_port}");
         let peer = format!("https://127.0.0.1:{peer_port}");
@@ -167,35 +168,6 @@ async fn health(access: &EtcdAccess) -> Result<bool> {
         .build()?;
     let url = format!("https://{}/health", access.endpoints[0]);
     Ok(http.get(url).send().await?.text().await?.contains("\"health\":\"true\""))
-}
-
-/// The etcd CA and server certificate in `dir`, made on first use: (CA PEM, cert file, key file).
-/// The CA serves etcd only; it names 127.0.0.1 and localhost, where this etcd listens.
-fn tls(dir: &Path) -> Result<(String, PathBuf, PathBuf)> {
-    ensure_dir(dir, 0o700, None)?;
-    let (ca, ca_key, cert, key) =
-        (dir.join("ca.pem"), dir.join("ca.key"), dir.join("server.pem"), dir.join("server.key"));
-    if ![&ca, &ca_key, &cert, &key].iter().all(|f| f.exists()) {
-        let authority = pgplane_pki::DatabaseCa::generate("etcd")?;
-        let server = authority.issue_server(&["127.0.0.1", "localhost"])?;
-        write_atomic(&ca_key, authority.key_pem(), None)?;
-        write_atomic(&key, &server.key_pem, None)?;
-        write_atomic(&cert, &server.cert_pem, None)?;
-        write_atomic(&ca, authority.cert_pem(), None)?;
-    }
-    Ok((std::fs::read_to_string(&ca)?, cert, key))
-}
-
-/// A random secret kept in `file` (0600), made on first use.
-fn secret(file: &Path) -> Result<String> {
-    if let Ok(s) = std::fs::read_to_string(file) {
-        return Ok(s.trim().to_string());
-    }
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let s = hex::encode(bytes);
-    write_atomic(file, &s, None)?;
-    Ok(s)
 }
 
 /// The client and peer ports recorded in `dir/ports` when both are still free, else new ones.
