@@ -36,17 +36,9 @@ impl Workflows {
         // Another size: shared_buffers and max_connections take a PostgreSQL restart. The
         // connection limit lives in Patroni's DCS (PostgreSQL wants it cluster-wide); set it
         // first, the restarts below apply it with the new memory.
-        let (m, secrets) = self.control_member(tx, st).await?;
-        let task = AgentTask::PatchConfig {
-            database_id: st.database_id,
-            generation: st.generation,
-            host: m.host.clone(),
-            patroni_port: m.patroni_port as u16,
-            ca_pem: secrets.ca_cert_pem,
-            restapi_password: secrets.secrets.restapi_password,
-            patch: serde_json::json!({ "postgresql": { "parameters": { "max_connections": st.plan.max_connections } } }),
-        };
-        job_enqueue_in(tx, &agent_job(m.agent_id, st, "config", "resize", &task)?).await.map_err(retry)?;
+        let patch =
+            serde_json::json!({ "postgresql": { "parameters": { "max_connections": st.plan.max_connections } } });
+        self.enqueue_patch_config(tx, st, patch, ("config", "resize")).await?;
         operation_progress_in(tx, st.operation.id, 10, "setting the new plan's connection limit").await.map_err(retry)
     }
 

@@ -392,6 +392,20 @@ impl Workflows {
             "postgresql": { "parameters": parameters },
             "synchronous_mode": config.synchronous_replication,
         });
+        self.enqueue_patch_config(tx, st, patch, ("configure", "finish")).await?;
+        operation_progress_in(tx, st.operation.id, 30, "applying the configuration through Patroni")
+            .await
+            .map_err(retry)
+    }
+
+    /// Asks a member's agent to apply `patch` to the cluster-wide Patroni configuration.
+    pub(crate) async fn enqueue_patch_config(
+        &self,
+        tx: &mut PgConnection,
+        st: &OperationState,
+        patch: serde_json::Value,
+        (step, next): (&str, &str),
+    ) -> Result<(), JobError> {
         let (m, secrets) = self.control_member(tx, st).await?;
         let task = AgentTask::PatchConfig {
             database_id: st.database_id,
@@ -402,10 +416,8 @@ impl Workflows {
             restapi_password: secrets.secrets.restapi_password,
             patch,
         };
-        job_enqueue_in(tx, &agent_job(m.agent_id, st, "configure", "finish", &task)?).await.map_err(retry)?;
-        operation_progress_in(tx, st.operation.id, 30, "applying the configuration through Patroni")
-            .await
-            .map_err(retry)
+        job_enqueue_in(tx, &agent_job(m.agent_id, st, step, next, &task)?).await.map_err(retry)?;
+        Ok(())
     }
 
     /// A switchover with the leader drained in every gateway around it: `start` ─drain jobs and
