@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Woken when a process this agent started exits (stopped on purpose or crashed), so the
+/// reconciler starts a crashed one again at once instead of at its next pass.
+pub static EXITED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// A running Patroni or HAProxy: our child, or one adopted after a restart of the agent.
 pub struct Managed {
     pid: u32,
@@ -33,7 +37,7 @@ impl Managed {
     pub fn start(cmd: Command, stop_signal: i32, pidfile: &Path, applied: &str) -> Result<Self> {
         let applied = digest(applied);
         write_atomic(pidfile, &format!("applied {applied}\n"), None)?;
-        let child = Supervised::spawn_detached(cmd, stop_signal)?;
+        let child = Supervised::spawn_detached_notify(cmd, stop_signal, Box::new(|| EXITED.notify_one()))?;
         let pid = child.pid();
         let start_time = start_time(pid).unwrap_or(0);
         write_atomic(pidfile, &format!("pid {pid}\nstart {start_time}\napplied {applied}\n"), None)?;

@@ -92,11 +92,15 @@ impl Node {
     }
 }
 
-/// Reconciles every `every` until `shutdown` turns true.
+/// Reconciles every `every`, and soon after a child of the agent exits, until `shutdown`
+/// turns true.
 pub async fn run_loop(node: Arc<Node>, every: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            // A child exited: look now (after a moment, so that one that was stopped on
+            // purpose has been replaced or forgotten by the job that stopped it).
+            _ = crate::process::EXITED.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {

@@ -18,17 +18,32 @@ pub struct Supervised {
 impl Supervised {
     /// Spawns `cmd`; `stop_signal` is sent by `stop` and by the kernel if we die.
     pub fn spawn(cmd: Command, stop_signal: i32) -> io::Result<Self> {
-        Self::spawn_with(cmd, stop_signal, true)
+        Self::spawn_with(cmd, stop_signal, true, None)
     }
 
     /// Spawns `cmd` in a new session (its own process group, no controlling terminal) and
     /// without a parent-death signal: it outlives our process, and signals sent to our process
     /// group (Ctrl-C in a terminal) do not reach it. We still reap it while we live.
     pub fn spawn_detached(cmd: Command, stop_signal: i32) -> io::Result<Self> {
-        Self::spawn_with(cmd, stop_signal, false)
+        Self::spawn_with(cmd, stop_signal, false, None)
     }
 
-    fn spawn_with(mut cmd: Command, stop_signal: i32, die_with_us: bool) -> io::Result<Self> {
+    /// `spawn_detached`, calling `on_exit` (on the waiting thread) once the child has exited
+    /// and its status is recorded.
+    pub fn spawn_detached_notify(
+        cmd: Command,
+        stop_signal: i32,
+        on_exit: Box<dyn FnOnce() + Send + 'static>,
+    ) -> io::Result<Self> {
+        Self::spawn_with(cmd, stop_signal, false, Some(on_exit))
+    }
+
+    fn spawn_with(
+        mut cmd: Command,
+        stop_signal: i32,
+        die_with_us: bool,
+        on_exit: Option<Box<dyn FnOnce() + Send + 'static>>,
+    ) -> io::Result<Self> {
         // SAFETY: prctl, getppid and setsid are async-signal-safe and touch no memory of the parent.
         unsafe {
             cmd.pre_exec(move || {
@@ -59,6 +74,9 @@ impl Supervised {
                 *lock.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(-1)));
                 cvar.notify_all();
+                if let Some(f) = on_exit {
+                    f();
+                }
             }
             Err(e) => {
                 let _ = tx.send(Err(e));
