@@ -31,11 +31,35 @@ pub struct Lifecycle {
     finished: bool,
 }
 
+/// The kernel setting that hands the connections queued on a closing listening socket to
+/// another socket of its SO_REUSEPORT group instead of resetting them (Linux 5.14+).
+const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Gateways share their port (SO_REUSEPORT): an HAProxy replaced by a new one (a configuration
+/// change) or removed (Business → Starter) closes its listening socket, and the connections
+/// queued on it were reset, 1–2 failed client queries per change. Turned on when this agent
+/// may (as root); otherwise said once.
+fn migrate_queued_connections() {
+    match std::fs::read_to_string(TCP_MIGRATE_REQ).map(|v| v.trim().to_string()) {
+        Ok(v) if v == "1" => {}
+        Ok(_) => match std::fs::write(TCP_MIGRATE_REQ, "1") {
+            Ok(()) => tracing::info!("set net.ipv4.tcp_migrate_req = 1: gateway reloads keep queued connections"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot set net.ipv4.tcp_migrate_req = 1 (run as root, or set it on the host): a gateway \
+                 reload may reset the connections queued on it"
+            ),
+        },
+        Err(_) => tracing::debug!("no net.ipv4.tcp_migrate_req on this kernel"),
+    }
+}
+
 impl Lifecycle {
     /// Becomes the reaper of the data plane's orphans, reconciles once, then every
     /// `RECONCILE_EVERY` until `shutdown`.
     pub async fn start(node: Arc<Node>, on_exit: OnExit, shutdown: watch::Receiver<bool>) -> Self {
         reaper::become_subreaper();
+        migrate_queued_connections();
         let reaper = tokio::spawn(reap_on_sigchld());
         let t0 = Instant::now();
         let pass = node.reconcile().await;

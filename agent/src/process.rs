@@ -113,6 +113,22 @@ impl Managed {
         Ok(())
     }
 
+    /// Sends `signal` (a soft stop: HAProxy's SIGUSR1 stops listening and lets its sessions
+    /// end) and waits up to `grace` for it to exit, then stops it (`stop(then)`).
+    pub fn stop_softly(&self, signal: i32, grace: Duration, then: Duration) {
+        if self.exited().is_none() {
+            match &self.child {
+                Some(child) => child.signal(signal),
+                None => send_signal(self.pid, signal),
+            }
+            let deadline = Instant::now() + grace;
+            while self.exited().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.stop(then);
+    }
+
     /// Sends the stop signal and waits up to `grace`, then SIGKILL, and waits until it is gone.
     pub fn stop(&self, grace: Duration) {
         if let Some(child) = &self.child {

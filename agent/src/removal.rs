@@ -7,7 +7,7 @@ use crate::fence;
 use crate::haproxy::{self, GatewayPaths};
 use crate::node::{Node, NodeError, Processes, GATEWAY_STOP_GRACE, MEMBER_STOP_GRACE};
 use crate::patroni::{self, MemberPaths};
-use crate::process;
+use crate::process::{self, Managed};
 use crate::reaper::reaping;
 use crate::specs;
 use anyhow::Context;
@@ -37,7 +37,7 @@ impl Node {
         let taken = std::mem::take(&mut *procs);
         let (stop_dir, runas) = (dir.clone(), self.runas.clone());
         tokio::task::spawn_blocking(move || {
-            reaping(|| stop_database(taken, &stop_dir, &runas));
+            reaping(|| stop_database(taken, &stop_dir, &runas, true));
             process::wait_none_under(&stop_dir, Duration::from_secs(30))
         })
         .await
@@ -74,11 +74,11 @@ impl Node {
             // A job still holding the lock was cancelled with the agent; its processes are
             // found through their folders below.
             if let Ok(mut procs) = db.try_lock() {
-                stop_database(std::mem::take(&mut *procs), &self.database_dir(id), &self.runas);
+                stop_database(std::mem::take(&mut *procs), &self.database_dir(id), &self.runas, false);
             }
         }
         for id in specs::databases(&self.root) {
-            stop_database(Processes::default(), &self.database_dir(id), &self.runas);
+            stop_database(Processes::default(), &self.database_dir(id), &self.runas, false);
         }
     }
 }
@@ -92,16 +92,25 @@ fn folders(database_dir: &Path, prefix: &str) -> Vec<PathBuf> {
     dirs
 }
 
+/// How long a removed gateway's sessions may go on before it is stopped.
+const GATEWAY_SOFT_STOP: Duration = Duration::from_secs(2);
+
 /// Gateways first (clients stop reaching the database), then members, then any PostgreSQL left
 /// behind; processes this agent does not know yet (started by an earlier one) are found through
 /// their pid files and command lines.
-pub(crate) fn stop_database(procs: Processes, database_dir: &Path, runas: &RunAs) {
+/// `softly` (a removal): a gateway that goes while another keeps the port (Business →
+/// Starter) first lets the connections it holds finish their handshake and short sessions.
+pub(crate) fn stop_database(procs: Processes, database_dir: &Path, runas: &RunAs, softly: bool) {
+    let stop_gateway = |g: Managed| match softly {
+        true => g.stop_softly(libc::SIGUSR1, GATEWAY_SOFT_STOP, GATEWAY_STOP_GRACE),
+        false => g.stop(GATEWAY_STOP_GRACE),
+    };
     for (_, gateway) in procs.gateways {
-        gateway.stop(GATEWAY_STOP_GRACE);
+        stop_gateway(gateway);
     }
     for dir in folders(database_dir, "gateway-") {
         if let Some(found) = haproxy::adopt(&GatewayPaths::new(dir)) {
-            found.stop(GATEWAY_STOP_GRACE);
+            stop_gateway(found);
         }
     }
     for (_, member) in procs.members {
