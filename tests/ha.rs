@@ -5,25 +5,12 @@
 
 use pgplane_agent::runtime::AgentConfig;
 use pgplane_agent::LocalEtcd;
-use pgplane_tests::data_plane::{find_file, pids_mentioning, postmaster, psql, TempDir};
+use pgplane_tests::data_plane::{eventually, find_file, pids_mentioning, postmaster, psql, TempDir};
 use pgplane_tests::{spawn_app, Client, TestApp, AGENT_BOOTSTRAP_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// Retries a query until it answers `expected` (or the deadline passes).
-async fn eventually(url: &str, sql: &str, expected: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = psql(url, sql).await;
-        if got.as_deref() == Ok(expected) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql} answered {got:?}, not {expected:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// A JSON value Patroni keeps in etcd under `/service/<scope>/<key>`.
 async fn dcs_value(etcd: &LocalEtcd, scope: &str, key: &str) -> Option<Value> {

@@ -2,39 +2,16 @@
 //! an HAProxy gateway, reached by the real `psql` over TLS checked against the database's CA;
 //! idempotent ensures, fencing, and a removal that leaves no process, port or folder behind.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use pgplane_agent::{LocalEtcd, Node, NodeError};
 use pgplane_core::agent::{DatabaseSecrets, EtcdAccess, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
 use pgplane_core::ids::DatabaseId;
 use pgplane_localpg::free_port;
 use pgplane_pki::DatabaseCa;
+use pgplane_tests::data_plane::{eventually, postmaster, psql, TempDir};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A folder removed when dropped (declared first, so dropped after the processes using it).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        // Short: PostgreSQL's socket path inside it must stay under 107 bytes.
-        let dir = std::env::temp_dir().join(format!(
-            "pgn-{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        ));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Stops every process of the node when dropped (they outlive a `Node` by design), so a failed
 /// assertion leaves nothing running.
@@ -48,30 +25,6 @@ impl Drop for StopOnDrop<'_> {
 
 fn secret() -> String {
     uuid::Uuid::new_v4().simple().to_string()
-}
-
-fn psql() -> PathBuf {
-    let debian = Path::new("/usr/lib/postgresql/15/bin/psql");
-    if debian.is_file() {
-        debian.to_path_buf()
-    } else {
-        PathBuf::from("psql")
-    }
-}
-
-/// Runs `psql <url> -c <sql>...`; Ok(stdout) or Err(stderr).
-async fn run_psql(url: &str, sql: &[&str]) -> Result<String, String> {
-    let mut cmd = tokio::process::Command::new(psql());
-    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url]).env_remove("PGPASSWORD");
-    for s in sql {
-        cmd.args(["-c", s]);
-    }
-    let out = cmd.output().await.map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 fn member_spec(database_id: DatabaseId, generation: i64, etcd: EtcdAccess, ca: &DatabaseCa) -> Result<MemberSpec> {
@@ -145,33 +98,13 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
-/// Retries `sql` until it answers `expected` (a restarting gateway, a replica catching up).
-async fn query_until(url: &str, sql: &str, expected: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let answer = run_psql(url, &[sql]).await;
-        if answer.as_deref() == Ok(expected) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{sql} did not answer {expected:?} within {timeout:?}: {answer:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn postmaster_pid(member_dir: &Path) -> Result<u32> {
-    let pidfile = std::fs::read_to_string(member_dir.join("data/postmaster.pid")).context("postmaster.pid")?;
-    Ok(pidfile.lines().next().context("a pid")?.trim().parse()?)
-}
-
 async fn start_etcd(dir: PathBuf) -> Result<LocalEtcd> {
     tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cleanly() -> Result<()> {
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("n");
     let etcd = start_etcd(tmp.0.join("etcd")).await?;
     let node = Node::new(tmp.0.join("node"))?;
     let _stop = StopOnDrop(&node);
@@ -200,7 +133,7 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     assert!(matches!(status.role.as_str(), "master" | "primary"), "{status:?}");
     let haproxy_pid = node.ensure_gateway(&gateway).await?;
     let tls_url = url("verify-ca", &ca_file);
-    query_until(&tls_url, "SELECT 1", "1", Duration::from_secs(30)).await?;
+    eventually(&tls_url, "SELECT 1", "1", Duration::from_secs(30)).await;
     let first_query = t0.elapsed();
     eprintln!(
         "node timing: ensure_member (Patroni bootstrap to running leader + tenant role/db) {:.2} s; \
@@ -209,28 +142,25 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
         first_query.as_secs_f64()
     );
 
-    let out = run_psql(
+    let out = psql(
         &tls_url,
-        &[
-            "CREATE TABLE t(x int)",
-            "INSERT INTO t VALUES (1), (2), (39)",
-            "SELECT sum(x) || ' ' || current_user || ' ' || (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) FROM t",
-        ],
+        "CREATE TABLE t(x int); INSERT INTO t VALUES (1), (2), (39); \
+         SELECT sum(x) || ' ' || current_user || ' ' || (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) FROM t",
     )
     .await
     .map_err(anyhow::Error::msg)?;
     assert_eq!(out, "42 app_user true");
 
     // force_tls: a connection without TLS is refused by pg_hba (through the gateway too).
-    let err = run_psql(&url("disable", &ca_file), &["SELECT 1"]).await.expect_err("plain TCP must be refused");
+    let err = psql(&url("disable", &ca_file), "SELECT 1").await.expect_err("plain TCP must be refused");
     assert!(err.contains("no encryption"), "{err}");
     // Another database's CA does not vouch for this server.
     let other = tmp.0.join("other-ca.pem");
     std::fs::write(&other, DatabaseCa::generate("other")?.cert_pem())?;
-    let err = run_psql(&url("verify-ca", &other), &["SELECT 1"]).await.expect_err("a foreign CA must fail");
+    let err = psql(&url("verify-ca", &other), "SELECT 1").await.expect_err("a foreign CA must fail");
     assert!(err.contains("certificate verify failed"), "{err}");
     // The tenant is no superuser.
-    let err = run_psql(&tls_url, &["CREATE ROLE intruder SUPERUSER"]).await.expect_err("no superuser");
+    let err = psql(&tls_url, "CREATE ROLE intruder SUPERUSER").await.expect_err("no superuser");
     assert!(err.contains("must be superuser"), "{err}");
 
     // Patroni's REST API changes nothing for the unauthenticated.
@@ -252,7 +182,7 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     assert_eq!(again.patroni_pid, status.patroni_pid);
     assert!(!again.started);
     assert_eq!(node.ensure_gateway(&gateway).await?, haproxy_pid);
-    assert_eq!(run_psql(&tls_url, &["SELECT count(*) FROM t"]).await.map_err(anyhow::Error::msg)?, "3");
+    assert_eq!(psql(&tls_url, "SELECT count(*) FROM t").await.map_err(anyhow::Error::msg)?, "3");
 
     // A second member joins as a streaming replica (replication is hostssl, verify-ca) and has
     // the rows; the gateway, now given both, still routes to the primary only.
@@ -262,17 +192,12 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     eprintln!("node timing: replica cloned and running in {:.2} s", t1.elapsed().as_secs_f64());
     assert_eq!(joined.role, "replica");
     let replica_url = tls_url.replace(&format!(":{}/", gateway.listen_port), &format!(":{}/", replica.pg_port));
-    query_until(
-        &replica_url,
-        "SELECT count(*) || ' ' || pg_is_in_recovery() FROM t",
-        "3 true",
-        Duration::from_secs(20),
-    )
-    .await?;
+    eventually(&replica_url, "SELECT count(*) || ' ' || pg_is_in_recovery() FROM t", "3 true", Duration::from_secs(20))
+        .await;
     let mut both = gateway.clone();
     both.backends.push(backend(&replica));
     let haproxy_pid = node.ensure_gateway(&both).await?;
-    query_until(&tls_url, "SELECT pg_is_in_recovery()", "f", Duration::from_secs(20)).await?;
+    eventually(&tls_url, "SELECT pg_is_in_recovery()", "f", Duration::from_secs(20)).await;
 
     // A switchover drains the leader: no new connection goes to it, they wait in the gateway
     // (on its no-primary backup, retried every 100 ms) until a primary takes them; here, until
@@ -291,7 +216,7 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
         let url = tls_url.clone();
         tokio::spawn(async move {
             let t = Instant::now();
-            (run_psql(&url, &["SELECT count(*) FROM t"]).await, t.elapsed())
+            (psql(&url, "SELECT count(*) FROM t").await, t.elapsed())
         })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -306,11 +231,11 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
     tokio::time::sleep(Duration::from_millis(2100)).await;
     node.reconcile().await;
     assert_eq!(state_of(spec.member.clone()).await, "UP");
-    query_until(&tls_url, "SELECT count(*) FROM t", "3", Duration::from_secs(5)).await?;
+    eventually(&tls_url, "SELECT count(*) FROM t", "3", Duration::from_secs(5)).await;
 
     let mut pids = node.pids(db).await;
-    pids.push(postmaster_pid(&node.member_dir(db, &spec.member))?);
-    pids.push(postmaster_pid(&node.member_dir(db, &replica.member))?);
+    pids.push(postmaster(&node.member_dir(db, &spec.member)).context("the primary's postmaster")?);
+    pids.push(postmaster(&node.member_dir(db, &replica.member)).context("the replica's postmaster")?);
     assert!(pids.contains(&haproxy_pid) && pids.len() == 5, "{pids:?}");
     assert!(pids.iter().all(|&p| is_running(p)), "{pids:?}");
 
@@ -329,7 +254,7 @@ async fn a_member_behind_a_gateway_serves_the_tenant_over_tls_and_is_removed_cle
 
 #[tokio::test]
 async fn a_node_refuses_jobs_older_than_the_generation_it_applied() -> Result<()> {
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("n");
     let node = Node::new(tmp.0.join("node"))?;
     let db = DatabaseId::new();
     node.remove_database(db, 5).await?;

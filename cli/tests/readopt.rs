@@ -4,8 +4,9 @@
 
 mod support;
 
+use pgplane_tests::data_plane::{eventually, psql};
 use std::time::{Duration, Instant};
-use support::checks::{answers, assert_deleted, ports_of, psql};
+use support::checks::{assert_deleted, ports_of};
 use support::{procs, Plane};
 
 /// The pids of a Starter database's Patroni, postmaster and HAProxy.
@@ -44,7 +45,7 @@ async fn an_agent_killed_while_healthy_re_adopts_without_restarting_postgres() {
     let (db, op) = plane.create_database("steady").await;
     plane.wait_done(&op, Duration::from_secs(90)).await;
     let url = plane.url(&db).await;
-    answers(&url, "CREATE TABLE t AS SELECT 42 AS x; SELECT x FROM t", "42", Duration::from_secs(10)).await;
+    eventually(&url, "CREATE TABLE t AS SELECT 42 AS x; SELECT x FROM t", "42", Duration::from_secs(10)).await;
     let before = data_plane(&plane, &db);
 
     // The agent dies; the database keeps answering while no agent runs.
@@ -70,19 +71,19 @@ async fn an_agent_killed_while_healthy_re_adopts_without_restarting_postgres() {
     // A pass of the reconciler later, still the very same processes: nothing was restarted.
     tokio::time::sleep(pgplane_agent::lifecycle::RECONCILE_EVERY + Duration::from_millis(500)).await;
     assert_eq!(data_plane(&plane, &db), before, "(Patroni, postmaster, HAProxy) after the agent's restart");
-    answers(&url, "SELECT x FROM t", "42", Duration::from_secs(1)).await;
+    eventually(&url, "SELECT x FROM t", "42", Duration::from_secs(1)).await;
 
     // What crashes is started again by the restarted agent, which only adopted it (polling).
     let dir = plane.database_dir(&db);
     let t1 = Instant::now();
     procs::kill9(before.2);
     let haproxy = replaced(&dir.join("gateway-g0/haproxy.cfg"), before.2, Duration::from_secs(10)).await;
-    answers(&url, "SELECT x FROM t", "42", Duration::from_secs(10)).await;
+    eventually(&url, "SELECT x FROM t", "42", Duration::from_secs(10)).await;
     eprintln!("HAProxy killed → replaced and answering: {:?}", t1.elapsed());
     let t2 = Instant::now();
     procs::kill9(before.0);
     let patroni = replaced(&dir.join("member-m0/patroni.yml"), before.0, Duration::from_secs(10)).await;
-    answers(&url, "SELECT x FROM t", "42", Duration::from_secs(30)).await;
+    eventually(&url, "SELECT x FROM t", "42", Duration::from_secs(30)).await;
     eprintln!("Patroni killed → replaced and answering: {:?}", t2.elapsed());
     assert_eq!(data_plane(&plane, &db), (patroni, before.1, haproxy), "the new Patroni kept the same PostgreSQL");
 

@@ -4,12 +4,12 @@
 
 mod support;
 
+use pgplane_tests::data_plane::psql;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::checks::psql;
 use support::procs;
 
 fn free_port() -> u16 {

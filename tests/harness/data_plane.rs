@@ -22,12 +22,15 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs one SQL string with the real psql client; Ok(output) or Err(its error).
+/// Runs one SQL string with the real psql client; Ok(output) or Err(its error). The URL says
+/// how to authenticate (no password from the environment); a connection attempt gives up after
+/// 3 s unless the URL says otherwise.
 pub async fn psql(url: &str, sql: &str) -> Result<String, String> {
     let bin =
         if Path::new("/usr/lib/postgresql/15/bin/psql").exists() { "/usr/lib/postgresql/15/bin/psql" } else { "psql" };
     let out = tokio::process::Command::new(bin)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .env_remove("PGPASSWORD")
         .env("PGCONNECT_TIMEOUT", "3")
         .output()
         .await
@@ -36,6 +39,20 @@ pub async fn psql(url: &str, sql: &str) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Retries `sql` every 100 ms until it answers `expected`; panics with the last answer once
+/// `within` has passed (a gateway routes to a new primary within about a second).
+pub async fn eventually(url: &str, sql: &str, expected: &str, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = psql(url, sql).await;
+        if got.as_deref() == Ok(expected) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sql} answered {got:?}, not {expected:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

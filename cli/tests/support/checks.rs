@@ -3,8 +3,8 @@
 //! process, folder, port, row or etcd key; and every job of the operation done exactly once.
 
 use super::{procs, Plane};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use pgplane_tests::data_plane::eventually;
+use std::time::Duration;
 
 pub async fn scalar(plane: &Plane, sql: &str, id: &str) -> i64 {
     sqlx::query_scalar(sql).bind(id).fetch_one(&plane.pool).await.unwrap()
@@ -30,19 +30,6 @@ pub async fn assert_jobs_once(plane: &Plane, op: &str) -> i64 {
     let unfinished = scalar(plane, "SELECT count(*) FROM jobs WHERE operation_id = $1::uuid AND status <> 'done'", op);
     assert_eq!(unfinished.await, 0, "operation {op} has unfinished jobs");
     scalar(plane, "SELECT COALESCE(sum(attempts), 0)::bigint FROM jobs WHERE operation_id = $1::uuid", op).await
-}
-
-/// Retries a query for a few seconds (a gateway marks its backend up within about a second).
-pub async fn answers(url: &str, sql: &str, expected: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = psql(url, sql).await;
-        if got.as_deref() == Ok(expected) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{sql} answered {got:?}, not {expected:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// One Patroni and one postmaster per member, one HAProxy per gateway, a working database.
@@ -77,7 +64,7 @@ pub async fn assert_provisioned(plane: &Plane, db: &str, op: &str) -> i64 {
         .await
         .unwrap();
     let sql = "SELECT current_user || ' ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-    answers(&plane.url(db).await, sql, &format!("{name} true"), Duration::from_secs(10)).await;
+    eventually(&plane.url(db).await, sql, &format!("{name} true"), Duration::from_secs(10)).await;
     assert_jobs_once(plane, op).await
 }
 
@@ -110,21 +97,4 @@ pub async fn assert_deleted(plane: &Plane, db: &str, ports: &[i32], op: &str) ->
 pub async fn ports_of(plane: &Plane, db: &str) -> Vec<i32> {
     let sql = "SELECT port FROM port_allocations WHERE database_id = $1::uuid";
     sqlx::query_scalar(sql).bind(db).fetch_all(&plane.pool).await.unwrap()
-}
-
-/// `psql -c sql` through `url`: Ok(output) or Err(stderr).
-pub async fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let bin =
-        if Path::new("/usr/lib/postgresql/15/bin/psql").exists() { "/usr/lib/postgresql/15/bin/psql" } else { "psql" };
-    let out = tokio::process::Command::new(bin)
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .env_remove("PGPASSWORD")
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
