@@ -2,12 +2,14 @@
 //! against the database's CA): configuration changes and planned switchovers.
 
 use anyhow::{anyhow, bail, Context, Result};
+use pgplane_core::agent::PatroniApi;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 use crate::files::host_port;
 
-fn client(ca_pem: &str, timeout: Duration) -> Result<reqwest::Client> {
+/// An https client that trusts only the database's CA.
+pub(crate) fn client(ca_pem: &str, timeout: Duration) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the database CA")?)
@@ -17,11 +19,11 @@ fn client(ca_pem: &str, timeout: Duration) -> Result<reqwest::Client> {
 
 /// `PATCH /config`: Patroni applies it on every member (parameters needing a restart wait
 /// for one). Returns the configuration Patroni now holds.
-pub async fn patch_config(host: &str, port: u16, ca_pem: &str, password: &str, patch: &Value) -> Result<Value> {
-    let url = format!("https://{}/config", host_port(host, port));
-    let res = client(ca_pem, Duration::from_secs(30))?
+pub async fn patch_config(api: &PatroniApi, patch: &Value) -> Result<Value> {
+    let url = format!("https://{}/config", host_port(&api.host, api.patroni_port));
+    let res = client(&api.ca_pem, Duration::from_secs(30))?
         .patch(&url)
-        .basic_auth("patroni", Some(password))
+        .basic_auth("patroni", Some(&api.restapi_password))
         .json(patch)
         .send()
         .await
@@ -64,9 +66,9 @@ async fn cluster_with_leader_api(
 
 /// A planned switchover to `candidate` (or the first healthy replica); waits until the new
 /// leader runs. Returns `{from, to}`; asking again once `to` leads changes nothing.
-pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, candidate: Option<&str>) -> Result<Value> {
-    let base = format!("https://{}", host_port(host, port));
-    let c = client(ca_pem, Duration::from_secs(60))?;
+pub async fn switchover(api: &PatroniApi, candidate: Option<&str>) -> Result<Value> {
+    let base = format!("https://{}", host_port(&api.host, api.patroni_port));
+    let c = client(&api.ca_pem, Duration::from_secs(60))?;
     let (leader, replicas, leader_api) = cluster_with_leader_api(&c, &base).await?;
     let leader = leader.ok_or_else(|| anyhow!("the cluster has no running leader; retry when it has one"))?;
     if candidate == Some(leader.as_str()) {
@@ -81,7 +83,7 @@ pub async fn switchover(host: &str, port: u16, ca_pem: &str, password: &str, can
     // leader notices the request on its next loop (up to `loop_wait` later).
     let res = c
         .post(format!("{}/switchover", leader_api.as_deref().unwrap_or(&base)))
-        .basic_auth("patroni", Some(password))
+        .basic_auth("patroni", Some(&api.restapi_password))
         .json(&json!({ "leader": leader, "candidate": to }))
         .send()
         .await?;

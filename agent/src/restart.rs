@@ -2,23 +2,21 @@
 //! checked against the database's CA), then waiting until Patroni reports it running again.
 
 use anyhow::{bail, Context, Result};
+use pgplane_core::agent::PatroniApi;
 use std::time::{Duration, Instant};
 
+use crate::control::client;
 use crate::patroni::{rest_client, state};
 
 /// `POST /restart` on the member's Patroni, then wait for `running`.
-pub async fn restart_member(host: &str, port: u16, ca_pem: &str, password: &str, timeout: Duration) -> Result<()> {
-    let client = rest_client(ca_pem)?;
-    let url = format!("https://{}/restart", crate::files::host_port(host, port));
+pub async fn restart_member(api: &PatroniApi, timeout: Duration) -> Result<()> {
+    let client_short = rest_client(&api.ca_pem)?;
+    let url = format!("https://{}/restart", crate::files::host_port(&api.host, api.patroni_port));
     // Patroni's own timeout on the call is short; the restart itself can take longer.
-    let client_long = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
-        .timeout(timeout)
-        .build()?;
+    let client_long = client(&api.ca_pem, timeout)?;
     let res = client_long
         .post(&url)
-        .basic_auth("patroni", Some(password))
+        .basic_auth("patroni", Some(&api.restapi_password))
         .json(&serde_json::json!({}))
         .send()
         .await
@@ -30,7 +28,7 @@ pub async fn restart_member(host: &str, port: u16, ca_pem: &str, password: &str,
     }
     let deadline = Instant::now() + timeout;
     loop {
-        match state(&client, host, port).await {
+        match state(&client_short, &api.host, api.patroni_port).await {
             Ok(s) if s.state == "running" => return Ok(()),
             Ok(s) if Instant::now() > deadline => bail!("member still {:?} after the restart", s.state),
             Err(e) if Instant::now() > deadline => return Err(e),

@@ -187,39 +187,21 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
             node.ensure_member(spec).await.map(|s| json!({ "member": format!("{s:?}") }))
         }
         AgentTask::EnsureGateway { spec } => node.ensure_gateway(spec).await.map(|pid| json!({ "gateway_pid": pid })),
-        AgentTask::RestartMember { host, patroni_port, ca_pem, restapi_password, .. } => {
-            crate::restart::restart_member(host, *patroni_port, ca_pem, restapi_password, Duration::from_secs(120))
-                .await
-                .map(|_| json!({ "restarted": true }))
-                .map_err(crate::node::NodeError::from)
+        AgentTask::RestartMember { api, .. } => crate::restart::restart_member(api, Duration::from_secs(120))
+            .await
+            .map(|_| json!({ "restarted": true }))
+            .map_err(crate::node::NodeError::from),
+        AgentTask::PatchConfig { api, patch, .. } => {
+            crate::control::patch_config(api, patch).await.map_err(crate::node::NodeError::from)
         }
-        AgentTask::PatchConfig { host, patroni_port, ca_pem, restapi_password, patch, .. } => {
-            crate::control::patch_config(host, *patroni_port, ca_pem, restapi_password, patch)
-                .await
-                .map_err(crate::node::NodeError::from)
-        }
-        AgentTask::Switchover {
-            database_id,
-            generation,
-            host,
-            patroni_port,
-            ca_pem,
-            restapi_password,
-            candidate,
-            drain_leader,
-        } => {
-            let drained = match drain_leader {
-                Some(leader) => node.drain_member(*database_id, *generation, leader, true, SWITCHOVER_DRAIN_SECS).await,
-                None => Ok(Vec::new()),
-            };
-            match drained {
-                Ok(_) => {
-                    crate::control::switchover(host, *patroni_port, ca_pem, restapi_password, candidate.as_deref())
-                        .await
-                        .map_err(crate::node::NodeError::from)
+        AgentTask::Switchover { database_id, generation, api, candidate, drain_leader } => {
+            async {
+                if let Some(leader) = drain_leader {
+                    node.drain_member(*database_id, *generation, leader, true, SWITCHOVER_DRAIN_SECS).await?;
                 }
-                Err(e) => Err(e),
+                Ok(crate::control::switchover(api, candidate.as_deref()).await?)
             }
+            .await
         }
         AgentTask::DrainMember { database_id, generation, member, drain, for_secs } => node
             .drain_member(*database_id, *generation, member, *drain, *for_secs)

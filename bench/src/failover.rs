@@ -208,7 +208,13 @@ async fn set_timings(p: &Platform, db: &str, ttl: i64, lw: i64, rt: i64) -> Resu
     let access = p.patroni(db).await?;
     let (_, host, port) = access.members.first().context("no members")?;
     let patch = serde_json::json!({ "ttl": ttl, "loop_wait": lw, "retry_timeout": rt });
-    pgplane_agent::control::patch_config(host, *port, &access.ca_pem, &access.password, &patch).await?;
+    let api = pgplane_core::agent::PatroniApi {
+        host: host.clone(),
+        patroni_port: *port,
+        ca_pem: access.ca_pem.clone(),
+        restapi_password: access.password.clone(),
+    };
+    pgplane_agent::control::patch_config(&api, &patch).await?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while p.dcs.cluster(db).await.timings() != Some((ttl, lw, rt)) {
         if Instant::now() > deadline {

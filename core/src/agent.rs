@@ -101,6 +101,16 @@ pub struct GatewaySpec {
     pub ca_pem: String,
 }
 
+/// Where a member's Patroni REST API answers (https, its certificate signed by the database's
+/// CA) and how to authenticate to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PatroniApi {
+    pub host: String,
+    pub patroni_port: u16,
+    pub ca_pem: String,
+    pub restapi_password: String,
+}
+
 /// What an agent is asked to do. (A wire type, built once per job: the size of its largest
 /// variant does not matter.)
 #[allow(clippy::large_enum_variant)]
@@ -116,20 +126,15 @@ pub enum AgentTask {
         database_id: DatabaseId,
         generation: i64,
         member: String,
-        /// Where the member's Patroni REST API answers, and how to authenticate to it.
-        host: String,
-        patroni_port: u16,
-        ca_pem: String,
-        restapi_password: String,
+        #[serde(flatten)]
+        api: PatroniApi,
     },
     /// Apply a change to the cluster-wide Patroni configuration (`PATCH /config`).
     PatchConfig {
         database_id: DatabaseId,
         generation: i64,
-        host: String,
-        patroni_port: u16,
-        ca_pem: String,
-        restapi_password: String,
+        #[serde(flatten)]
+        api: PatroniApi,
         #[schema(value_type = Object)]
         patch: serde_json::Value,
     },
@@ -137,10 +142,8 @@ pub enum AgentTask {
     Switchover {
         database_id: DatabaseId,
         generation: i64,
-        host: String,
-        patroni_port: u16,
-        ca_pem: String,
-        restapi_password: String,
+        #[serde(flatten)]
+        api: PatroniApi,
         candidate: Option<String>,
         /// The leader to drain in this host's gateways just before asking Patroni (the other
         /// hosts' gateways drain it in jobs of the same step).
@@ -210,4 +213,31 @@ pub struct ObservedMember {
 pub struct Observation {
     #[serde(default)]
     pub members: Vec<ObservedMember>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patroni_access_stays_flat_on_the_wire() {
+        let task = AgentTask::Switchover {
+            database_id: DatabaseId::new(),
+            generation: 7,
+            api: PatroniApi {
+                host: "10.0.0.5".into(),
+                patroni_port: 8008,
+                ca_pem: "CA".into(),
+                restapi_password: "pw".into(),
+            },
+            candidate: None,
+            drain_leader: Some("m0".into()),
+        };
+        let wire = serde_json::to_value(&task).unwrap();
+        for key in ["kind", "database_id", "generation", "host", "patroni_port", "ca_pem", "restapi_password"] {
+            assert!(wire.get(key).is_some(), "{key} missing in {wire}");
+        }
+        assert!(wire.get("api").is_none(), "{wire}");
+        assert_eq!(serde_json::from_value::<AgentTask>(wire).unwrap(), task);
+    }
 }

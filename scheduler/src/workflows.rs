@@ -18,7 +18,9 @@
 //!              ─lift the drain─▶ finish
 //! ```
 
-use pgplane_core::agent::{AgentTask, DatabaseSecrets, GatewayBackend, GatewaySpec, MemberSpec, PgSizing, TlsBundle};
+use pgplane_core::agent::{
+    AgentTask, DatabaseSecrets, GatewayBackend, GatewaySpec, MemberSpec, PatroniApi, PgSizing, TlsBundle,
+};
 use pgplane_core::model::{OperationKind, Plan};
 use pgplane_store::jobs::{job_complete_in, job_enqueue_in, Claimed, NewJob};
 use pgplane_store::workflow::*;
@@ -30,6 +32,16 @@ use sqlx::PgConnection;
 use crate::config::SchedulerConfig;
 use crate::queue::{Done, Handler, JobError};
 use crate::tls;
+
+/// How an agent reaches member `m`'s Patroni REST API.
+fn patroni_api(m: &MemberRow, secrets: StoredSecrets) -> PatroniApi {
+    PatroniApi {
+        host: m.host.clone(),
+        patroni_port: m.patroni_port as u16,
+        ca_pem: secrets.ca_cert_pem,
+        restapi_password: secrets.secrets.restapi_password,
+    }
+}
 
 /// The member Patroni last reported as the leader, if any.
 pub(crate) async fn observed_leader(tx: &mut PgConnection, st: &OperationState) -> Result<Option<String>, JobError> {
@@ -352,10 +364,7 @@ impl Workflows {
             database_id: st.database_id,
             generation: st.generation,
             member: m.name.clone(),
-            host: m.host.clone(),
-            patroni_port: m.patroni_port as u16,
-            ca_pem: secrets.ca_cert_pem,
-            restapi_password: secrets.secrets.restapi_password,
+            api: patroni_api(m, secrets),
         };
         job_enqueue_in(tx, &agent_job(m.agent_id, st, &step, &next, &task)?).await.map_err(retry)?;
         let progress = 10 + (80 * i / members.len().max(1)) as i32;
@@ -369,12 +378,13 @@ impl Workflows {
         &self,
         tx: &mut PgConnection,
         st: &OperationState,
-    ) -> Result<(MemberRow, StoredSecrets), JobError> {
+    ) -> Result<(MemberRow, PatroniApi), JobError> {
         let m = members_of_in(tx, st.database_id).await.map_err(retry)?.into_iter().next();
         let m = m.ok_or_else(|| JobError::Fatal("the database has no member".into()))?;
         let secrets =
             secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
-        Ok((m, secrets))
+        let api = patroni_api(&m, secrets);
+        Ok((m, api))
     }
 
     /// Applies the desired parameters (plus the plan's max_connections) and replication mode.
@@ -406,16 +416,8 @@ impl Workflows {
         patch: serde_json::Value,
         (step, next): (&str, &str),
     ) -> Result<(), JobError> {
-        let (m, secrets) = self.control_member(tx, st).await?;
-        let task = AgentTask::PatchConfig {
-            database_id: st.database_id,
-            generation: st.generation,
-            host: m.host.clone(),
-            patroni_port: m.patroni_port as u16,
-            ca_pem: secrets.ca_cert_pem,
-            restapi_password: secrets.secrets.restapi_password,
-            patch,
-        };
+        let (m, api) = self.control_member(tx, st).await?;
+        let task = AgentTask::PatchConfig { database_id: st.database_id, generation: st.generation, api, patch };
         job_enqueue_in(tx, &agent_job(m.agent_id, st, step, next, &task)?).await.map_err(retry)?;
         Ok(())
     }
@@ -533,14 +535,11 @@ impl Workflows {
         drain_leader: Option<String>,
         (step, next): (&str, &str),
     ) -> Result<(), JobError> {
-        let (m, secrets) = self.control_member(tx, st).await?;
+        let (m, api) = self.control_member(tx, st).await?;
         let task = AgentTask::Switchover {
             database_id: st.database_id,
             generation: st.generation,
-            host: m.host.clone(),
-            patroni_port: m.patroni_port as u16,
-            ca_pem: secrets.ca_cert_pem,
-            restapi_password: secrets.secrets.restapi_password,
+            api,
             candidate,
             drain_leader,
         };
