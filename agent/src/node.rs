@@ -157,22 +157,12 @@ impl Node {
     ) -> Result<Outcome> {
         let previous: Option<MemberSpec> = specs::load_one(&paths.spec);
         specs::save(&paths.spec, spec)?;
-        let mut adopted = false;
-        if previous.as_ref().is_some_and(|p| reloadable(p, spec)) {
-            if !procs.members.contains_key(&spec.member) {
-                if let Some(found) = patroni::adopt(paths) {
-                    tracing::info!(member = %spec.member, pid = found.pid(), "re-adopted a running process");
-                    procs.members.insert(spec.member.clone(), found);
-                    adopted = true;
-                }
-            }
-            if let Some(proc) = procs.members.get_mut(&spec.member) {
-                let digest = process::digest(applied);
-                if proc.exited().is_none() && !proc.applied().is_empty() && proc.applied() != digest {
-                    tracing::info!(member = %spec.member, pid = proc.pid(), "configuration changed; reloading Patroni");
-                    proc.reload(&paths.pidfile, applied)?;
-                    return Ok(Outcome::Reloaded);
-                }
+        let adopted = adopt_into(&mut procs.members, &spec.member, || patroni::adopt(paths));
+        if previous.is_some_and(|p| reloadable(&p, spec)) {
+            if let Some(proc) = runs_another(&mut procs.members, &spec.member, applied) {
+                tracing::info!(member = %spec.member, pid = proc.pid(), "configuration changed; reloading Patroni");
+                proc.reload(&paths.pidfile, applied)?;
+                return Ok(Outcome::Reloaded);
             }
         }
         let (runas, stop_paths) = (self.runas.clone(), paths.clone());
@@ -181,10 +171,7 @@ impl Node {
             crate::removal::stop_postmaster(&stop_paths, &runas);
         };
         let start = || patroni::start(paths, &self.runas, applied);
-        Ok(match run_one(&mut procs.members, &spec.member, applied, || patroni::adopt(paths), start, stop).await? {
-            Outcome::Unchanged if adopted => Outcome::Adopted,
-            outcome => outcome,
-        })
+        Ok(run_one(&mut procs.members, &spec.member, applied, start, stop).await?.adopted_if(adopted))
     }
 
     /// Writes the member's folder; returns everything Patroni's behaviour depends on.
@@ -256,19 +243,10 @@ impl Node {
         applied: &str,
     ) -> Result<Outcome> {
         specs::save(&paths.spec, spec)?;
-        let mut adopted = false;
-        if !procs.gateways.contains_key(&spec.name) {
-            if let Some(found) = haproxy::adopt(paths) {
-                tracing::info!(gateway = %spec.name, pid = found.pid(), "re-adopted a running process");
-                procs.gateways.insert(spec.name.clone(), found);
-                adopted = true;
-            }
-        }
+        let adopted = adopt_into(&mut procs.gateways, &spec.name, || haproxy::adopt(paths));
         let mut primary = Vec::new();
-        let outcome = match procs.gateways.get(&spec.name) {
-            Some(old)
-                if old.exited().is_none() && !old.applied().is_empty() && old.applied() != process::digest(applied) =>
-            {
+        let outcome = match runs_another(&mut procs.gateways, &spec.name, applied) {
+            Some(_) => {
                 let old = procs.gateways.remove(&spec.name).expect("just seen");
                 primary = haproxy::server_states(paths)
                     .await
@@ -284,13 +262,10 @@ impl Node {
                 // `old` finishes its sessions and exits by itself; it is reaped meanwhile.
                 Outcome::Reloaded
             }
-            _ => {
+            None => {
                 let start = || haproxy::start(paths, &self.runas, applied, None);
                 let stop = |old: Managed| old.stop(GATEWAY_STOP_GRACE);
-                match run_one(&mut procs.gateways, &spec.name, applied, || None, start, stop).await? {
-                    Outcome::Unchanged if adopted => Outcome::Adopted,
-                    outcome => outcome,
-                }
+                run_one(&mut procs.gateways, &spec.name, applied, start, stop).await?.adopted_if(adopted)
             }
         };
         if matches!(outcome, Outcome::Started | Outcome::Restarted | Outcome::Reloaded) {
@@ -326,29 +301,49 @@ fn reloadable(old: &MemberSpec, new: &MemberSpec) -> bool {
         && a.shared_buffers_mb == b.shared_buffers_mb
 }
 
-/// Leaves a live process running `applied` alone (adopting it first if the agent restarted),
-/// else stops what runs (a crashed process needs no stop: a Patroni started again keeps the
-/// PostgreSQL that outlived it) and starts a new one.
+/// After a restart of the agent, puts the live process found for `name` (if any) in `slot`;
+/// true when it did.
+fn adopt_into(slot: &mut HashMap<String, Managed>, name: &str, adopt: impl FnOnce() -> Option<Managed>) -> bool {
+    if slot.contains_key(name) {
+        return false;
+    }
+    let Some(found) = adopt() else { return false };
+    tracing::info!(%name, pid = found.pid(), "re-adopted a running process");
+    slot.insert(name.to_string(), found);
+    true
+}
+
+/// The process of `name` when it is alive and runs a known configuration other than `applied`
+/// (one that may take the change without a restart).
+fn runs_another<'a>(slot: &'a mut HashMap<String, Managed>, name: &str, applied: &str) -> Option<&'a mut Managed> {
+    let proc = slot.get_mut(name)?;
+    let other = proc.exited().is_none() && !proc.applied().is_empty() && proc.applied() != process::digest(applied);
+    other.then_some(proc)
+}
+
+impl Outcome {
+    /// `Adopted` for a process left as found right after `adopt_into` took it.
+    fn adopted_if(self, adopted: bool) -> Outcome {
+        match self {
+            Outcome::Unchanged if adopted => Outcome::Adopted,
+            outcome => outcome,
+        }
+    }
+}
+
+/// Leaves a live process running `applied` alone, else stops what runs (a crashed process
+/// needs no stop: a Patroni started again keeps the PostgreSQL that outlived it) and starts a
+/// new one.
 async fn run_one(
     slot: &mut HashMap<String, Managed>,
     name: &str,
     applied: &str,
-    adopt: impl FnOnce() -> Option<Managed>,
     start: impl FnOnce() -> Result<Managed>,
     stop: impl FnOnce(Managed) + Send + 'static,
 ) -> Result<Outcome> {
-    let digest = process::digest(applied);
-    let mut adopted = false;
-    if !slot.contains_key(name) {
-        if let Some(found) = adopt() {
-            tracing::info!(%name, pid = found.pid(), "re-adopted a running process");
-            slot.insert(name.to_string(), found);
-            adopted = true;
-        }
-    }
     if let Some(proc) = slot.get(name) {
-        if proc.exited().is_none() && proc.applied() == digest {
-            return Ok(if adopted { Outcome::Adopted } else { Outcome::Unchanged });
+        if proc.exited().is_none() && proc.applied() == process::digest(applied) {
+            return Ok(Outcome::Unchanged);
         }
     }
     let mut restarted = false;
