@@ -37,7 +37,7 @@ pub async fn patch_config(api: &PatroniApi, patch: &Value) -> Result<Value> {
 }
 
 /// The cluster as Patroni sees it: (leader, healthy replicas), by member name.
-async fn cluster(c: &reqwest::Client, base: &str) -> Result<(Option<String>, Vec<String>)> {
+pub(crate) async fn cluster(c: &reqwest::Client, base: &str) -> Result<(Option<String>, Vec<String>)> {
     let (leader, replicas, _) = cluster_with_leader_api(c, base).await?;
     Ok((leader, replicas))
 }

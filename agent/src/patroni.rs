@@ -329,21 +329,14 @@ pub async fn wait_running(
 /// member as a running replica.
 pub async fn wait_listed(spec: &MemberSpec, timeout: Duration) -> Result<()> {
     let client = rest_client(&spec.tls.ca_pem)?;
-    let url = format!("https://{}/cluster", host_port(&spec.host, spec.patroni_port));
+    let base = format!("https://{}", host_port(&spec.host, spec.patroni_port));
     let deadline = Instant::now() + timeout;
     loop {
-        let mut last = String::from("not listed");
-        if let Ok(res) = client.get(&url).send().await {
-            if let Ok(body) = res.json::<Value>().await {
-                let me = body["members"].as_array().into_iter().flatten().find(|m| m["name"] == spec.member.as_str());
-                if let Some(m) = me {
-                    if m["role"] != "leader" && matches!(m["state"].as_str(), Some("running" | "streaming")) {
-                        return Ok(());
-                    }
-                    last = format!("listed as {} {}", m["role"], m["state"]);
-                }
-            }
-        }
+        let last = match crate::control::cluster(&client, &base).await {
+            Ok((_, replicas)) if replicas.contains(&spec.member) => return Ok(()),
+            Ok((leader, replicas)) => format!("leader {leader:?}, running replicas {replicas:?}"),
+            Err(e) => format!("{e:#}"),
+        };
         if Instant::now() > deadline {
             bail!("member {} is not a running replica of the cluster within {timeout:?} ({last})", spec.member);
         }

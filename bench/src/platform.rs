@@ -288,8 +288,11 @@ impl Platform {
         if s != StatusCode::OK {
             bail!("GET connection answered {s}: {conn}");
         }
+        // Written whole then renamed: a writer's psql may be reading the file meanwhile.
         let ca = self.dir.join(format!("{db}-ca.pem"));
-        std::fs::write(&ca, conn["ca_pem"].as_str().context("ca_pem")?)?;
+        let tmp = self.dir.join(format!("{db}-ca.pem.tmp"));
+        std::fs::write(&tmp, conn["ca_pem"].as_str().context("ca_pem")?)?;
+        std::fs::rename(&tmp, &ca)?;
         let url = conn["url"].as_str().context("url")?;
         let verify = format!("sslmode=verify-ca&sslrootcert={}", ca.display());
         Ok(url.replace("sslmode=prefer", &verify).replace("sslmode=require", &verify))
