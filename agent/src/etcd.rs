@@ -1,11 +1,12 @@
 //! A private single-member etcd 3.4 on loopback, the DCS of `pgplane up` and of the tests: a
 //! supervised child with its data in a folder, https only (a CA of its own, made once), auth on
-//! with a `root` user; healthy and locked down before `start` returns, stopped when dropped.
+//! with a `root` user; healthy and locked down before `start` returns, started again on the same
+//! ports if it dies, stopped when dropped.
 
 use crate::files::{ensure_dir, find_program, open_log, tail, write_atomic};
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::EtcdAccess;
-use pgplane_localpg::{free_port, Supervised};
+use pgplane_localpg::{free_port, Keeper, Supervised};
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ pub struct LocalEtcd {
     client_port: u16,
     ca_pem: String,
     root_password: String,
-    server: Supervised,
+    server: Keeper,
 }
 
 impl LocalEtcd {
@@ -37,32 +38,14 @@ impl LocalEtcd {
         let (ca_pem, root_password) = (prepared.ca_pem, prepared.root_password);
         let (cert, key) = (prepared.files.cert_file(), prepared.files.key_file());
         let (client_port, peer_port) = ports(dir)?;
-        let client = format!("https://127.0.0.1:{client_port}");
-        let peer = format!("https://127.0.0.1:{peer_port}");
-        let log = open_log(&dir.join("etcd.log"), None)?;
-        let mut cmd = Command::new(find_program("etcd", "PGPLANE_ETCD")?);
-        cmd.args(["--name", "pgplane", "--logger", "zap", "--log-outputs", "stderr"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("pgplane={peer}"), "--initial-cluster-state", "new"])
-            .args(["--auto-compaction-retention", "1"])
-            .arg("--cert-file")
-            .arg(&cert)
-            .arg("--key-file")
-            .arg(&key)
-            .arg("--peer-cert-file")
-            .arg(&cert)
-            .arg("--peer-key-file")
-            .arg(&key)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let server = Supervised::spawn(cmd, libc::SIGTERM).context("starting etcd")?;
+        let access = access(client_port, &ca_pem);
+        let dir_owned = dir.to_path_buf();
+        // Kept running: restarted on the same ports and data if it dies (auth stays on).
+        let server = Keeper::start(
+            "etcd",
+            Box::new(move || spawn_healthy(&dir_owned, &access, client_port, peer_port, &cert, &key)),
+        )?;
         let etcd = LocalEtcd { dir: dir.to_path_buf(), client_port, ca_pem, root_password, server };
-        etcd.wait_healthy(Duration::from_secs(30))?;
         block_on(pgplane_etcd::admin::enable_auth(&etcd.access(), &etcd.root_password))
             .context("turning etcd's authentication on")?;
         Ok(etcd)
@@ -84,13 +67,7 @@ impl LocalEtcd {
     /// How a client reaches this etcd: https checked against its CA, no user yet. Every key
     /// needs one: a database gets its own (`pgplane_etcd::Client::ensure_database_user`).
     pub fn access(&self) -> EtcdAccess {
-        EtcdAccess {
-            endpoints: vec![self.endpoint()],
-            protocol: "https".into(),
-            ca_pem: Some(self.ca_pem.clone()),
-            username: None,
-            password: None,
-        }
+        access(self.client_port, &self.ca_pem)
     }
 
     /// The control plane's handle: `access` as `root`. Never for a database's Patroni, a tenant
@@ -118,20 +95,9 @@ impl LocalEtcd {
         block_on(health(&self.access())).unwrap_or(false)
     }
 
-    fn wait_healthy(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.server.exit_status() {
-                bail!("etcd exited during start-up ({status}); {}", tail(&self.dir.join("etcd.log"), 15));
-            }
-            if self.is_healthy() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("etcd was not healthy within {timeout:?}; {}", tail(&self.dir.join("etcd.log"), 15));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// How many times etcd was started again after exiting on its own.
+    pub fn restarts(&self) -> u64 {
+        self.server.restarts()
     }
 
     /// Stops etcd (SIGTERM, then SIGKILL after 10 s).
@@ -143,6 +109,66 @@ impl LocalEtcd {
 impl Drop for LocalEtcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn access(client_port: u16, ca_pem: &str) -> EtcdAccess {
+    EtcdAccess {
+        endpoints: vec![format!("127.0.0.1:{client_port}")],
+        protocol: "https".into(),
+        ca_pem: Some(ca_pem.to_string()),
+        username: None,
+        password: None,
+    }
+}
+
+/// Starts etcd and waits until it answers healthy over https.
+fn spawn_healthy(
+    dir: &Path,
+    access: &EtcdAccess,
+    client_port: u16,
+    peer_port: u16,
+    cert: &Path,
+    key: &Path,
+) -> Result<Supervised> {
+    let client = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("https://127.0.0.1:{peer_port}");
+    let log = open_log(&dir.join("etcd.log"), None)?;
+    let mut cmd = Command::new(find_program("etcd", "PGPLANE_ETCD")?);
+    cmd.args(["--name", "pgplane", "--logger", "zap", "--log-outputs", "stderr"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("pgplane={peer}"), "--initial-cluster-state", "new"])
+        .args(["--auto-compaction-retention", "1"])
+        .arg("--cert-file")
+        .arg(cert)
+        .arg("--key-file")
+        .arg(key)
+        .arg("--peer-cert-file")
+        .arg(cert)
+        .arg("--peer-key-file")
+        .arg(key)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let server = Supervised::spawn(cmd, libc::SIGTERM).context("starting etcd")?;
+    let timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = server.exit_status() {
+            bail!("etcd exited during start-up ({status}); {}", tail(&dir.join("etcd.log"), 15));
+        }
+        if block_on(health(access)).unwrap_or(false) {
+            return Ok(server);
+        }
+        if Instant::now() > deadline {
+            server.stop(Duration::from_secs(10));
+            bail!("etcd was not healthy within {timeout:?}; {}", tail(&dir.join("etcd.log"), 15));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

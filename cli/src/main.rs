@@ -25,13 +25,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Starts everything on embedded defaults: a private control-plane PostgreSQL (unless
-    /// --database-url is given) and the API.
+    /// --database-url is given), etcd, the API, the scheduler and three local agents.
+    #[command(long_about = up::LONG_ABOUT, after_help = up::AFTER_HELP)]
     Up(up::UpArgs),
     /// Runs the API against an existing control-plane database.
     Api(ApiArgs),
     /// Applies the control-plane migrations and exits.
     Migrate(DbArgs),
-    /// Creates a platform operator with an API token and prints the token once.
+    /// Creates a platform operator (or a new API token for one) and prints the token once; on
+    /// `up`'s state folder when no database URL is given.
     Bootstrap(bootstrap::BootstrapArgs),
     /// Prints the OpenAPI document.
     Openapi,
@@ -198,7 +200,10 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal, and never with NO_COLOR set (https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {
         builder.json().flatten_event(true).init();
     } else {

@@ -11,6 +11,42 @@ use std::path::{Path, PathBuf};
 
 use crate::ServeArgs;
 
+/// `pgplane up --help`: everything `up` starts.
+pub const LONG_ABOUT: &str = "\
+Starts a whole pgplane on one machine, on embedded defaults, and keeps it running until Ctrl-C:
+
+  Control-plane PostgreSQL  Unless --database-url is given: a private server made with the local
+                            initdb in STATE/pg (data in STATE/pg/data, log in STATE/pg/postgres.log,
+                            its superuser's password in STATE/pg/superuser-password), on a free
+                            port of 127.0.0.1 with fsync on. As root it runs as the OS user
+                            `postgres` (PGPLANE_PG_USER names another): PostgreSQL refuses root.
+                            If it dies, it is started again on the same folder and port (with a
+                            backoff while it keeps dying) and everything below reconnects.
+  etcd                      The databases' DCS, in STATE/etcd: https only on 127.0.0.1 with a CA of
+                            its own (STATE/etcd/tls/ca.pem), authentication on, root's password in
+                            STATE/etcd/root-password. Also started again if it dies.
+  API                       The public REST API on --listen (127.0.0.1:8080).
+  Scheduler                 Workflows, the job queue and lease reaping, with the agent API on
+                            --agent-listen (127.0.0.1:8081).
+  Three agents              local-1, local-2 and local-3, all on 127.0.0.1 (so a Business
+                            database's members land on distinct \"hosts\"), with ports
+                            25000-25199, 25200-25399 and 25400-25599 and their databases in
+                            STATE/agents/local-N. They run Patroni, PostgreSQL and HAProxy.";
+
+/// The rest of `pgplane up --help`: the state folder and Ctrl-C.
+pub const AFTER_HELP: &str = "\
+The state folder STATE (--state-dir; /var/lib/pgplane as root, else ~/.local/state/pgplane)
+holds pg/ and etcd/ as above, agents/, the access-token signing secret (jwt-secret), the
+agents' shared secret (agent-bootstrap-token) and the platform operator's first API token
+(admin-token); all secrets are 0600. The next `up` reuses it and keeps the data.
+`pgplane bootstrap --state-dir STATE` makes a new operator token.
+
+Ctrl-C (or SIGTERM) stops everything `up` started, the databases included; the next `up`
+starts them again from what the agents kept.";
+
+/// The control-plane database in the private PostgreSQL.
+pub const DATABASE: &str = "pgplane";
+
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// Folder for pgplane's state (private PostgreSQL, secrets). Default: /var/lib/pgplane
@@ -30,7 +66,7 @@ pub struct UpArgs {
     serve: ServeArgs,
 }
 
-fn default_state_dir() -> PathBuf {
+pub fn default_state_dir() -> PathBuf {
     if pgplane_localpg::is_root() {
         return PathBuf::from("/var/lib/pgplane");
     }
@@ -61,8 +97,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
             let dir = state_dir.join("pg");
             tracing::info!(data = %dir.display(), bindir = %bindir.display(), "starting the private control-plane PostgreSQL");
             let pg = tokio::task::spawn_blocking(move || LocalPg::start(&dir, &bindir, Durability::Durable)).await??;
-            create_database_if_missing(&pg.url("postgres"), "pgplane").await?;
-            (pg.url("pgplane"), Some(pg))
+            create_database_if_missing(&pg.url("postgres"), DATABASE).await?;
+            (pg.url(DATABASE), Some(pg))
         }
     };
     let store = Store::connect(&url, args.serve.db_pool_size).await?;

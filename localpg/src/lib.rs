@@ -1,13 +1,15 @@
 //! A private PostgreSQL server for `pgplane up`, the test harness and the benchmarks: finds
 //! the local binaries, runs `initdb` once into a folder, and starts `postgres` on a free
-//! loopback port as a supervised child. When running as root the server runs as an
+//! loopback port as a supervised child, started again if it dies. When running as root the server runs as an
 //! unprivileged OS user (PostgreSQL refuses root).
 
 mod bins;
+mod keeper;
 mod supervise;
 mod user;
 
 pub use bins::find_bindir;
+pub use keeper::{Keeper, StartFn};
 pub use supervise::Supervised;
 pub use user::{is_root, RunAs};
 
@@ -38,12 +40,14 @@ pub struct LocalPg {
     dir: PathBuf,
     port: u16,
     password: String,
-    server: Supervised,
+    server: Keeper,
     remove_on_drop: bool,
 }
 
 impl LocalPg {
-    /// Starts the server kept in `dir` (created and initialized on first use).
+    /// Starts the server kept in `dir` (created and initialized on first use), and keeps it
+    /// running: if it exits without being asked to (a crash, a kill -9), it is started again
+    /// on the same folder and port, so that clients holding its URL reconnect by themselves.
     pub fn start(dir: &Path, bindir: &Path, durability: Durability) -> Result<Self> {
         let runas = RunAs::for_postgres()?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -58,25 +62,12 @@ impl LocalPg {
             .trim()
             .to_string();
         let port = free_port()?;
-        let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log"))?;
-        let mut cmd = Command::new(bindir.join("postgres"));
-        cmd.arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
-            .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if durability == Durability::Ephemeral {
-            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
-        }
-        runas.apply(&mut cmd);
-        let server = Supervised::spawn(cmd, libc::SIGINT).context("starting postgres")?;
-        let pg = LocalPg { dir: dir.to_path_buf(), port, password, server, remove_on_drop: false };
-        pg.wait_ready(Duration::from_secs(60))?;
-        Ok(pg)
+        let (dir_owned, bindir) = (dir.to_path_buf(), bindir.to_path_buf());
+        let server = Keeper::start(
+            "control-plane PostgreSQL",
+            Box::new(move || spawn_ready(&dir_owned, &bindir, port, &runas, durability)),
+        )?;
+        Ok(LocalPg { dir: dir.to_path_buf(), port, password, server, remove_on_drop: false })
     }
 
     /// A throw-away server in a fresh temporary folder, removed when dropped. If the process
@@ -111,32 +102,9 @@ impl LocalPg {
         format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}", self.password, self.port)
     }
 
-    fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let pidfile = self.dir.join("data").join("postmaster.pid");
-        loop {
-            if let Some(status) = self.server.exit_status() {
-                bail!(
-                    "postgres exited during start-up ({status}); its log {} ends with:\n{}",
-                    self.dir.join("postgres.log").display(),
-                    tail(&self.dir.join("postgres.log"), 15)
-                );
-            }
-            // Line 8 of postmaster.pid says "ready" once connections are accepted.
-            let ready = fs::read_to_string(&pidfile)
-                .map(|s| s.lines().nth(7).map(|l| l.trim() == "ready").unwrap_or(false))
-                .unwrap_or(false);
-            if ready && TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "postgres did not become ready within {timeout:?}; see {}",
-                    self.dir.join("postgres.log").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// How many times the server was started again after exiting on its own.
+    pub fn restarts(&self) -> u64 {
+        self.server.restarts()
     }
 
     /// Fast shutdown, waiting for the server to exit.
@@ -151,6 +119,81 @@ impl Drop for LocalPg {
         if self.remove_on_drop {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// The URL of one database of the server kept in `dir` when a server runs on it now (its
+/// `postmaster.pid` names a live process whose port accepts connections), as its superuser.
+pub fn running_url(dir: &Path, database: &str) -> Result<Option<String>> {
+    let Ok(pidfile) = fs::read_to_string(dir.join("data").join("postmaster.pid")) else { return Ok(None) };
+    let mut lines = pidfile.lines();
+    let pid = lines.next().and_then(|l| l.trim().parse::<u32>().ok());
+    let port = lines.nth(2).and_then(|l| l.trim().parse::<u16>().ok());
+    let (Some(pid), Some(port)) = (pid, port) else { return Ok(None) };
+    let live = fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false);
+    if !live || TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        return Ok(None);
+    }
+    let password_file = dir.join("superuser-password");
+    let password = fs::read_to_string(&password_file)
+        .with_context(|| format!("reading {}", password_file.display()))?
+        .trim()
+        .to_string();
+    Ok(Some(format!("postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/{database}")))
+}
+
+/// Starts `postgres` on `port` and waits until it accepts connections.
+fn spawn_ready(dir: &Path, bindir: &Path, port: u16, runas: &RunAs, durability: Durability) -> Result<Supervised> {
+    let data = dir.join("data");
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log"))?;
+    let mut cmd = Command::new(bindir.join("postgres"));
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
+        .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if durability == Durability::Ephemeral {
+        cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+    }
+    runas.apply(&mut cmd);
+    let server = Supervised::spawn(cmd, libc::SIGINT).context("starting postgres")?;
+    if let Err(e) = wait_ready(dir, port, &server, Duration::from_secs(60)) {
+        server.stop(Duration::from_secs(10));
+        return Err(e);
+    }
+    Ok(server)
+}
+
+fn wait_ready(dir: &Path, port: u16, server: &Supervised, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let pidfile = dir.join("data").join("postmaster.pid");
+    loop {
+        if let Some(status) = server.exit_status() {
+            bail!(
+                "postgres exited during start-up ({status}); its log {} ends with:\n{}",
+                dir.join("postgres.log").display(),
+                tail(&dir.join("postgres.log"), 15)
+            );
+        }
+        // Line 8 of postmaster.pid says "ready" once connections are accepted; its first line
+        // must be this server's pid (a killed server's file stays until the next one rewrites it).
+        let ready = fs::read_to_string(&pidfile)
+            .map(|s| {
+                s.lines().next().map(|l| l.trim() == server.pid().to_string()).unwrap_or(false)
+                    && s.lines().nth(7).map(|l| l.trim() == "ready").unwrap_or(false)
+            })
+            .unwrap_or(false);
+        if ready && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("postgres did not become ready within {timeout:?}; see {}", dir.join("postgres.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

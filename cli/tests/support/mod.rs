@@ -6,6 +6,7 @@
 
 pub mod checks;
 pub mod procs;
+pub mod up;
 
 use pgplane_agent::LocalEtcd;
 use pgplane_localpg::{find_bindir, LocalPg};
