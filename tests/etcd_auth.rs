@@ -1,6 +1,7 @@
 //! The platform's etcd as `LocalEtcd` runs it: https only, auth on, and each database's user
 //! confined to its own Patroni prefix (it reads and writes there; etcd refuses it the rest),
-//! made and removed idempotently, surviving an etcd restart.
+//! made and removed idempotently, surviving an etcd restart and a kill -9 (its keeper starts it
+//! again).
 
 use anyhow::Result;
 use pgplane_agent::LocalEtcd;
@@ -90,6 +91,18 @@ async fn each_database_user_reads_and_writes_its_own_prefix_only() -> Result<()>
     assert_eq!(etcd.access().ca_pem, a_new.ca_pem);
     assert!(as_a.get(&a_key).await?.is_some());
     assert!(root.user_exists(&database_user(&a)).await?);
+
+    // Killed: started again by itself on the same port and data, auth still on.
+    let killed = etcd.pid();
+    assert!(std::process::Command::new("kill").args(["-9", &killed.to_string()]).status()?.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while etcd.restarts() == 0 {
+        assert!(std::time::Instant::now() < deadline, "etcd was not started again");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_ne!(etcd.pid(), killed);
+    assert!(as_a.get(&a_key).await?.is_some());
+    assert!(refused_with(&Client::new(&etcd.access())?.get(&a_key).await.expect_err("no user"), "user name is empty"));
 
     // Removed: keys, user and role gone; again is fine; b keeps everything.
     assert_eq!(root.remove_database_user(&a).await?, 1);

@@ -69,9 +69,15 @@ async fn a_killed_control_plane_postgres_is_started_again_mid_provision() {
         ready_after.as_millis(),
         done_after.as_millis()
     );
+    let log = up.log.clone();
     stop(up);
     let left = support::procs::naming(&state);
     assert!(left.is_empty(), "processes of pgplane up outlived it: {left:?}");
+    if std::env::var_os("PGPLANE_TEST_LOGS").is_some() {
+        for log in [log.clone(), state.join("pg/postgres.log")] {
+            eprintln!("--- {} ---\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    }
     let _ = std::fs::remove_dir_all(&state);
-    let _ = std::fs::remove_file(state.with_extension("log"));
+    let _ = std::fs::remove_file(&log);
 }

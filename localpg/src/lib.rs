@@ -152,6 +152,9 @@ fn spawn_ready(dir: &Path, bindir: &Path, port: u16, runas: &RunAs, durability: 
         .args(["-p", &port.to_string()])
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="])
         .args(["-c", "max_connections=300", "-c", "shared_buffers=128MB"])
+        // After a crash, one syncfs(2) of the folder's file system instead of an fsync of every
+        // file before recovery: a restart after a kill -9 takes ~1 s instead of ~4 s here.
+        .args(["-c", "recovery_init_sync_method=syncfs"])
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
