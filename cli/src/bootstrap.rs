@@ -63,8 +63,8 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
                     );
                     let bindir = find_bindir(args.pg_bindir.as_deref())?;
                     eprintln!("starting the private PostgreSQL in {} for the moment", dir.display());
-                    let pg =
-                        tokio::task::spawn_blocking(move || LocalPg::start(&dir, &bindir, Durability::Durable)).await??;
+                    let pg = tokio::task::spawn_blocking(move || LocalPg::start(&dir, &bindir, Durability::Durable))
+                        .await??;
                     crate::up::create_database_if_missing(&pg.url("postgres"), crate::up::DATABASE).await?;
                     let url = pg.url(crate::up::DATABASE);
                     started = Some(pg);

@@ -7,8 +7,8 @@ mod support;
 use pgplane_tests::data_plane::psql;
 use std::time::{Duration, Instant};
 use support::up::{
-    access_token, alive, app, create_database, eventually_answers, operation_status, postmaster_pid, start,
-    state_dir, stop, url, wait_done,
+    access_token, alive, app, create_database, eventually_answers, operation_status, postmaster_pid, start, state_dir,
+    stop, url, wait_done,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,10 +54,7 @@ async fn a_killed_control_plane_postgres_is_started_again_mid_provision() {
     let new = postmaster_pid(&state);
     assert_ne!(new, old, "the control-plane PostgreSQL was not started again");
     assert!(alive(new) && !alive(old));
-    assert!(
-        std::fs::read_to_string(&up.log).unwrap().contains("started again"),
-        "up did not log the restart"
-    );
+    assert!(std::fs::read_to_string(&up.log).unwrap().contains("started again"), "up did not log the restart");
 
     wait_done(&http, &base, &token, op_id, Duration::from_secs(180)).await;
     let done_after = killed.elapsed();

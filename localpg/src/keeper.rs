@@ -142,7 +142,12 @@ impl Shared {
                         break;
                     }
                     Err(e) => {
-                        tracing::error!(what = self.what, error = format!("{e:#}"), delay_ms = backoff.as_millis() as u64, "could not start it again; retrying");
+                        tracing::error!(
+                            what = self.what,
+                            error = format!("{e:#}"),
+                            delay_ms = backoff.as_millis() as u64,
+                            "could not start it again; retrying"
+                        );
                     }
                 }
             }
