@@ -80,7 +80,10 @@ impl Wakers {
             };
             if let Err(e) = listener.listen(CHANNEL).await {
                 tracing::warn!(error = %e, "LISTEN failed; retrying");
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
+                }
             }
             self.wake_all();
             loop {
