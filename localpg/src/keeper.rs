@@ -154,3 +154,51 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+    }
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_killed_child_is_started_again_until_stopped() {
+        // The second start fails: the keeper retries after its backoff.
+        let starts = Arc::new(AtomicU32::new(0));
+        let counted = starts.clone();
+        let keeper = Keeper::start(
+            "sleep",
+            Box::new(move || {
+                if counted.fetch_add(1, Ordering::SeqCst) == 1 {
+                    anyhow::bail!("refusing the first restart");
+                }
+                let mut cmd = Command::new("sleep");
+                cmd.arg("600");
+                Ok(Supervised::spawn(cmd, libc::SIGTERM)?)
+            }),
+        )
+        .unwrap();
+        let first = keeper.pid();
+        assert!(Command::new("kill").args(["-9", &first.to_string()]).status().unwrap().success());
+        wait_until("the child was not started again", || keeper.restarts() == 1);
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        let second = keeper.pid();
+        assert!(second != first && alive(second) && !alive(first), "the killed child was not reaped");
+        keeper.stop(Duration::from_secs(5));
+        assert!(!alive(second));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(keeper.restarts(), 1, "a stopped child was started again");
+    }
+}
