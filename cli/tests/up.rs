@@ -182,8 +182,8 @@ async fn database(http: &reqwest::Client, base: &str, token: &str, tenant: &str,
     let conn: Value = get(format!("/v1/databases/{db}/connection")).await.unwrap().json().await.unwrap();
     let ca = state.join("kept-ca.pem");
     std::fs::write(&ca, conn["ca_pem"].as_str().unwrap()).unwrap();
-    let verified = format!("sslmode=verify-ca&sslrootcert={}&connect_timeout=5", ca.display());
-    conn["url"].as_str().unwrap().replace("sslmode=prefer", &verified)
+    let verified = format!("sslmode=verify-full&sslrootcert={}&connect_timeout=5", ca.display());
+    conn["url"].as_str().unwrap().replace("sslmode=verify-full", &verified)
 }
 
 #[test]
