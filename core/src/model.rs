@@ -340,6 +340,7 @@ pub struct UpdateDatabaseSettings {
     pub backup_hour: Option<i32>,
     /// Replaces the allowlist (at most 64 networks such as `203.0.113.0/24`, `2001:db8::/32`, or
     /// single addresses); `[]` admits every address.
+    #[schema(max_items = 64)]
     pub allowed_cidrs: Option<Vec<String>>,
 }
 

@@ -43,7 +43,8 @@ pub fn database_name(field: &str, value: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// At most this many entries in a database's IP allowlist.
+/// At most this many entries in a database's IP allowlist (the OpenAPI document says so too:
+/// `UpdateDatabaseSettings::allowed_cidrs`).
 pub const MAX_ALLOWED_CIDRS: usize = 64;
 
 /// An IP allowlist: IPv4 or IPv6 networks (`203.0.113.0/24`, `2001:db8::/32`; a bare address
