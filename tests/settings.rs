@@ -3,7 +3,7 @@
 //! exposure on agents whose public address (127.0.0.3) differs from their private one
 //! (127.0.0.1); an allowlist that admits 127.0.0.1 and then one that admits only 127.0.0.2 (a
 //! relay whose outgoing socket is bound to 127.0.0.2 stands in for an outside client), with a
-//! session kept open across the change.
+//! session kept open across the change, and gateways killed and started again from it.
 
 use pgplane_agent::runtime::AgentConfig;
 use pgplane_agent::LocalEtcd;
@@ -220,6 +220,24 @@ async fn tls_exposure_and_allowlist_take_effect_on_a_running_business_database()
     let pids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
     assert_eq!(pids.len(), 2, "{pids:?}");
     assert_eq!(pids[0], pids[1], "the same backend answered before and after the change");
+
+    // A gateway that dies is started again by its agent with the allowlist it had last.
+    for pid in &gateways {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = pids_mentioning(&format!("{db}/gateway-"));
+        if now.len() == 2 && now.iter().all(|pid| !gateways.contains(pid)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gateways were not started again: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(&outside, "SELECT 'outside again'", "outside again", Duration::from_secs(10)).await;
+    for _ in 0..4 {
+        refused(&psql(&public_tls, "SELECT 1").await, "a client from 127.0.0.1 after the gateways restarted");
+    }
 
     // Back to private and plain text allowed; still no restart.
     p.settings(&db, json!({ "force_tls": false, "internet_exposure": false })).await;
