@@ -427,7 +427,8 @@ async fn settings_are_read_and_patched_with_their_rules() {
     let (s, body) = owner.patch(&path, &json!({ "force_tls": false })).await;
     assert_problem(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation");
     assert_eq!(body["errors"][0]["code"], "force_tls_required");
-    let (s, op) = owner.patch(&path, &json!({ "force_tls": false, "internet_exposure": false, "allowed_cidrs": [] })).await;
+    let (s, op) =
+        owner.patch(&path, &json!({ "force_tls": false, "internet_exposure": false, "allowed_cidrs": [] })).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     assert_eq!(
         owner.get(&path).await.1,

@@ -65,7 +65,11 @@ async fn platform() -> Platform {
             root: dir.0.clone(),
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(pgplane_agent::runtime::run_with(config, stopped, pgplane_agent::lifecycle::OnExit::StopDatabases));
+        tokio::spawn(pgplane_agent::runtime::run_with(
+            config,
+            stopped,
+            pgplane_agent::lifecycle::OnExit::StopDatabases,
+        ));
         stops.push(stop);
         dirs.push(dir);
     }
@@ -140,6 +144,7 @@ async fn stops_listening(addr: SocketAddr, what: &str) {
     }
 }
 
+#[track_caller]
 fn refused(answer: &Result<String, String>, what: &str) {
     assert!(answer.is_err(), "{what} was admitted: {answer:?}");
 }
@@ -147,8 +152,10 @@ fn refused(answer: &Result<String, String>, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_exposure_and_allowlist_take_effect_on_a_running_business_database() {
     let p = platform().await;
-    let (s, op) =
-        p.owner.post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "shop", "plan": "business-1" })).await;
+    let (s, op) = p
+        .owner
+        .post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "shop", "plan": "business-1" }))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     let done = p.app.wait_operation(&p.owner, op["id"].as_str().unwrap(), Duration::from_secs(180)).await;
     assert_eq!(done["status"], "done", "{done}");
@@ -208,8 +215,13 @@ async fn tls_exposure_and_allowlist_take_effect_on_a_running_business_database()
         }
     });
     // The session is open once its backend waits.
-    eventually(&tls, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DO $$%go_on%'", "1", Duration::from_secs(10))
-        .await;
+    eventually(
+        &tls,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DO $$%go_on%'",
+        "1",
+        Duration::from_secs(10),
+    )
+    .await;
     let gateways = pids_mentioning(&format!("{db}/gateway-"));
     p.settings(&db, json!({ "allowed_cidrs": ["127.0.0.2/32"] })).await;
     assert_eq!(pids_mentioning(&format!("{db}/gateway-")), gateways, "the gateways were replaced");

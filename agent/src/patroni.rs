@@ -103,13 +103,16 @@ pub async fn apply_hba(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path, r
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let lines: Vec<&str> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
         if lines == want {
             break;
         }
         if Instant::now() > deadline {
-            bail!("patroni did not write the new pg_hba of member {} within 30 s; {}", spec.member, tail(&paths.log, 20));
+            bail!(
+                "patroni did not write the new pg_hba of member {} within 30 s; {}",
+                spec.member,
+                tail(&paths.log, 20)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -48,9 +48,9 @@ pub async fn ensure(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path, runa
         bail!("the tenant's user may not be named {:?}: that name is reserved", s.app_user);
     }
     let sql = script(&s.app_user, &s.app_password, &s.app_database);
-    superuser_sql(spec, paths, bin_dir, runas, &sql).await.with_context(|| {
-        format!("creating the tenant's role {:?} and database {:?}", s.app_user, s.app_database)
-    })?;
+    superuser_sql(spec, paths, bin_dir, runas, &sql)
+        .await
+        .with_context(|| format!("creating the tenant's role {:?} and database {:?}", s.app_user, s.app_database))?;
     Ok(())
 }
 

@@ -38,7 +38,11 @@ pub fn is_reserved_name(value: &str) -> bool {
 pub fn database_name(field: &str, value: &str) -> Result<(), FieldError> {
     slug_name(field, value)?;
     if is_reserved_name(value) {
-        return Err(FieldError::new(field, "reserved", format!("{value:?} is a name the platform uses; choose another")));
+        return Err(FieldError::new(
+            field,
+            "reserved",
+            format!("{value:?} is a name the platform uses; choose another"),
+        ));
     }
     Ok(())
 }
@@ -184,10 +188,12 @@ mod tests {
     fn cidrs_are_checked_and_normalized() {
         let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            cidrs("c", &list(&["10.1.2.3/8", "192.0.2.7", "2001:db8::1/32", "::1", "0.0.0.0/0", "10.0.0.0/8"])).unwrap(),
+            cidrs("c", &list(&["10.1.2.3/8", "192.0.2.7", "2001:db8::1/32", "::1", "0.0.0.0/0", "10.0.0.0/8"]))
+                .unwrap(),
             list(&["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "::1/128", "0.0.0.0/0"])
         );
-        for bad in ["", "10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/", "10.0.0.0/+8", "host.example", "1.2.3.4/8/8"] {
+        for bad in ["", "10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/", "10.0.0.0/+8", "host.example", "1.2.3.4/8/8"]
+        {
             assert_eq!(cidrs("c", &list(&[bad])).unwrap_err().code, "invalid", "{bad}");
         }
         assert_eq!(cidrs("c", &vec!["10.0.0.0/8".to_string(); MAX_ALLOWED_CIDRS + 1]).unwrap_err().code, "too_many");

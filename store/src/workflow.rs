@@ -69,7 +69,16 @@ pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: Opera
         row.ok_or(Error::not_found("operation"))?;
     let operation = store.operation_by_id_in(conn, id).await?;
     let plan = store.plan_get(&plan_id).await?;
-    Ok(OperationState { operation, database_id, generation, version, plan, force_tls, internet_exposure, allowed_cidrs })
+    Ok(OperationState {
+        operation,
+        database_id,
+        generation,
+        version,
+        plan,
+        force_tls,
+        internet_exposure,
+        allowed_cidrs,
+    })
 }
 
 /// Moves an operation along: running, with progress and the current step.
@@ -145,8 +154,8 @@ pub async fn gateway_insert_in(conn: &mut PgConnection, g: &GatewayRow) -> Resul
     .bind(g.port)
     .bind(&g.public_host)
     .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
+    .await
+    .map_err(db_error)?;
     Ok(())
 }
 
