@@ -258,4 +258,10 @@ async fn tls_exposure_and_allowlist_take_effect_on_a_running_business_database()
     stops_listening(public, "exposure ended").await;
     assert_eq!(psql(&tls, "SELECT 1").await, Ok("1".into()));
     assert_eq!(p.postmasters(&db), postmasters, "PostgreSQL was restarted");
+
+    // The backup hour needs nothing running to change: its operation is done at once.
+    let gateways = pids_mentioning(&format!("{db}/gateway-"));
+    let done = p.settings(&db, json!({ "backup_hour": 4 })).await;
+    assert_eq!(done["params"]["changed"], json!(["backup_hour"]));
+    assert_eq!(pids_mentioning(&format!("{db}/gateway-")), gateways);
 }
