@@ -1,5 +1,5 @@
-//! Databases: create, change plan and delete answer 202 with an operation that stays pending
-//! (no scheduler runs here); settings change synchronously; invalid requests change nothing.
+//! Databases: create, change plan, delete and settings changes answer 202 with an operation
+//! that stays pending (no scheduler runs here); invalid requests change nothing.
 
 use pgplane_tests::{assert_problem, spawn_app, Answer, Client, TestApp};
 use reqwest::{Method, StatusCode};
@@ -94,7 +94,10 @@ async fn create_is_accepted_and_stays_pending() {
         (Some("creating"), Some("starter-1"), Some("15"))
     );
     assert_eq!((db["name"].as_str(), db["app_id"].as_str()), (Some("main"), Some(app_id.as_str())));
-    assert_eq!(db["settings"], json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 3 }));
+    assert_eq!(
+        db["settings"],
+        json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 3, "allowed_cidrs": [] })
+    );
     assert_eq!(db["endpoint"], Value::Null);
     let (_, list) = owner.get(&format!("/v1/apps/{app_id}/databases")).await;
     assert_eq!(list["items"].as_array().map(|i| i.iter().map(id).collect::<Vec<_>>()), Some(vec![db_of(&op)]));
@@ -158,6 +161,26 @@ async fn invalid_create_lists_every_field_and_enqueues_nothing() {
     // Exposure with force TLS is fine, and the explicit default version is accepted.
     let ok = json!({ "name": "main", "plan": "sandbox", "version": "15", "settings": { "force_tls": true, "internet_exposure": true } });
     assert_eq!(post_database(&owner, &app_id, ok).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn names_the_platform_uses_are_refused_before_anything_is_placed_or_billed() {
+    let app = spawn_app().await;
+    let (owner, _, app_id) = setup(&app).await;
+    let before = app.fingerprint().await;
+    // A database's name is also its tenant's role and PostgreSQL database.
+    for name in ["postgres", "template0", "template1", "replicator", "patroni", "public", "pg_catalog"] {
+        let a = post_database(&owner, &app_id, json!({ "name": name, "plan": "starter-1" })).await;
+        assert_problem(a.status, &a.body, StatusCode::UNPROCESSABLE_ENTITY, "validation");
+        assert_eq!(fields(&a.body), BTreeSet::from(["name".to_string()]), "{name}: {}", a.body);
+        let code = a.body["errors"][0]["code"].as_str().unwrap();
+        assert!(code == "reserved" || (name.starts_with("pg_") && code == "invalid"), "{name}: {}", a.body);
+    }
+    assert_eq!(app.fingerprint().await, before, "a refused name left rows behind (addon, billing period)");
+    assert_eq!(jobs(&app).await, 0, "a refused name enqueued a job");
+    let (_, page) = owner.get(&format!("/v1/apps/{app_id}/addons")).await;
+    assert_eq!(page["items"], json!([]), "nothing is billed");
+    create_database(&owner, &app_id, "postgres2", "starter-1").await;
 }
 
 #[tokio::test]
@@ -318,17 +341,35 @@ async fn delete_waits_for_a_running_operation() {
     assert_eq!((op["status"].as_str(), op["progress"].as_i64()), (Some("running"), Some(40)));
 }
 
+/// What the scheduler would do: finish the database's pending or running operation.
+async fn simulate_done(app: &TestApp, op: &Value) {
+    let op_id: uuid::Uuid = id(op).parse().unwrap();
+    sqlx::query("UPDATE operations SET status = 'done', progress = 100, finished_at = now() WHERE id = $1")
+        .bind(op_id)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn settings_are_read_and_patched_with_their_rules() {
     let app = spawn_app().await;
     let (owner, _, app_id) = setup(&app).await;
-    let db = db_of(&create_database(&owner, &app_id, "main", "starter-1").await);
+    let create = create_database(&owner, &app_id, "main", "starter-1").await;
+    let db = db_of(&create);
     let path = format!("/v1/databases/{db}/settings");
     let (s, settings) = owner.get(&path).await;
     assert_eq!(
         (s, settings),
-        (StatusCode::OK, json!({ "force_tls": false, "internet_exposure": false, "backup_hour": null }))
+        (
+            StatusCode::OK,
+            json!({ "force_tls": false, "internet_exposure": false, "backup_hour": null, "allowed_cidrs": [] })
+        )
     );
+    // Settings reach the running database through an operation: not before it is available.
+    let (s, body) = owner.patch(&path, &json!({ "force_tls": true })).await;
+    assert_eq!((s, body["code"].as_str()), (StatusCode::CONFLICT, Some("not_available")), "{body}");
+    simulate_provisioned(&app, &create).await;
 
     let before = app.fingerprint().await;
     for (patch, field, code) in [
@@ -336,6 +377,9 @@ async fn settings_are_read_and_patched_with_their_rules() {
         (json!({ "backup_hour": 24 }), "backup_hour", "out_of_range"),
         (json!({ "backup_hour": -1 }), "backup_hour", "out_of_range"),
         (json!({ "force_tls": "yes" }), "body", "invalid"),
+        (json!({ "allowed_cidrs": ["10.0.0.0/33"] }), "allowed_cidrs", "invalid"),
+        (json!({ "allowed_cidrs": ["example.com"] }), "allowed_cidrs", "invalid"),
+        (json!({ "allowed_cidrs": vec!["10.0.0.0/8"; 65] }), "allowed_cidrs", "too_many"),
     ] {
         let (s, body) = owner.patch(&path, &patch).await;
         assert_problem(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation");
@@ -347,26 +391,48 @@ async fn settings_are_read_and_patched_with_their_rules() {
     }
     assert_eq!(app.fingerprint().await, before);
 
-    for (patch, expected) in [
-        (json!({ "backup_hour": 0 }), json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 0 })),
+    let none: [&str; 0] = [];
+    for (patch, expected, changed) in [
         (
-            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23 }),
-            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23 }),
+            json!({ "backup_hour": 0 }),
+            json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 0, "allowed_cidrs": [] }),
+            vec!["backup_hour"],
         ),
-        (json!({}), json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23 })),
+        (
+            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23,
+                    "allowed_cidrs": ["203.0.113.9/24", "2001:db8::1", "203.0.113.0/24"] }),
+            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23,
+                    "allowed_cidrs": ["203.0.113.0/24", "2001:db8::1/128"] }),
+            vec!["force_tls", "internet_exposure", "allowed_cidrs", "backup_hour"],
+        ),
+        (
+            json!({}),
+            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23,
+                    "allowed_cidrs": ["203.0.113.0/24", "2001:db8::1/128"] }),
+            none.to_vec(),
+        ),
     ] {
-        let (s, body) = owner.patch(&path, &patch).await;
-        assert_eq!((s, &body), (StatusCode::OK, &expected), "{patch}");
+        let (s, op) = owner.patch(&path, &patch).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{patch}: {op}");
+        assert_eq!((op["kind"].as_str(), op["status"].as_str()), (Some("update_settings"), Some("pending")), "{op}");
+        assert_eq!(op["params"]["changed"], json!(changed), "{patch}");
+        assert_eq!(owner.get(&path).await.1, expected, "the desired settings show at once");
+        // One operation at a time.
+        let (s, body) = owner.patch(&path, &json!({ "backup_hour": 5 })).await;
+        assert_eq!((s, body["code"].as_str()), (StatusCode::CONFLICT, Some("operation_in_progress")), "{body}");
         assert_eq!(owner.get(&path).await.1, expected);
+        simulate_done(&app, &op).await;
     }
     // Force TLS cannot be dropped while the database is exposed; both together can.
     let (s, body) = owner.patch(&path, &json!({ "force_tls": false })).await;
     assert_problem(s, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation");
     assert_eq!(body["errors"][0]["code"], "force_tls_required");
-    let (s, body) = owner.patch(&path, &json!({ "force_tls": false, "internet_exposure": false })).await;
+    let (s, op) =
+        owner.patch(&path, &json!({ "force_tls": false, "internet_exposure": false, "allowed_cidrs": [] })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     assert_eq!(
-        (s, body),
-        (StatusCode::OK, json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 23 }))
+        owner.get(&path).await.1,
+        json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 23, "allowed_cidrs": [] })
     );
 }
 

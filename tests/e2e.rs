@@ -1,5 +1,5 @@
 //! The whole path, with real parts: API → scheduler → agent → Patroni/PostgreSQL/HAProxy
-//! (with a local etcd) → psql with sslmode=verify-ca through the gateway → delete, after
+//! (with a local etcd) → psql with sslmode=verify-full through the gateway → delete, after
 //! which nothing of the database is left on the host.
 
 use pgplane_agent::runtime::AgentConfig;
@@ -42,6 +42,7 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
         bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
         name: "local-1".into(),
         host: "127.0.0.1".into(),
+        public_host: "127.0.0.1".into(),
         memory_mb: 8192,
         disk_gb: 100,
         port_min,
@@ -65,7 +66,7 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
     let url = conn["url"]
         .as_str()
         .unwrap()
-        .replace("sslmode=prefer", &format!("sslmode=verify-ca&sslrootcert={}", ca_file.display()));
+        .replace("sslmode=verify-full", &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()));
     let answer =
         psql(&url, "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2); SELECT count(*) FROM orders")
             .await;

@@ -80,6 +80,7 @@ async fn platform(agents: usize) -> Platform {
             bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
             name: format!("host-{i}"),
             host: "127.0.0.1".into(),
+            public_host: "127.0.0.1".into(),
             memory_mb: 4096,
             disk_gb: 100,
             port_min,
@@ -101,7 +102,7 @@ impl Platform {
         done
     }
 
-    /// A verify-ca URL for the database's gateway.
+    /// The database's URL (verify-full) with its CA as `sslrootcert`.
     async fn url(&self, db: &str) -> String {
         let (_, conn) = self.owner.get(&format!("/v1/databases/{db}/connection")).await;
         let ca = self.roots[0].join(format!("{db}-ca.pem"));
@@ -109,7 +110,7 @@ impl Platform {
         conn["url"]
             .as_str()
             .unwrap()
-            .replace("sslmode=prefer", &format!("sslmode=verify-ca&sslrootcert={}", ca.display()))
+            .replace("sslmode=verify-full", &format!("sslmode=verify-full&sslrootcert={}", ca.display()))
     }
 
     async fn stop_agents(&mut self) {

@@ -11,4 +11,5 @@ mod node;
 mod openapi;
 mod queue;
 mod scheduler;
+mod settings;
 mod tenants;

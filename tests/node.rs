@@ -66,6 +66,8 @@ fn gateway_spec(member: &MemberSpec, ca: &DatabaseCa) -> Result<GatewaySpec> {
         name: "g1".into(),
         listen_host: "127.0.0.1".into(),
         listen_port: free_port()?,
+        public_host: None,
+        allowed_cidrs: vec![],
         backends: vec![backend(member)],
         ca_pem: ca.cert_pem().into(),
     })

@@ -114,7 +114,7 @@ async fn provision_then_delete_a_starter_database() {
     assert_eq!(s, StatusCode::OK, "{conn}");
     let url = conn["url"].as_str().unwrap();
     assert!(
-        url.starts_with("postgres://main:") && url.ends_with(&format!("@127.0.0.1:{port}/main?sslmode=prefer")),
+        url.starts_with("postgres://main:") && url.ends_with(&format!("@127.0.0.1:{port}/main?sslmode=verify-full")),
         "{url}"
     );
     let ca = owner.send(owner.request(reqwest::Method::GET, &format!("/v1/databases/{db_id}/ca.pem"))).await;

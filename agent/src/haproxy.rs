@@ -1,6 +1,7 @@
 //! HAProxy gateways: the configuration rendered from a `GatewaySpec` (TCP passthrough to the
 //! member whose Patroni answers `OPTIONS /primary` with 200, checked over TLS against the
-//! database CA), and running HAProxy in the foreground as the server's OS user.
+//! database CA; a private listener, and a public one admitting an IP allowlist while the
+//! database is exposed), and running HAProxy in the foreground as the server's OS user.
 
 use crate::files::{find_program, host_port, open_log, tail};
 use crate::process::{self, Managed};
@@ -19,6 +20,10 @@ pub struct GatewayPaths {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub ca: PathBuf,
+    /// The networks the public listener admits, one a line: kept out of `haproxy.cfg` so that
+    /// a new allowlist goes to the running HAProxy through its admin socket (`set_allowlist`)
+    /// and a restarted one loads it from here.
+    pub allowlist: PathBuf,
     pub log: PathBuf,
     /// HAProxy's pid, start time and applied configuration (see `process`).
     pub pidfile: PathBuf,
@@ -31,6 +36,7 @@ impl GatewayPaths {
         GatewayPaths {
             config: dir.join("haproxy.cfg"),
             ca: dir.join("ca.pem"),
+            allowlist: dir.join("allowlist.acl"),
             log: dir.join("haproxy.log"),
             pidfile: process::pidfile(&dir, "haproxy"),
             spec: dir.join("spec.json"),
@@ -52,6 +58,11 @@ impl GatewayPaths {
 /// 30 times: during a switchover or failover clients wait in the gateway for the new leader,
 /// about 3 s at most, instead of getting errors. A switchover drains the old leader first
 /// (`set_drain`), so no new connection reaches a PostgreSQL that is shutting down.
+///
+/// Clients come in through two frontends to the one `backend postgres`: `private` on the
+/// host's private address, and `public` on its public address while the database is exposed,
+/// which closes a connection from outside the allowlist as it is accepted, before any byte
+/// reaches PostgreSQL. When both addresses are one, only `public` listens while exposed.
 pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
     let mut cfg = String::new();
     let _ = write!(
@@ -75,8 +86,8 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
          \x20   timeout server-fin 30s\n\
          \x20   timeout check 2s\n\
          \n\
-         listen postgres\n\
-         \x20   bind {bind}\n\
+         {frontends}\
+         backend postgres\n\
          \x20   option httpchk\n\
          \x20   http-check send meth GET uri /primary\n\
          \x20   http-check expect status 200\n\
@@ -85,7 +96,7 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
         name = spec.name,
         db = spec.database_id,
         generation = spec.generation,
-        bind = host_port(&spec.listen_host, spec.listen_port),
+        frontends = frontends(spec, paths),
         socket = paths.dir.join(STATS_SOCKET).display(),
         writable = WRITABLE,
     );
@@ -101,6 +112,66 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
     }
     let _ = writeln!(cfg, "    server {HOLD} {HOLD_ADDR} backup");
     cfg
+}
+
+/// The `private` and `public` frontends of `render`.
+fn frontends(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
+    let mut out = String::new();
+    if spec.public_host.as_deref() != Some(spec.listen_host.as_str()) {
+        let _ = write!(
+            out,
+            "frontend private\n    bind {}\n    default_backend postgres\n\n",
+            host_port(&spec.listen_host, spec.listen_port)
+        );
+    }
+    if let Some(public) = &spec.public_host {
+        let _ = write!(
+            out,
+            "frontend public\n    bind {}\n    tcp-request connection reject unless {{ src -f {} }}\n    \
+             default_backend postgres\n\n",
+            host_port(public, spec.listen_port),
+            paths.allowlist.display()
+        );
+    }
+    out
+}
+
+/// The allowlist file's patterns: the spec's networks, or every address when it has none.
+pub fn allowlist(spec: &GatewaySpec) -> Vec<String> {
+    if spec.allowed_cidrs.is_empty() {
+        vec!["0.0.0.0/0".into(), "::/0".into()]
+    } else {
+        spec.allowed_cidrs.clone()
+    }
+}
+
+/// The allowlist file's text.
+pub fn render_allowlist(spec: &GatewaySpec) -> String {
+    allowlist(spec).iter().map(|p| format!("{p}\n")).collect()
+}
+
+/// Replaces the public listener's allowlist in the running HAProxy at once, through its
+/// admin socket (a new version of the ACL filled, then committed): connections it keeps are
+/// untouched, new ones meet the new list. The same patterns are in `paths.allowlist`.
+pub async fn set_allowlist(paths: &GatewayPaths, spec: &GatewaySpec) -> Result<()> {
+    let file = paths.allowlist.display().to_string();
+    let out = admin(paths, &format!("prepare acl {file}")).await?;
+    let Some(version) = out.trim().strip_prefix("New version created:").map(str::trim) else {
+        bail!("HAProxy refused to prepare a new allowlist: {}", out.trim());
+    };
+    let mut commands: Vec<String> = allowlist(spec).iter().map(|p| format!("add acl @{version} {file} {p}")).collect();
+    commands.push(format!("commit acl @{version} {file}"));
+    let out = admin(paths, &commands.join(";")).await?;
+    if !out.trim().is_empty() {
+        bail!("HAProxy refused the allowlist: {}", out.trim());
+    }
+    Ok(())
+}
+
+/// The patterns the running HAProxy's public listener admits, as HAProxy writes them.
+pub async fn running_allowlist(paths: &GatewayPaths) -> Result<Vec<String>> {
+    let out = admin(paths, &format!("show acl {}", paths.allowlist.display())).await?;
+    Ok(out.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_string).collect())
 }
 
 /// The backup server HAProxy falls back to when no member is the primary (all down or
@@ -321,38 +392,107 @@ mod tests {
     use pgplane_core::agent::GatewayBackend;
     use pgplane_core::ids::DatabaseId;
 
-    #[test]
-    fn routes_to_the_primary_checked_over_tls() {
+    fn spec(public_host: Option<&str>, allowed_cidrs: &[&str]) -> GatewaySpec {
         let backend = |m: &str, port| GatewayBackend {
             member: m.into(),
             host: "10.0.0.5".into(),
             pg_port: port,
             patroni_port: port + 1,
         };
-        let spec = GatewaySpec {
+        GatewaySpec {
             database_id: DatabaseId::new(),
             generation: 3,
             name: "g1".into(),
             listen_host: "127.0.0.1".into(),
             listen_port: 6432,
+            public_host: public_host.map(str::to_string),
+            allowed_cidrs: allowed_cidrs.iter().map(|c| c.to_string()).collect(),
             backends: vec![backend("m1", 5432), backend("m2", 5442)],
             ca_pem: "CA".into(),
-        };
-        let cfg = render(&spec, &GatewayPaths::new(PathBuf::from("/srv/g")));
+        }
+    }
+
+    /// The configuration's sections, each as its trimmed lines.
+    fn sections(cfg: &str) -> Vec<Vec<String>> {
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for line in cfg.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+            if !line.starts_with(' ') {
+                out.push(Vec::new());
+            }
+            out.last_mut().expect("a section").push(line.trim().to_string());
+        }
+        out
+    }
+
+    fn section<'a>(cfg: &'a [Vec<String>], name: &str) -> Option<&'a Vec<String>> {
+        cfg.iter().find(|s| s[0] == name)
+    }
+
+    #[test]
+    fn private_only_until_exposed() {
+        let paths = GatewayPaths::new(PathBuf::from("/srv/g"));
+        let cfg = sections(&render(&spec(None, &[]), &paths));
+        assert_eq!(
+            section(&cfg, "frontend private").expect("a private frontend"),
+            &["frontend private", "bind 127.0.0.1:6432", "default_backend postgres"]
+        );
+        assert!(section(&cfg, "frontend public").is_none(), "{cfg:?}");
+    }
+
+    #[test]
+    fn exposed_on_its_own_address_behind_the_allowlist_file() {
+        let paths = GatewayPaths::new(PathBuf::from("/srv/g"));
+        let exposed = spec(Some("203.0.113.7"), &["198.51.100.0/24"]);
+        let text = render(&exposed, &paths);
+        let cfg = sections(&text);
+        assert_eq!(section(&cfg, "frontend private").expect("a private frontend")[1], "bind 127.0.0.1:6432");
+        assert_eq!(
+            section(&cfg, "frontend public").expect("a public frontend"),
+            &[
+                "frontend public",
+                "bind 203.0.113.7:6432",
+                "tcp-request connection reject unless { src -f /srv/g/allowlist.acl }",
+                "default_backend postgres",
+            ]
+        );
+        // The allowlist lives in its own file: changing it leaves the configuration (and its
+        // digest) as it is, so that a running HAProxy takes it through the admin socket.
+        let other = GatewaySpec { allowed_cidrs: vec!["192.0.2.1/32".into()], ..exposed.clone() };
+        assert_eq!(render(&other, &paths), text);
+        assert!(!text.contains("198.51.100.0/24"), "{text}");
+        assert_eq!(render_allowlist(&exposed), "198.51.100.0/24\n");
+        assert_eq!(render_allowlist(&spec(Some("203.0.113.7"), &[])), "0.0.0.0/0\n::/0\n", "empty admits all");
+    }
+
+    #[test]
+    fn one_public_listener_when_both_addresses_are_one() {
+        let paths = GatewayPaths::new(PathBuf::from("/srv/g"));
+        let cfg = sections(&render(&spec(Some("127.0.0.1"), &[]), &paths));
+        assert!(section(&cfg, "frontend private").is_none(), "{cfg:?}");
+        let public = section(&cfg, "frontend public").expect("a public frontend");
+        assert_eq!(public[1], "bind 127.0.0.1:6432");
+        assert!(public[2].starts_with("tcp-request connection reject unless { src -f "), "{public:?}");
+    }
+
+    #[test]
+    fn routes_to_the_primary_checked_over_tls() {
+        let cfg = render(&spec(None, &[]), &GatewayPaths::new(PathBuf::from("/srv/g")));
+        assert!(cfg.lines().any(|l| l.trim() == "mode tcp"), "{cfg}");
+        let sections = sections(&cfg);
+        let backend = section(&sections, "backend postgres").expect("backend postgres");
         for line in [
-            "mode tcp",
-            "bind 127.0.0.1:6432",
+            "option httpchk",
             "http-check send meth GET uri /primary",
             "http-check expect status 200",
             r#"http-check expect rstring "\"role\": \"(master|primary)\"""#,
-            "retries 30",
-            "option redispatch 1",
-            "timeout connect 100ms",
             "default-server inter 500ms fastinter 100ms downinter 100ms fall 2 rise 1 on-marked-down shutdown-sessions",
             "server m1 10.0.0.5:5432 check port 5433 check-ssl verify required ca-file \"/srv/g/ca.pem\" disabled",
             "server m2 10.0.0.5:5442 check port 5443 check-ssl verify required ca-file \"/srv/g/ca.pem\" disabled",
             "server no-primary 127.0.0.1:1 backup",
         ] {
+            assert!(backend.iter().any(|l| l == line), "missing {line:?} in backend postgres of\n{cfg}");
+        }
+        for line in ["retries 30", "option redispatch 1", "timeout connect 100ms"] {
             assert!(cfg.lines().any(|l| l.trim() == line), "missing {line:?} in\n{cfg}");
         }
     }

@@ -122,6 +122,9 @@ impl Node {
         let outcome = self.run_member(&mut procs, spec, &paths, &applied).await?;
         let proc = &procs.members[&spec.member];
         let state = patroni::wait_running(spec, &paths, proc, MEMBER_START_TIMEOUT).await?;
+        if outcome == Outcome::Reloaded {
+            patroni::apply_hba(spec, &paths, &bin_dir, &self.runas).await?;
+        }
         if state.is_primary() {
             tenant::ensure(spec, &paths, &bin_dir, &self.runas).await?;
         } else if outcome == Outcome::Restarted {
@@ -202,8 +205,8 @@ impl Node {
         Ok([config, tls.ca_pem.clone(), tls.cert_pem.clone(), tls.key_pem.clone(), etcd_ca].join("\n"))
     }
 
-    /// Makes the gateway run `spec`, restarting HAProxy only when its configuration changed.
-    /// Returns HAProxy's pid.
+    /// Makes the gateway run `spec`, restarting HAProxy only when its configuration changed
+    /// (a new allowlist alone goes through the admin socket). Returns HAProxy's pid.
     pub async fn ensure_gateway(&self, spec: &GatewaySpec) -> Result<u32, NodeError> {
         check_name("gateway", &spec.name)?;
         for b in &spec.backends {
@@ -214,18 +217,23 @@ impl Node {
         self.admit(spec.database_id, spec.generation)?;
         let paths = GatewayPaths::new(self.gateway_dir(spec.database_id, &spec.name));
         let applied = self.write_gateway_files(spec, &paths)?;
-        self.run_gateway(&mut procs, spec, &paths, &applied).await?;
+        let outcome = self.run_gateway(&mut procs, spec, &paths, &applied).await?;
+        if matches!(outcome, Outcome::Unchanged | Outcome::Adopted) {
+            sync_allowlist(spec, &paths).await?;
+        }
         let proc = &procs.gateways[&spec.name];
         haproxy::wait_routing(spec, &paths, proc, Duration::from_secs(30)).await?;
         Ok(proc.pid())
     }
 
-    /// Writes the gateway's folder; returns everything HAProxy's behaviour depends on.
+    /// Writes the gateway's folder; returns everything HAProxy's configuration depends on (not
+    /// the allowlist, which a running HAProxy takes without a replacement: `sync_allowlist`).
     pub(crate) fn write_gateway_files(&self, spec: &GatewaySpec, paths: &GatewayPaths) -> Result<String> {
         ensure_dir(&self.database_dir(spec.database_id), 0o711, None)?;
         ensure_dir(&paths.dir, 0o700, Some(&self.runas))?;
         let config = haproxy::render(spec, paths);
         write_atomic(&paths.ca, &spec.ca_pem, Some(&self.runas))?;
+        write_atomic(&paths.allowlist, &haproxy::render_allowlist(spec), Some(&self.runas))?;
         write_atomic(&paths.config, &config, Some(&self.runas))?;
         // The generation is in a comment: compare without the first line.
         Ok(format!("{}\n{}", config.split_once('\n').map_or("", |(_, rest)| rest), spec.ca_pem))
@@ -278,6 +286,19 @@ impl Node {
         }
         Ok(outcome)
     }
+}
+
+/// Gives a running HAProxy (kept, or adopted after a restart of the agent) the spec's allowlist
+/// when its public listener admits another one; a started HAProxy read it from its file.
+pub(crate) async fn sync_allowlist(spec: &GatewaySpec, paths: &GatewayPaths) -> Result<()> {
+    if spec.public_host.is_none() {
+        return Ok(());
+    }
+    if haproxy::running_allowlist(paths).await.ok().as_deref() == Some(haproxy::allowlist(spec).as_slice()) {
+        return Ok(());
+    }
+    tracing::info!(gateway = %spec.name, "allowlist changed; giving it to the running HAProxy");
+    haproxy::set_allowlist(paths, spec).await
 }
 
 /// True when a running Patroni can take `new` by reloading (SIGHUP: Patroni re-reads its file,

@@ -69,9 +69,10 @@ impl MemberPaths {
 }
 
 /// The PostgreSQL superuser, the replication user and the REST API user Patroni is given.
-pub const SUPERUSER: &str = "postgres";
-pub const REPLICATION_USER: &str = "replicator";
-pub const RESTAPI_USER: &str = "patroni";
+/// (Named in core, where the names a tenant's database may not take are listed.)
+pub const SUPERUSER: &str = pgplane_core::validate::SUPERUSER_ROLE;
+pub const REPLICATION_USER: &str = pgplane_core::validate::REPLICATION_ROLE;
+pub const RESTAPI_USER: &str = pgplane_core::validate::RESTAPI_USER;
 
 /// `pg_hba.conf`, whole: peer for the OS superuser on the socket, SCRAM everywhere else,
 /// replication and the superuser over TLS only, tenants over TLS only when `force_tls`.
@@ -91,6 +92,28 @@ pub fn pg_hba(force_tls: bool) -> Vec<String> {
         lines.push(format!("{client} all all {net} scram-sha-256"));
     }
     lines
+}
+
+/// After Patroni was told to reload (SIGHUP): waits until it has written `spec`'s pg_hba
+/// (it re-reads its configuration in its next loop), then has PostgreSQL load it at once, so
+/// that the next connection meets it (a `force_tls` change holds when the job is done).
+pub async fn apply_hba(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path, runas: &RunAs) -> Result<()> {
+    let want = pg_hba(spec.force_tls);
+    let file = paths.data.join("pg_hba.conf");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        if lines == want {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("patroni did not write the new pg_hba of member {} within 30 s", spec.member);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::tenant::superuser_sql(spec, paths, bin_dir, runas, "SELECT pg_reload_conf();").await?;
+    Ok(())
 }
 
 /// Patroni's whole configuration for `spec`.

@@ -88,7 +88,11 @@ impl Node {
     async fn reconcile_gateway(&self, procs: &mut Processes, spec: &GatewaySpec) -> Result<Outcome> {
         let paths = GatewayPaths::new(self.gateway_dir(spec.database_id, &spec.name));
         let applied = self.write_gateway_files(spec, &paths)?;
-        self.run_gateway(procs, spec, &paths, &applied).await
+        let outcome = self.run_gateway(procs, spec, &paths, &applied).await?;
+        if outcome == Outcome::Adopted {
+            crate::node::sync_allowlist(spec, &paths).await?;
+        }
+        Ok(outcome)
     }
 }
 

@@ -18,8 +18,11 @@ pub struct AgentConfig {
     pub scheduler_url: String,
     pub bootstrap_token: String,
     pub name: String,
-    /// Address other hosts and clients reach this host's services at.
+    /// The private address: other hosts and the platform's clients reach this host's services at it.
     pub host: String,
+    /// The address clients on the internet reach this host at: the gateways of databases
+    /// exposed to the internet bind it (`host` on a machine with one address).
+    pub public_host: String,
     pub memory_mb: i64,
     pub disk_gb: i64,
     pub port_min: i32,
@@ -46,7 +49,8 @@ impl Session {
             .http
             .post(self.url("/agent/v1/register"))
             .json(&json!({
-                "bootstrap_token": c.bootstrap_token, "name": c.name, "host": c.host, "memory_mb": c.memory_mb,
+                "bootstrap_token": c.bootstrap_token, "name": c.name, "host": c.host, "public_host": c.public_host,
+                "memory_mb": c.memory_mb,
                 "disk_gb": c.disk_gb, "port_min": c.port_min, "port_max": c.port_max,
             }))
             .send()

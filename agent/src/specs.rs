@@ -110,6 +110,8 @@ mod tests {
             name: "g0".into(),
             listen_host: "127.0.0.1".into(),
             listen_port: 6432,
+            public_host: None,
+            allowed_cidrs: vec![],
             backends: vec![],
             ca_pem: "CA".into(),
         };

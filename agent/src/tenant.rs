@@ -2,7 +2,7 @@
 //! server's OS user over the member's unix socket (peer authentication, no password on disk).
 //! The SQL goes through stdin, so no secret appears in a command line.
 
-use crate::patroni::{MemberPaths, REPLICATION_USER, RESTAPI_USER, SUPERUSER};
+use crate::patroni::{MemberPaths, SUPERUSER};
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::MemberSpec;
 use pgplane_localpg::RunAs;
@@ -44,12 +44,26 @@ pub fn script(user: &str, password: &str, database: &str) -> String {
 /// Makes the tenant's role and database exist on the primary `spec` describes.
 pub async fn ensure(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path, runas: &RunAs) -> Result<()> {
     let s = &spec.secrets;
-    if [SUPERUSER, REPLICATION_USER, RESTAPI_USER].contains(&s.app_user.as_str()) || s.app_user.starts_with("pg_") {
+    if pgplane_core::validate::is_reserved_name(&s.app_user) {
         bail!("the tenant's user may not be named {:?}: that name is reserved", s.app_user);
     }
     let sql = script(&s.app_user, &s.app_password, &s.app_database);
+    superuser_sql(spec, paths, bin_dir, runas, &sql)
+        .await
+        .with_context(|| format!("creating the tenant's role {:?} and database {:?}", s.app_user, s.app_database))?;
+    Ok(())
+}
+
+/// Runs `sql` (psql's stdin) as the superuser over the member's unix socket; returns its output.
+pub async fn superuser_sql(
+    spec: &MemberSpec,
+    paths: &MemberPaths,
+    bin_dir: &Path,
+    runas: &RunAs,
+    sql: &str,
+) -> Result<String> {
     let mut cmd = std::process::Command::new(bin_dir.join("psql"));
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", "postgres", "-h"])
+    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", SUPERUSER, "-d", "postgres", "-h"])
         .arg(&paths.socket_dir)
         .args(["-p", &spec.pg_port.to_string()])
         .current_dir(&paths.dir)
@@ -67,15 +81,9 @@ pub async fn ensure(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path, runa
         .await
         .context("psql did not finish within 60 s")??;
     if !out.status.success() {
-        bail!(
-            "creating the tenant's role {:?} and database {:?} failed ({}): {}",
-            s.app_user,
-            s.app_database,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("psql failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[cfg(test)]

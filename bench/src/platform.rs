@@ -295,7 +295,7 @@ impl Platform {
         std::fs::rename(&tmp, &ca)?;
         let url = conn["url"].as_str().context("url")?;
         let verify = format!("sslmode=verify-ca&sslrootcert={}", ca.display());
-        Ok(url.replace("sslmode=prefer", &verify).replace("sslmode=require", &verify))
+        Ok(url.replace("sslmode=verify-full", &verify))
     }
 
     /// Members' REST endpoints, the database CA and the REST password, from the control plane.

@@ -145,9 +145,13 @@ pub struct AgentArgs {
     /// Unique name of this agent.
     #[arg(long, env = "PGPLANE_AGENT_NAME")]
     name: String,
-    /// Address other hosts and clients reach this host's services at.
+    /// Private address: other hosts and the platform's clients reach this host's services at it.
     #[arg(long, env = "PGPLANE_AGENT_HOST", default_value = "127.0.0.1")]
     host: String,
+    /// Public address: the gateways of databases exposed to the internet listen there too
+    /// (only while exposed, admitting each database's allowlist). Defaults to --host.
+    #[arg(long, env = "PGPLANE_AGENT_PUBLIC_HOST")]
+    public_host: Option<String>,
     /// Memory and disk this host offers to databases.
     #[arg(long, env = "PGPLANE_AGENT_MEMORY_MB", default_value_t = 4096)]
     memory_mb: i64,
@@ -175,6 +179,7 @@ impl AgentArgs {
             bootstrap_token: self.bootstrap_token.expose_secret().to_string(),
             name: self.name.clone(),
             host: self.host.clone(),
+            public_host: self.public_host.clone().unwrap_or_else(|| self.host.clone()),
             memory_mb: self.memory_mb,
             disk_gb: self.disk_gb,
             port_min: self.port_min,

@@ -132,6 +132,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             bootstrap_token: bootstrap_token.clone(),
             name: format!("local-{i}"),
             host: "127.0.0.1".into(),
+            public_host: "127.0.0.1".into(),
             memory_mb: 4096,
             disk_gb: 100,
             port_min,

@@ -94,8 +94,16 @@ pub struct GatewaySpec {
     pub database_id: DatabaseId,
     pub generation: i64,
     pub name: String,
+    /// The host's private address: clients on the platform's network connect here.
     pub listen_host: String,
     pub listen_port: u16,
+    /// The host's public address while the database is exposed to the internet (same port;
+    /// absent otherwise). When it is `listen_host`, the gateway listens there only, as public.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    /// The networks the public address admits (normalized CIDRs); empty admits every address.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
     pub backends: Vec<GatewayBackend>,
     /// CA that signed the members' Patroni REST certificates (checked with check-ssl).
     pub ca_pem: String,

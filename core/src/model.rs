@@ -324,6 +324,11 @@ pub struct DatabaseSettings {
     pub internet_exposure: bool,
     /// Preferred UTC hour (0–23) of the daily backup; absent lets the platform choose.
     pub backup_hour: Option<i32>,
+    /// The networks (IPv4/IPv6 CIDRs, normalized) that may connect from the internet while it
+    /// is exposed; empty admits every address. The gateways refuse other clients before they
+    /// reach PostgreSQL.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
 }
 
 /// A partial change of settings; absent fields stay as they are.
@@ -333,6 +338,10 @@ pub struct UpdateDatabaseSettings {
     pub force_tls: Option<bool>,
     pub internet_exposure: Option<bool>,
     pub backup_hour: Option<i32>,
+    /// Replaces the allowlist (at most 64 networks such as `203.0.113.0/24`, `2001:db8::/32`, or
+    /// single addresses); `[]` admits every address.
+    #[schema(max_items = 64)]
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 /// Where clients connect (the gateway), once provisioned.
@@ -433,19 +442,30 @@ pub struct DatabaseMemberList {
 }
 
 /// How to connect to a database, once provisioned. The URL embeds the tenant user's password.
+/// Clients check the server against the database's own CA: save `ca_pem` (or
+/// `GET /v1/databases/{id}/ca.pem`) to a file and add `&sslrootcert=<that file>` to the URL.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionInfo {
-    /// `postgres://user:password@host:port/database?sslmode=…`
+    /// `postgres://user:password@host:port/database?sslmode=verify-full`, for clients on the
+    /// platform's private network; append `&sslrootcert=<file holding ca_pem>`.
     pub url: String,
     pub host: String,
     pub port: i32,
     pub user: String,
     pub password: String,
     pub database: String,
-    /// `require` when force TLS is on, else `prefer`; use `verify-ca` with `ca_pem` to check the server.
+    /// `verify-full`: TLS, the server's certificate signed by the database's CA and naming the
+    /// host connected to. libpq needs the CA as `sslrootcert` (else it reads `~/.postgresql/root.crt`).
     pub sslmode: String,
-    /// The database's CA certificate (also at `/v1/databases/{id}/ca.pem`).
+    /// The database's CA certificate (also at `/v1/databases/{id}/ca.pem`), for `sslrootcert`.
     pub ca_pem: String,
+    /// While the database is exposed to the internet: the gateways' public address (same port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_host: Option<String>,
+    /// While the database is exposed to the internet: the URL for clients outside the platform
+    /// (checked against `allowed_cidrs`); append `&sslrootcert=<file holding ca_pem>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -479,6 +499,8 @@ string_enum!(
         Configure = "configure",
         /// A planned change of leader.
         Switchover = "switchover",
+        /// Settings applied to the running members and gateways (TLS, exposure, allowlist).
+        UpdateSettings = "update_settings",
     }
 );
 

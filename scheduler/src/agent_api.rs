@@ -87,8 +87,12 @@ pub struct Register {
     pub bootstrap_token: String,
     /// Unique name of the agent (its host name, say); registering again rotates the credential.
     pub name: String,
-    /// Address other hosts and clients reach this host's services at.
+    /// The private address: other hosts and the platform's clients reach this host's services at it.
     pub host: String,
+    /// The address clients on the internet reach this host at (gateways of exposed databases
+    /// bind it); `host` when absent.
+    #[serde(default)]
+    pub public_host: Option<String>,
     pub memory_mb: i64,
     pub disk_gb: i64,
     /// Ports this host may hand out to members and gateways.
@@ -120,6 +124,7 @@ async fn register(State(state): State<AgentApiState>, Json(r): Json<Register>) -
     let reg = AgentRegistration {
         name: &r.name,
         host: &r.host,
+        public_host: r.public_host.as_deref().unwrap_or(&r.host),
         memory_mb: r.memory_mb,
         disk_gb: r.disk_gb,
         port_min: r.port_min,

@@ -151,14 +151,15 @@ impl Workflows {
             if existing.iter().any(|g| g.agent_id == m.agent_id) {
                 continue;
             }
-            let port = if m.host == first.host {
-                first.port
-            } else {
-                let (min, max): (i32, i32) = sqlx::query_as("SELECT port_min, port_max FROM agents WHERE id = $1")
+            let (min, max, public_host): (i32, i32, String) =
+                sqlx::query_as("SELECT port_min, port_max, COALESCE(public_host, host) FROM agents WHERE id = $1")
                     .bind(m.agent_id)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(retry)?;
+            let port = if m.host == first.host {
+                first.port
+            } else {
                 i32::from(
                     agents::port_allocate_in(tx, &m.host, (min, max), st.database_id, "gateway")
                         .await
@@ -166,7 +167,14 @@ impl Workflows {
                 )
             };
             let name = format!("g{count}");
-            let g = GatewayRow { database_id: st.database_id, name, agent_id: m.agent_id, host: m.host.clone(), port };
+            let g = GatewayRow {
+                database_id: st.database_id,
+                name,
+                agent_id: m.agent_id,
+                host: m.host.clone(),
+                port,
+                public_host,
+            };
             gateway_insert_in(tx, &g).await.map_err(retry)?;
         }
         Ok(())

@@ -16,6 +16,9 @@
 //! configure:   start ─PATCH /config─▶ configure ─▶ finish
 //! switchover:  start ─drain the leader in every gateway, POST /switchover─▶ undrain
 //!              ─lift the drain─▶ finish
+//! update_settings: start ─EnsureMember (pg_hba, certificates: a reload)─▶ members
+//!              ─▶ gateways (binds, allowlist) ─▶ finish; an allowlist alone starts at
+//!              gateways; the backup hour alone finishes at once
 //! ```
 
 use pgplane_core::agent::{
@@ -143,6 +146,8 @@ impl Handler for Workflows {
                 (OperationKind::ChangePlan, "drain") => self.switchover(&mut tx, &st).await?,
                 (OperationKind::ChangePlan, "resize-leader") => self.resize_rest(&mut tx, &st).await?,
                 (OperationKind::Configure, "start") => self.configure(&mut tx, &st).await?,
+                (OperationKind::UpdateSettings, "start") => self.update_settings(&mut tx, &st).await?,
+                (OperationKind::UpdateSettings, "gateways") => self.gateways(&mut tx, &st).await?,
                 (OperationKind::Switchover, "start") => self.switchover(&mut tx, &st).await?,
                 (OperationKind::Switchover | OperationKind::ChangePlan, "undrain") => {
                     self.undrain(&mut tx, &st).await?
@@ -151,7 +156,8 @@ impl Handler for Workflows {
                     OperationKind::Create
                     | OperationKind::ChangePlan
                     | OperationKind::Configure
-                    | OperationKind::Switchover,
+                    | OperationKind::Switchover
+                    | OperationKind::UpdateSettings,
                     "finish",
                 ) => {
                     if st.operation.kind == OperationKind::Switchover {
@@ -240,7 +246,14 @@ impl Workflows {
             };
             gateway_insert_in(
                 tx,
-                &GatewayRow { database_id: db, name: format!("g{i}"), agent_id: a.id, host: a.host.clone(), port },
+                &GatewayRow {
+                    database_id: db,
+                    name: format!("g{i}"),
+                    agent_id: a.id,
+                    host: a.host.clone(),
+                    port,
+                    public_host: a.public_host.clone(),
+                },
             )
             .await
             .map_err(retry)?;
@@ -281,10 +294,14 @@ impl Workflows {
         let etcd = self.etcd_access(tx, st.database_id, secrets).await?;
         for m in members {
             // Clients reach the member through the gateway (TLS passes through), so the
-            // certificate names the gateways' hosts as well as the member's.
+            // certificate names the gateways' hosts, private and public (`verify-full` from
+            // the internet too), as well as the member's.
             let mut names: Vec<String> = vec![m.host.clone(), "localhost".into()];
-            names.extend(gateways.iter().map(|g| g.host.clone()));
-            names.dedup();
+            for name in gateways.iter().flat_map(|g| [&g.host, &g.public_host]) {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
             let (cert_pem, key_pem) =
                 tls::member_certificate(&secrets.ca_cert_pem, &secrets.ca_key_pem, &names).map_err(retry)?;
             let spec = MemberSpec {
@@ -339,6 +356,8 @@ impl Workflows {
                 name: g.name.clone(),
                 listen_host: g.host.clone(),
                 listen_port: g.port as u16,
+                public_host: st.internet_exposure.then(|| g.public_host.clone()),
+                allowed_cidrs: st.allowed_cidrs.clone(),
                 backends: backends.clone(),
                 ca_pem: secrets.ca_cert_pem.clone(),
             };
@@ -406,6 +425,28 @@ impl Workflows {
         operation_progress_in(tx, st.operation.id, 30, "applying the configuration through Patroni")
             .await
             .map_err(retry)
+    }
+
+    /// Applies changed settings (the operation's `changed`): force TLS and exposure re-render
+    /// every member (pg_hba, certificates naming the public addresses; Patroni reloads, no
+    /// restart), then every gateway (its binds); an allowlist change only the gateways (they
+    /// take it without dropping a connection); the backup hour needs nothing running.
+    async fn update_settings(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let changed: Vec<&str> =
+            st.operation.params["changed"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();
+        if changed.iter().any(|c| matches!(*c, "force_tls" | "internet_exposure")) {
+            let members = members_of_in(tx, st.database_id).await.map_err(retry)?;
+            let secrets =
+                secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
+            self.ensure_members(tx, st, &secrets, &members, ("members", "gateways")).await?;
+            operation_progress_in(tx, st.operation.id, 20, "reloading the members with the new settings")
+                .await
+                .map_err(retry)
+        } else if changed.contains(&"allowed_cidrs") {
+            self.gateways(tx, st).await
+        } else {
+            operation_finish_in(tx, st.operation.id, None).await.map_err(retry)
+        }
     }
 
     /// Asks a member's agent to apply `patch` to the cluster-wide Patroni configuration.

@@ -17,7 +17,10 @@ pub const LIVE_WITHIN_SECS: i32 = 30;
 pub struct Agent {
     pub id: AgentId,
     pub name: String,
+    /// The private address: members, gateways and clients on the platform's network.
     pub host: String,
+    /// The address clients on the internet reach the host at (`host` unless told).
+    pub public_host: String,
     pub memory_mb: i64,
     pub disk_gb: i64,
     pub port_min: i32,
@@ -39,6 +42,7 @@ pub struct AgentCapacity {
 pub struct AgentRegistration<'a> {
     pub name: &'a str,
     pub host: &'a str,
+    pub public_host: &'a str,
     pub memory_mb: i64,
     pub disk_gb: i64,
     pub port_min: i32,
@@ -49,16 +53,16 @@ fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-const AGENT_COLUMNS: &str = "a.id, a.name, a.host, a.memory_mb, a.disk_gb, a.port_min, a.port_max, a.last_seen_at";
+const AGENT_COLUMNS: &str = "a.id, a.name, a.host, COALESCE(a.public_host, a.host) AS public_host, a.memory_mb, a.disk_gb, a.port_min, a.port_max, a.last_seen_at";
 
 impl Store {
     /// Registers an agent (or re-registers one by name) and returns its new credential.
     pub async fn agent_register(&self, r: &AgentRegistration<'_>) -> Result<(AgentId, String)> {
         let credential = format!("pga_{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 40));
         let id: AgentId = sqlx::query_scalar(
-            "INSERT INTO agents (id, name, host, credential_hash, memory_mb, disk_gb, port_min, port_max) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, credential_hash = EXCLUDED.credential_hash, \
+            "INSERT INTO agents (id, name, host, credential_hash, memory_mb, disk_gb, port_min, port_max, public_host) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, public_host = EXCLUDED.public_host, credential_hash = EXCLUDED.credential_hash, \
                 memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, port_min = EXCLUDED.port_min, \
                 port_max = EXCLUDED.port_max, last_seen_at = now() \
              RETURNING id",
@@ -71,6 +75,7 @@ impl Store {
         .bind(r.disk_gb)
         .bind(r.port_min)
         .bind(r.port_max)
+        .bind(r.public_host)
         .fetch_one(&self.pool)
         .await
         .map_err(db_error)?;

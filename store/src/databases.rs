@@ -31,6 +31,7 @@ struct DatabaseRow {
     force_tls: bool,
     internet_exposure: bool,
     backup_hour: Option<i32>,
+    allowed_cidrs: Vec<String>,
     endpoint_host: Option<String>,
     endpoint_port: Option<i32>,
     created_at: DateTime<Utc>,
@@ -52,6 +53,7 @@ impl DatabaseRow {
                 force_tls: self.force_tls,
                 internet_exposure: self.internet_exposure,
                 backup_hour: self.backup_hour,
+                allowed_cidrs: self.allowed_cidrs,
             },
             endpoint: match (self.endpoint_host, self.endpoint_port) {
                 (Some(host), Some(port)) => Some(Endpoint { host, port }),
@@ -64,7 +66,7 @@ impl DatabaseRow {
 }
 
 const DB_COLUMNS: &str = "d.id, d.tenant_id, d.app_id, d.addon_id, d.name, d.plan_id, d.version, d.status, \
-     d.force_tls, d.internet_exposure, d.backup_hour, d.endpoint_host, d.endpoint_port, d.created_at, d.updated_at";
+     d.force_tls, d.internet_exposure, d.backup_hour, d.allowed_cidrs, d.endpoint_host, d.endpoint_port, d.created_at, d.updated_at";
 
 #[derive(FromRow)]
 struct OperationRow {
@@ -208,8 +210,8 @@ impl Store {
         addon_switch_period(&mut tx, addon, Some(new.plan)).await?;
         let row: DatabaseRow = sqlx::query_as(&format!(
             "INSERT INTO databases AS d (id, tenant_id, app_id, addon_id, name, plan_id, version, status, \
-                force_tls, internet_exposure, backup_hour) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10) RETURNING {DB_COLUMNS}"
+                force_tls, internet_exposure, backup_hour, allowed_cidrs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11) RETURNING {DB_COLUMNS}"
         ))
         .bind(DatabaseId::new())
         .bind(new.tenant_id)
@@ -221,6 +223,7 @@ impl Store {
         .bind(new.settings.force_tls)
         .bind(new.settings.internet_exposure)
         .bind(new.settings.backup_hour)
+        .bind(&new.settings.allowed_cidrs)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -382,20 +385,62 @@ impl Store {
         Ok(op)
     }
 
-    pub async fn database_update_settings(&self, id: DatabaseId, settings: &DatabaseSettings) -> Result<Database> {
-        let row: Option<DatabaseRow> = sqlx::query_as(&format!(
-            "UPDATE databases d SET force_tls = $2, internet_exposure = $3, backup_hour = $4, \
-                generation = generation + 1, updated_at = now() \
-             WHERE d.id = $1 AND d.status NOT IN ('deleting', 'deleted') RETURNING {DB_COLUMNS}"
-        ))
+    /// Stores the desired settings and enqueues the `update_settings` operation that applies
+    /// them to the running members and gateways (its `changed` param lists what differs). Only
+    /// an available database takes it; another operation in progress is a conflict.
+    pub async fn database_update_settings(
+        &self,
+        actor: &Actor,
+        id: DatabaseId,
+        settings: &DatabaseSettings,
+    ) -> Result<Operation> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let db = Self::database_lock(&mut tx, id).await?;
+        match db.status {
+            DatabaseStatus::Available => {}
+            DatabaseStatus::Deleting => {
+                return Err(Error::conflict("database_deleting", "the database is being deleted"));
+            }
+            status => {
+                return Err(Error::conflict(
+                    "not_available",
+                    format!("the database is {status}; wait until it is available"),
+                ))
+            }
+        }
+        let old = &db.settings;
+        let changed: Vec<&str> = [
+            ("force_tls", old.force_tls != settings.force_tls),
+            ("internet_exposure", old.internet_exposure != settings.internet_exposure),
+            ("allowed_cidrs", old.allowed_cidrs != settings.allowed_cidrs),
+            ("backup_hour", old.backup_hour != settings.backup_hour),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect();
+        let op = operation_insert(
+            &mut tx,
+            actor,
+            db.tenant_id,
+            id,
+            OperationKind::UpdateSettings,
+            json!({ "changed": changed, "settings": settings }),
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE databases SET force_tls = $2, internet_exposure = $3, backup_hour = $4, allowed_cidrs = $5, \
+                generation = generation + 1, updated_at = now() WHERE id = $1",
+        )
         .bind(id)
         .bind(settings.force_tls)
         .bind(settings.internet_exposure)
         .bind(settings.backup_hour)
-        .fetch_optional(&self.pool)
+        .bind(&settings.allowed_cidrs)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        row.ok_or_else(|| Error::conflict("database_deleting", "the database is being deleted"))?.into_database()
+        tx.commit().await.map_err(db_error)?;
+        Ok(op)
     }
 
     /// The operation with the caller's role in its tenant, or not found.
@@ -456,7 +501,8 @@ impl Store {
 pub struct ConnectionParts {
     pub host: String,
     pub port: i32,
-    pub force_tls: bool,
+    /// The gateways' public address while the database is exposed to the internet.
+    pub public_host: Option<String>,
     pub user: String,
     pub password: String,
     pub database: String,
@@ -466,21 +512,26 @@ pub struct ConnectionParts {
 impl Store {
     /// Connection details of a provisioned database (None before it is placed).
     pub async fn database_connection(&self, id: DatabaseId) -> Result<Option<ConnectionParts>> {
-        type Row = (Option<String>, Option<i32>, bool, serde_json::Value, String);
+        type Row = (Option<String>, Option<i32>, Option<String>, serde_json::Value, String);
         let row: Option<Row> = sqlx::query_as(
-            "SELECT d.endpoint_host, d.endpoint_port, d.force_tls, s.secrets, s.ca_cert_pem \
+            // The public address of the gateway that holds the endpoint (the first one).
+            "SELECT d.endpoint_host, d.endpoint_port, \
+                CASE WHEN d.internet_exposure THEN \
+                    (SELECT COALESCE(g.public_host, g.host) FROM database_gateways g \
+                     WHERE g.database_id = d.id ORDER BY g.name LIMIT 1) END, \
+                s.secrets, s.ca_cert_pem \
              FROM databases d JOIN database_secrets s ON s.database_id = d.id WHERE d.id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        let Some((Some(host), Some(port), force_tls, secrets, ca_pem)) = row else { return Ok(None) };
+        let Some((Some(host), Some(port), public_host, secrets, ca_pem)) = row else { return Ok(None) };
         let s: pgplane_core::agent::DatabaseSecrets = serde_json::from_value(secrets).map_err(Error::internal)?;
         Ok(Some(ConnectionParts {
             host,
             port,
-            force_tls,
+            public_host,
             user: s.app_user,
             password: s.app_password,
             database: s.app_database,

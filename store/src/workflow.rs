@@ -17,6 +17,10 @@ pub struct OperationState {
     pub version: String,
     pub plan: Plan,
     pub force_tls: bool,
+    /// The gateways bind their hosts' public addresses.
+    pub internet_exposure: bool,
+    /// The networks the public addresses admit; empty admits every address.
+    pub allowed_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -36,6 +40,8 @@ pub struct GatewayRow {
     pub agent_id: AgentId,
     pub host: String,
     pub port: i32,
+    /// The public address of the gateway's host (its `host` when it has none of its own).
+    pub public_host: String,
 }
 
 /// The database's generated credentials and CA.
@@ -50,18 +56,29 @@ pub struct StoredSecrets {
 
 /// Locks an operation and its database for a workflow step.
 pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: OperationId) -> Result<OperationState> {
-    let row: Option<(DatabaseId, i64, String, String, bool)> = sqlx::query_as(
-        "SELECT d.id, d.generation, d.version, d.plan_id, d.force_tls FROM operations o \
-         JOIN databases d ON d.id = o.database_id WHERE o.id = $1 FOR UPDATE OF o, d",
+    type Row = (DatabaseId, i64, String, String, bool, bool, Vec<String>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT d.id, d.generation, d.version, d.plan_id, d.force_tls, d.internet_exposure, d.allowed_cidrs \
+         FROM operations o JOIN databases d ON d.id = o.database_id WHERE o.id = $1 FOR UPDATE OF o, d",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
-    let (database_id, generation, version, plan_id, force_tls) = row.ok_or(Error::not_found("operation"))?;
+    let (database_id, generation, version, plan_id, force_tls, internet_exposure, allowed_cidrs) =
+        row.ok_or(Error::not_found("operation"))?;
     let operation = store.operation_by_id_in(conn, id).await?;
     let plan = store.plan_get(&plan_id).await?;
-    Ok(OperationState { operation, database_id, generation, version, plan, force_tls })
+    Ok(OperationState {
+        operation,
+        database_id,
+        generation,
+        version,
+        plan,
+        force_tls,
+        internet_exposure,
+        allowed_cidrs,
+    })
 }
 
 /// Moves an operation along: running, with progress and the current step.
@@ -126,15 +143,19 @@ pub async fn member_insert_in(conn: &mut PgConnection, m: &MemberRow, memory_mb:
 }
 
 pub async fn gateway_insert_in(conn: &mut PgConnection, g: &GatewayRow) -> Result<()> {
-    sqlx::query("INSERT INTO database_gateways (database_id, name, agent_id, host, port) VALUES ($1, $2, $3, $4, $5)")
-        .bind(g.database_id)
-        .bind(&g.name)
-        .bind(g.agent_id)
-        .bind(&g.host)
-        .bind(g.port)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO database_gateways (database_id, name, agent_id, host, port, public_host) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(g.database_id)
+    .bind(&g.name)
+    .bind(g.agent_id)
+    .bind(&g.host)
+    .bind(g.port)
+    .bind(&g.public_host)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
     Ok(())
 }
 
@@ -151,7 +172,8 @@ pub async fn members_of_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Ve
 
 pub async fn gateways_of_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Vec<GatewayRow>> {
     sqlx::query_as(
-        "SELECT database_id, name, agent_id, host, port FROM database_gateways WHERE database_id = $1 ORDER BY name",
+        "SELECT database_id, name, agent_id, host, port, COALESCE(public_host, host) AS public_host \
+         FROM database_gateways WHERE database_id = $1 ORDER BY name",
     )
     .bind(db)
     .fetch_all(&mut *conn)

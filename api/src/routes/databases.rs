@@ -1,5 +1,5 @@
-//! Databases: create, change plan and delete answer 202 with an operation that the
-//! scheduler carries out; settings change synchronously.
+//! Databases: create, change plan, delete and settings changes answer 202 with an operation
+//! that the scheduler carries out.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -42,10 +42,19 @@ fn merge_settings(
     prefix: &str,
     v: &mut Validator,
 ) -> DatabaseSettings {
+    let field = format!("{prefix}allowed_cidrs");
+    let allowed_cidrs = match &patch.allowed_cidrs {
+        Some(list) => validate::cidrs(&field, list).unwrap_or_else(|e| {
+            v.push(e);
+            Vec::new()
+        }),
+        None => current.allowed_cidrs.clone(),
+    };
     let merged = DatabaseSettings {
         force_tls: patch.force_tls.unwrap_or(current.force_tls),
         internet_exposure: patch.internet_exposure.unwrap_or(current.internet_exposure),
         backup_hour: patch.backup_hour.or(current.backup_hour),
+        allowed_cidrs,
     };
     if let Some(h) = patch.backup_hour {
         v.check(validate::hour(&format!("{prefix}backup_hour"), h));
@@ -77,8 +86,9 @@ async fn database_create(
     require_role(app.role, TenantRole::Member)?;
     let tenant = app.item.tenant_id;
     let mut v = Validator::new();
-    v.check(validate::slug_name("name", &input.name));
-    let defaults = DatabaseSettings { force_tls: false, internet_exposure: false, backup_hour: None };
+    v.check(validate::database_name("name", &input.name));
+    let defaults =
+        DatabaseSettings { force_tls: false, internet_exposure: false, backup_hour: None, allowed_cidrs: Vec::new() };
     let settings = merge_settings(&defaults, &input.settings.clone().unwrap_or_default(), "settings.", &mut v);
     let plan = match state.store.plan_for_tenant(tenant, &input.plan, "plan").await {
         Ok(p) => Some(p),
@@ -194,24 +204,28 @@ async fn settings_get(
 }
 
 /// Changes settings (members): force TLS, internet exposure (refused unless force TLS is
-/// on), preferred daily backup hour. Absent fields keep their value.
+/// on), the IP allowlist of the public address, preferred daily backup hour. Absent fields
+/// keep their value. Answers 202 with the `update_settings` operation that applies them to the
+/// running database (members reload, no restart; gateways take a new allowlist without
+/// dropping connections); `GET …/settings` shows the desired settings at once. Only an
+/// available database with no other operation in progress takes a change (409 otherwise).
 #[utoipa::path(
     patch, path = "/v1/databases/{database_id}/settings", tag = "databases", security(("bearer" = [])),
     params(("database_id" = DatabaseId, Path)), request_body = UpdateDatabaseSettings,
-    responses((status = 200, body = DatabaseSettings), Errors)
+    responses((status = 202, body = Operation), Errors)
 )]
 async fn settings_update(
     State(state): State<AppState>,
     Auth(actor): Auth,
     Path(id): Path<DatabaseId>,
     Json(patch): Json<UpdateDatabaseSettings>,
-) -> ApiResult<Json<DatabaseSettings>> {
+) -> ApiResult<Response> {
     let db = state.store.database_get(&actor, id).await?;
     require_role(db.role, TenantRole::Member)?;
     let mut v = Validator::new();
     let merged = merge_settings(&db.item.settings, &patch, "", &mut v);
     v.finish()?;
-    Ok(Json(state.store.database_update_settings(id, &merged).await?.settings))
+    Ok(accepted(state.store.database_update_settings(&actor, id, &merged).await?))
 }
 
 /// The database's PostgreSQL members: role, state, timeline and replication lag, as their
@@ -233,7 +247,8 @@ fn not_provisioned() -> Error {
     Error::conflict("not_provisioned", "the database has no endpoint yet; wait for its create operation")
 }
 
-/// How to connect: URL with the tenant user's password, host, port, TLS mode, CA (members).
+/// How to connect: URL with the tenant user's password, host, port, TLS mode (`verify-full`:
+/// pass the CA as `sslrootcert`), CA, and the public address while exposed (members).
 #[utoipa::path(
     get, path = "/v1/databases/{database_id}/connection", tag = "databases", security(("bearer" = [])),
     params(("database_id" = DatabaseId, Path)), responses((status = 200, body = ConnectionInfo), Errors)
@@ -246,10 +261,15 @@ async fn connection_get(
     // Read-only members see everything but credentials.
     require_role(state.store.database_get(&actor, id).await?.role, TenantRole::Member)?;
     let c = state.store.database_connection(id).await?.ok_or_else(not_provisioned)?;
-    let sslmode = if c.force_tls { "require" } else { "prefer" };
-    let url = format!("postgres://{}:{}@{}:{}/{}?sslmode={sslmode}", c.user, c.password, c.host, c.port, c.database);
+    let sslmode = "verify-full";
+    let url_for = |host: &str| {
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        format!("postgres://{}:{}@{host}:{}/{}?sslmode={sslmode}", c.user, c.password, c.port, c.database)
+    };
     Ok(Json(ConnectionInfo {
-        url,
+        url: url_for(&c.host),
+        public_url: c.public_host.as_deref().map(url_for),
+        public_host: c.public_host.clone(),
         host: c.host,
         port: c.port,
         user: c.user,
@@ -260,7 +280,7 @@ async fn connection_get(
     }))
 }
 
-/// The database's CA certificate (PEM), for `sslmode=verify-ca`.
+/// The database's CA certificate (PEM): the `sslrootcert` of `sslmode=verify-full`.
 #[utoipa::path(
     get, path = "/v1/databases/{database_id}/ca.pem", tag = "databases", security(("bearer" = [])),
     params(("database_id" = DatabaseId, Path)),

@@ -253,7 +253,7 @@ impl Plane {
         let url = conn["url"].as_str().unwrap();
         format!(
             "{}&connect_timeout=5",
-            url.replace("sslmode=prefer", &format!("sslmode=verify-ca&sslrootcert={}", ca.display()))
+            url.replace("sslmode=verify-full", &format!("sslmode=verify-full&sslrootcert={}", ca.display()))
         )
     }
 

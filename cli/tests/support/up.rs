@@ -154,8 +154,8 @@ pub async fn url(http: &reqwest::Client, base: &str, token: &str, db: &str, stat
     let conn: Value = res.unwrap().json().await.unwrap();
     let ca = state.join("kept-ca.pem");
     std::fs::write(&ca, conn["ca_pem"].as_str().unwrap()).unwrap();
-    let verified = format!("sslmode=verify-ca&sslrootcert={}&connect_timeout=5", ca.display());
-    conn["url"].as_str().unwrap().replace("sslmode=prefer", &verified)
+    let verified = format!("sslmode=verify-full&sslrootcert={}&connect_timeout=5", ca.display());
+    conn["url"].as_str().unwrap().replace("sslmode=verify-full", &verified)
 }
 
 /// Creates an app and a Starter database in a new tenant, waits until it is available and
