@@ -51,22 +51,48 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     crate::routes::router().split_for_parts().1
 }
 
-/// The error answers every authenticated endpoint may give.
-pub struct Errors;
+/// Declares a set of problem+json answers, for `responses(…)` of `#[utoipa::path]`.
+macro_rules! error_set {
+    ($(#[$doc:meta])* $name:ident: $($code:literal),+) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+                problems(&[$($code),+])
+            }
+        }
+    };
+}
 
-impl IntoResponses for Errors {
-    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
-        [
-            ("400", "Malformed request"),
-            ("401", "Missing or invalid access token"),
-            ("403", "The caller's role does not allow this"),
-            ("404", "No such resource, or it belongs to another tenant"),
-            ("409", "Conflicts with the resource's current state"),
-            ("422", "Invalid input; `errors` lists the fields"),
-            ("429", "Rate limit exceeded; see Retry-After"),
-        ]
-        .into_iter()
-        .map(|(code, description)| {
+error_set!(
+    /// What an endpoint that takes an access token may answer besides success: anything a
+    /// caller can get wrong (input, credentials, role, state, rate).
+    Errors: 400, 401, 403, 404, 409, 422, 429
+);
+error_set!(
+    /// Public reads of the catalog: bad query, unknown item, rate limit (when a token is sent).
+    PublicErrors: 400, 404, 422, 429
+);
+error_set!(
+    /// Endpoints that cannot fail on input: only a caller who sends a token over its rate limit
+    /// is refused.
+    RateLimited: 429
+);
+
+fn problems(codes: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+    codes
+        .iter()
+        .map(|code| {
+            let description = match code {
+                400 => "Malformed request",
+                401 => "Missing or invalid access token",
+                403 => "The caller's role does not allow this",
+                404 => "No such resource, or it belongs to another tenant",
+                409 => "Conflicts with the resource's current state",
+                422 => "Invalid input; `errors` lists the fields",
+                429 => "Rate limit exceeded; see Retry-After",
+                _ => "Error",
+            };
             let response = ResponseBuilder::new()
                 .description(description)
                 .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
@@ -74,5 +100,4 @@ impl IntoResponses for Errors {
             (code.to_string(), RefOr::T(response))
         })
         .collect()
-    }
 }
