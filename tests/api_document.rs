@@ -7,12 +7,13 @@
 
 use pgplane_tests::spawn_app;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 /// The checks that say "the document is what the API does".
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
-    response_headers_conformance,response_schema_conformance,positive_data_acceptance,negative_data_rejection";
+                      response_headers_conformance,response_schema_conformance,positive_data_acceptance,\
+                      negative_data_rejection";
 /// Fixed generation, so that a failure is reproducible and the run time bounded.
 const MAX_EXAMPLES: &str = "25";
 const SEED: &str = "8";
@@ -29,7 +30,7 @@ async fn schemathesis_finds_no_failure() {
     let operator = app.operator();
     let bearer = operator.bearer.clone().expect("operator token");
     // Databases for the requests about one (see schemathesis.toml), and lists that are not empty.
-    let (tenant, app_id) = app.tenant_with_app(&operator, "Acme").await;
+    let (_, app_id) = app.tenant_with_app(&operator, "Acme").await;
     let mut ids = Vec::new();
     for name in ["main", "doomed"] {
         let (s, op) =
@@ -51,8 +52,10 @@ async fn schemathesis_finds_no_failure() {
         .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
         .args(["--generation-database", "none", "--no-color", "--workers", "2"])
         .args(["--header", &format!("Authorization: Bearer {bearer}")])
-        .args(["--report", "junit", "--report-dir"])
-        .arg(&report)
+        .args(["--report", "json,har", "--report-json-path"])
+        .arg(report.join("run.json"))
+        .arg("--report-har-path")
+        .arg(report.join("requests.har"))
         .env("PGPLANE_ST_DATABASE_ID", &ids[0].0)
         .env("PGPLANE_ST_OPERATION_ID", &ids[0].1)
         .env("PGPLANE_ST_DOOMED_DATABASE_ID", &ids[1].0)
@@ -65,20 +68,37 @@ async fn schemathesis_finds_no_failure() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    let figures = summary(&stdout);
-    println!("schemathesis figures (tenant {tenant}): {figures}");
+    let figures = figures(&report);
+    println!("schemathesis figures: {figures}");
     assert!(out.status.success(), "schemathesis found failures: {figures}");
     let _ = std::fs::remove_dir_all(&report);
 }
 
-/// schemathesis's summary (from its SUMMARY line on) in one line: operations, phases,
-/// failures by kind, test cases.
-fn summary(stdout: &str) -> String {
-    let from = stdout.find("SUMMARY").unwrap_or(0);
-    stdout[from..]
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('=') && !l.contains("Report") && !l.contains(".xml"))
-        .collect::<Vec<_>>()
-        .join(" | ")
+/// One line from schemathesis's reports: operations tested, test cases, requests sent,
+/// failures by kind.
+fn figures(report: &std::path::Path) -> String {
+    let read = |name: &str| -> Value {
+        std::fs::read(report.join(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
+    };
+    let (run, har) = (read("run.json"), read("requests.har"));
+    let failures: Vec<String> = run["failures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            format!("{} {} ({})", f["count"], f["title"].as_str().unwrap_or("?"), f["code"].as_str().unwrap_or("?"))
+        })
+        .collect();
+    let failed: u64 = run["failures"].as_array().into_iter().flatten().filter_map(|f| f["count"].as_u64()).sum();
+    format!(
+        "{} operations tested of {}, {} test cases, {} requests sent, {failed} failures{}; checks {CHECKS}; seed {}, {} examples, {:.0} s",
+        run["operations"]["tested"],
+        run["operations"]["total"],
+        run["test_cases"]["generated"],
+        har["log"]["entries"].as_array().map_or(0, Vec::len),
+        if failures.is_empty() { String::new() } else { format!(": {}", failures.join(", ")) },
+        run["seed"],
+        MAX_EXAMPLES,
+        run["running_time"].as_f64().unwrap_or(0.0),
+    )
 }

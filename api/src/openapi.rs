@@ -79,6 +79,20 @@ error_set!(
     RateLimited: 429
 );
 
+/// Declares 413 where it can happen: on operations that read a request body (those that take
+/// one, and every POST: the Idempotency-Key middleware reads theirs). Bodies are limited to
+/// `BODY_LIMIT`.
+pub(crate) fn declare_body_limit(doc: &mut utoipa::openapi::OpenApi) {
+    let Some(too_large) = problems(&[413]).remove("413") else { return };
+    for item in doc.paths.paths.values_mut() {
+        let post = item.post.iter_mut();
+        let others = [&mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten();
+        for op in post.chain(others.filter(|op| op.request_body.is_some())) {
+            op.responses.responses.insert("413".into(), too_large.clone());
+        }
+    }
+}
+
 fn problems(codes: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
     codes
         .iter()
@@ -90,6 +104,7 @@ fn problems(codes: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::response::
                 404 => "No such resource, or it belongs to another tenant",
                 409 => "Conflicts with the resource's current state",
                 422 => "Invalid input; `errors` lists the fields",
+                413 => "The request body is larger than 64 KiB",
                 429 => "Rate limit exceeded; see Retry-After",
                 _ => "Error",
             };
