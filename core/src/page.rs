@@ -86,9 +86,12 @@ impl PageRequest {
     }
 }
 
-/// Encodes a key: a UUID, or a non-negative position.
+/// Encodes a key: a UUID, or a non-negative position. Lists keyed otherwise need another
+/// cursor (and another `cursor_schema`).
 pub fn encode_cursor(key: &str) -> String {
-    let key = Uuid::parse_str(key).map(|u| u.as_u128()).or_else(|_| key.parse::<u128>()).unwrap_or(u128::MAX);
+    let parsed = Uuid::parse_str(key).map(|u| u.as_u128()).or_else(|_| key.parse::<u128>());
+    debug_assert!(parsed.is_ok(), "a cursor key is a UUID or a position, not {key:?}");
+    let key = parsed.unwrap_or(u128::MAX);
     URL_SAFE_NO_PAD.encode(key.to_be_bytes())
 }
 
@@ -99,6 +102,24 @@ fn invalid_cursor() -> Error {
 pub fn decode_cursor(c: &str) -> Result<Uuid, Error> {
     let bytes = URL_SAFE_NO_PAD.decode(c.as_bytes()).map_err(|_| invalid_cursor())?;
     Uuid::from_slice(&bytes).map_err(|_| invalid_cursor())
+}
+
+/// Declares a concrete page type (`items` + `next_cursor`) for the OpenAPI document.
+#[macro_export]
+macro_rules! page_of {
+    ($name:ident, $item:ty) => {
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        pub struct $name {
+            pub items: Vec<$item>,
+            /// Pass as `cursor` to get the next page; absent on the last page.
+            pub next_cursor: Option<String>,
+        }
+        impl $name {
+            pub fn new((items, next_cursor): (Vec<$item>, Option<String>)) -> Self {
+                Self { items, next_cursor }
+            }
+        }
+    };
 }
 
 #[cfg(test)]
@@ -120,22 +141,4 @@ mod tests {
         assert!(decode_cursor("AAAAAAAAAAAAAAAAAAAAAQ").is_ok());
         assert!(decode_cursor("Z2FyYmFnZQ").is_err());
     }
-}
-
-/// Declares a concrete page type (`items` + `next_cursor`) for the OpenAPI document.
-#[macro_export]
-macro_rules! page_of {
-    ($name:ident, $item:ty) => {
-        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-        pub struct $name {
-            pub items: Vec<$item>,
-            /// Pass as `cursor` to get the next page; absent on the last page.
-            pub next_cursor: Option<String>,
-        }
-        impl $name {
-            pub fn new((items, next_cursor): (Vec<$item>, Option<String>)) -> Self {
-                Self { items, next_cursor }
-            }
-        }
-    };
 }
