@@ -90,12 +90,19 @@ fn figures(report: &std::path::Path) -> String {
         })
         .collect();
     let failed: u64 = run["failures"].as_array().into_iter().flatten().filter_map(|f| f["count"].as_u64()).sum();
+    let mut statuses = std::collections::BTreeMap::<u64, usize>::new();
+    for entry in har["log"]["entries"].as_array().into_iter().flatten() {
+        *statuses.entry(entry["response"]["status"].as_u64().unwrap_or(0)).or_default() += 1;
+    }
+    let statuses: Vec<String> = statuses.iter().map(|(status, n)| format!("{status}×{n}")).collect();
     format!(
-        "{} operations tested of {}, {} test cases, {} requests sent, {failed} failures{}; checks {CHECKS}; seed {}, {} examples, {:.0} s",
+        "{} operations tested of {}, {} test cases, {} requests sent ({}), {failed} failures{}; checks {CHECKS}; \
+         seed {}, {} examples, {:.0} s",
         run["operations"]["tested"],
         run["operations"]["total"],
         run["test_cases"]["generated"],
         har["log"]["entries"].as_array().map_or(0, Vec::len),
+        statuses.join(" "),
         if failures.is_empty() { String::new() } else { format!(": {}", failures.join(", ")) },
         run["seed"],
         MAX_EXAMPLES,

@@ -2,8 +2,10 @@
 //! checked-in copy; a test fails when the two differ.
 
 use std::collections::BTreeMap;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::Type;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::error::{Problem, PROBLEM_JSON};
@@ -108,10 +110,17 @@ fn problems(codes: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::response::
                 429 => "Rate limit exceeded; see Retry-After",
                 _ => "Error",
             };
-            let response = ResponseBuilder::new()
+            let mut response = ResponseBuilder::new()
                 .description(description)
-                .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
-                .build();
+                .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build());
+            if *code == 429 {
+                let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+                response = response.header(
+                    "retry-after",
+                    HeaderBuilder::new().schema(seconds).description(Some("Seconds to wait before retrying")).build(),
+                );
+            }
+            let response = response.build();
             (code.to_string(), RefOr::T(response))
         })
         .collect()
