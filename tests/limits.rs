@@ -73,6 +73,28 @@ async fn cursor_pagination_walks_every_item_once() {
 }
 
 #[tokio::test]
+async fn plans_page_by_position() {
+    let app = spawn_app().await;
+    let anyone = app.anonymous();
+    let (_, all) = anyone.get("/v1/plans").await;
+    let all: Vec<Value> = all["items"].as_array().unwrap().iter().map(|p| p["id"].clone()).collect();
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let path = cursor.as_ref().map_or("/v1/plans?limit=2".to_string(), |c| format!("/v1/plans?limit=2&cursor={c}"));
+        let (s, page) = anyone.get(&path).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        seen.extend(page["items"].as_array().unwrap().iter().map(|p| p["id"].clone()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(seen.len() <= all.len(), "pagination does not end");
+    }
+    assert!(all.len() > 2, "the catalog spans pages");
+    assert_eq!(seen, all);
+}
+
+#[tokio::test]
 async fn page_parameters_are_checked() {
     let app = spawn_app().await;
     let user = app.user("ada@a.test").await;

@@ -1,16 +1,29 @@
 //! Extractors whose rejections are problem+json like every other error.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
-use pgplane_core::Error;
+use pgplane_core::{Error, FieldError};
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// JSON body; malformed or oversized bodies answer 400/413/415 problems.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// JSON body; malformed or oversized bodies answer 400/413 problems. Every body is a JSON
+/// object, as the document says: serde would also read a struct from an array.
 pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        let invalid =
+            |message: String| ApiError(Error::Validation { errors: vec![FieldError::new("body", "invalid", message)] });
+        if !value.is_object() {
+            return Err(invalid("the body must be a JSON object".into()));
+        }
+        serde_json::from_value(value).map(Json).map_err(|e| invalid(format!("the body does not fit: {e}")))
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {

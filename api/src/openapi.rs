@@ -2,8 +2,10 @@
 //! checked-in copy; a test fails when the two differ.
 
 use std::collections::BTreeMap;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::Type;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use crate::error::{Problem, PROBLEM_JSON};
@@ -51,28 +53,75 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     crate::routes::router().split_for_parts().1
 }
 
-/// The error answers every authenticated endpoint may give.
-pub struct Errors;
+/// Declares a set of problem+json answers, for `responses(…)` of `#[utoipa::path]`.
+macro_rules! error_set {
+    ($(#[$doc:meta])* $name:ident: $($code:literal),+) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+                problems(&[$($code),+])
+            }
+        }
+    };
+}
 
-impl IntoResponses for Errors {
-    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
-        [
-            ("400", "Malformed request"),
-            ("401", "Missing or invalid access token"),
-            ("403", "The caller's role does not allow this"),
-            ("404", "No such resource, or it belongs to another tenant"),
-            ("409", "Conflicts with the resource's current state"),
-            ("422", "Invalid input; `errors` lists the fields"),
-            ("429", "Rate limit exceeded; see Retry-After"),
-        ]
-        .into_iter()
-        .map(|(code, description)| {
-            let response = ResponseBuilder::new()
+error_set!(
+    /// What an endpoint that takes an access token may answer besides success: anything a
+    /// caller can get wrong (input, credentials, role, state, rate).
+    Errors: 400, 401, 403, 404, 409, 422, 429
+);
+error_set!(
+    /// Public reads of the catalog: bad query, unknown item, rate limit (when a token is sent).
+    PublicErrors: 400, 404, 422, 429
+);
+error_set!(
+    /// Endpoints that cannot fail on input: only a caller who sends a token over its rate limit
+    /// is refused.
+    RateLimited: 429
+);
+
+/// Declares 413 where it can happen: on operations that read a request body (those that take
+/// one, and every POST: the Idempotency-Key middleware reads theirs). Bodies are limited to
+/// `BODY_LIMIT`.
+pub(crate) fn declare_body_limit(doc: &mut utoipa::openapi::OpenApi) {
+    let Some(too_large) = problems(&[413]).remove("413") else { return };
+    for item in doc.paths.paths.values_mut() {
+        let post = item.post.iter_mut();
+        let others = [&mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten();
+        for op in post.chain(others.filter(|op| op.request_body.is_some())) {
+            op.responses.responses.insert("413".into(), too_large.clone());
+        }
+    }
+}
+
+fn problems(codes: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+    codes
+        .iter()
+        .map(|code| {
+            let description = match code {
+                400 => "Malformed request",
+                401 => "Missing or invalid access token",
+                403 => "The caller's role does not allow this",
+                404 => "No such resource, or it belongs to another tenant",
+                409 => "Conflicts with the resource's current state",
+                422 => "Invalid input; `errors` lists the fields",
+                413 => "The request body is larger than 64 KiB",
+                429 => "Rate limit exceeded; see Retry-After",
+                _ => "Error",
+            };
+            let mut response = ResponseBuilder::new()
                 .description(description)
-                .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
-                .build();
+                .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build());
+            if *code == 429 {
+                let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+                response = response.header(
+                    "retry-after",
+                    HeaderBuilder::new().schema(seconds).description(Some("Seconds to wait before retrying")).build(),
+                );
+            }
+            let response = response.build();
             (code.to_string(), RefOr::T(response))
         })
         .collect()
-    }
 }

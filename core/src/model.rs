@@ -160,7 +160,9 @@ page_of!(UserPage, User);
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(schema_with = crate::validate::email_schema)]
     pub email: String,
+    #[schema(schema_with = crate::validate::display_name_schema)]
     pub name: String,
     #[serde(default)]
     pub platform_role: Option<PlatformRole>,
@@ -197,9 +199,11 @@ page_of!(ApiTokenPage, ApiToken);
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiToken {
+    #[schema(schema_with = crate::validate::display_name_schema)]
     pub name: String,
-    /// Days until the token expires; absent means it never expires.
-    #[serde(default)]
+    /// Days until the token expires, 1 to 3650; absent means it never expires.
+    #[serde(default, deserialize_with = "crate::validate::integer")]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
 }
 
@@ -241,12 +245,14 @@ page_of!(TenantPage, Tenant);
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[schema(schema_with = crate::validate::display_name_schema)]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
+    #[schema(schema_with = crate::validate::display_name_schema)]
     pub name: String,
 }
 
@@ -265,6 +271,7 @@ page_of!(MemberPage, Member);
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// Email of an existing user.
+    #[schema(schema_with = crate::validate::email_schema)]
     pub email: String,
     pub role: TenantRole,
 }
@@ -288,12 +295,14 @@ page_of!(AppPage, App);
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApp {
+    #[schema(schema_with = crate::validate::slug_name_schema)]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApp {
+    #[schema(schema_with = crate::validate::slug_name_schema)]
     pub name: String,
 }
 
@@ -323,6 +332,7 @@ pub struct DatabaseSettings {
     /// Reachable from the internet (requires `force_tls`).
     pub internet_exposure: bool,
     /// Preferred UTC hour (0–23) of the daily backup; absent lets the platform choose.
+    #[schema(minimum = 0, maximum = 23)]
     pub backup_hour: Option<i32>,
     /// The networks (IPv4/IPv6 CIDRs, normalized) that may connect from the internet while it
     /// is exposed; empty admits every address. The gateways refuse other clients before they
@@ -337,6 +347,9 @@ pub struct DatabaseSettings {
 pub struct UpdateDatabaseSettings {
     pub force_tls: Option<bool>,
     pub internet_exposure: Option<bool>,
+    /// Preferred UTC hour (0–23) of the daily backup.
+    #[serde(default, deserialize_with = "crate::validate::integer")]
+    #[schema(minimum = 0, maximum = 23)]
     pub backup_hour: Option<i32>,
     /// Replaces the allowlist (at most 64 networks such as `203.0.113.0/24`, `2001:db8::/32`, or
     /// single addresses); `[]` admits every address.
@@ -471,6 +484,7 @@ pub struct ConnectionInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDatabase {
+    #[schema(schema_with = crate::validate::slug_name_schema)]
     pub name: String,
     /// Plan id from `GET /v1/plans`.
     pub plan: String,

@@ -1,7 +1,61 @@
-//! Input rules shared by the API and the CLI.
+//! Input rules shared by the API and the CLI. Each rule has its schema beside it
+//! (`*_schema`, used as `#[schema(schema_with = validate::…_schema)]`), so that the OpenAPI
+//! document accepts exactly the values the rule accepts.
 
 use crate::FieldError;
 use std::net::IpAddr;
+use utoipa::openapi::schema::{Schema, Type};
+use utoipa::openapi::{ObjectBuilder, RefOr};
+
+/// Longest display name (tenants, users, tokens), in characters.
+pub const DISPLAY_NAME_MAX: usize = 100;
+/// Longest email address, in characters.
+pub const EMAIL_MAX: usize = 254;
+
+/// Regex class body: what `char::is_control` refuses (Unicode Cc).
+const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
+/// Regex class body: Unicode White_Space outside `CONTROL` (what `str::trim` and
+/// `char::is_whitespace` see besides control characters).
+const BLANK: &str = r"\x20\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+fn string_schema(description: &str, pattern: String, max_length: usize) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(Some(1))
+        .max_length(Some(max_length))
+        .pattern(Some(pattern))
+        .into()
+}
+
+/// The schema of `slug_name`.
+pub fn slug_name_schema() -> RefOr<Schema> {
+    string_schema(
+        "Lowercase letters, digits and '-', starting with a letter and not ending with '-' (a DNS label).",
+        "^[a-z]([a-z0-9-]*[a-z0-9])?$".into(),
+        63,
+    )
+}
+
+/// The schema of `display_name` with `DISPLAY_NAME_MAX`.
+pub fn display_name_schema() -> RefOr<Schema> {
+    string_schema(
+        "Printable characters (no control characters), not only spaces.",
+        format!("^[^{CONTROL}]*[^{CONTROL}{BLANK}][^{CONTROL}]*$"),
+        DISPLAY_NAME_MAX,
+    )
+}
+
+/// The schema of `email`: surrounding white space is allowed (the address is trimmed).
+pub fn email_schema() -> RefOr<Schema> {
+    let c = format!("{CONTROL}{BLANK}@");
+    let space = format!(r"[\t-\r\x85{BLANK}]*");
+    string_schema(
+        "An email address: one '@', no spaces inside, a domain with a dot inside.",
+        format!(r"^{space}[^{c}]+@[^{c}.][^{c}]*\.[^{c}]*[^{c}.]{space}$"),
+        EMAIL_MAX,
+    )
+}
 
 /// The PostgreSQL superuser the platform runs each database with; never given to tenants.
 pub const SUPERUSER_ROLE: &str = "postgres";
@@ -135,9 +189,13 @@ pub fn display_name(field: &str, value: &str, max: usize) -> Result<(), FieldErr
     Ok(())
 }
 
+/// An email address; white space around it is ignored (the store trims it), but counts
+/// towards the length.
 pub fn email(field: &str, value: &str) -> Result<(), FieldError> {
+    let long = value.chars().count() > EMAIL_MAX;
+    let value = value.trim();
     let parts: Vec<&str> = value.split('@').collect();
-    let ok = value.len() <= 254
+    let ok = !long
         && parts.len() == 2
         && !parts[0].is_empty()
         && parts[1].contains('.')
@@ -148,6 +206,23 @@ pub fn email(field: &str, value: &str) -> Result<(), FieldError> {
         Ok(())
     } else {
         Err(FieldError::new(field, "invalid", "must be an email address"))
+    }
+}
+
+/// Deserializes an optional integer as JSON Schema reads one: `3` and `3.0` alike. Use with
+/// `#[serde(default, deserialize_with = "…")]` on `Option<i32>` / `Option<u32>` body fields.
+pub fn integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::{Deserialize, Error, Unexpected};
+    let Some(n) = Option::<serde_json::Number>::deserialize(deserializer)? else { return Ok(None) };
+    let whole = n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64));
+    let expected = &"an integer in range";
+    match whole {
+        Some(i) => T::try_from(i).map(Some).map_err(|_| D::Error::invalid_value(Unexpected::Signed(i), expected)),
+        None => Err(D::Error::invalid_type(Unexpected::Other(&n.to_string()), expected)),
     }
 }
 
@@ -205,6 +280,23 @@ mod tests {
         for bad in ["", "a", "a@b", "@b.io", "a@@b.io", "a b@c.io", "a@.io"] {
             assert!(email("e", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn integers_as_json_schema_reads_them() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "integer")]
+            n: Option<u32>,
+        }
+        let n = |s: &str| serde_json::from_str::<T>(s).map(|t| t.n).ok();
+        assert_eq!(n(r#"{"n": 3}"#), Some(Some(3)));
+        assert_eq!(n(r#"{"n": 3.0}"#), Some(Some(3)));
+        assert_eq!(n(r#"{"n": null}"#), Some(None));
+        assert_eq!(n("{}"), Some(None));
+        assert_eq!(n(r#"{"n": 3.5}"#), None);
+        assert_eq!(n(r#"{"n": -1}"#), None);
+        assert_eq!(n(r#"{"n": "3"}"#), None);
     }
 
     #[test]

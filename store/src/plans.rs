@@ -62,12 +62,7 @@ const PLAN_COLUMNS: &str = "id, position, name, tier, description, data_nodes, g
 
 impl Store {
     pub async fn plan_list(&self, page: &PageRequest) -> Result<(Vec<Plan>, Option<String>)> {
-        let after: i32 = match page.after.as_deref() {
-            None => i32::MIN,
-            Some(s) => {
-                s.parse().map_err(|_| Error::invalid("cursor", "invalid", "cursor is not one this API returned"))?
-            }
-        };
+        let after = page.after_position();
         let rows: Vec<PlanRow> =
             sqlx::query_as(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE position > $1 ORDER BY position LIMIT $2"))
                 .bind(after)

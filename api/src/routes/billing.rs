@@ -24,9 +24,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct Window {
     /// Start of the window (inclusive), RFC 3339 UTC.
     from: DateTime<Utc>,
-    /// End of the window (exclusive), RFC 3339 UTC.
+    /// End of the window (exclusive), RFC 3339 UTC; after `from` (else 422).
     to: DateTime<Utc>,
+    /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = pgplane_core::page::cursor_schema)]
     cursor: Option<String>,
 }
 

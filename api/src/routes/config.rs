@@ -18,7 +18,7 @@ use super::accepted;
 use crate::auth::{require_role, Auth};
 use crate::error::ApiResult;
 use crate::extract::{Json, Path, Query};
-use crate::openapi::Errors;
+use crate::openapi::{Errors, RateLimited};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -30,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The parameters tenants may set, with types, bounds and whether they need a restart.
-#[utoipa::path(get, path = "/v1/parameters", tag = "databases", responses((status = 200, body = ParameterList)))]
+#[utoipa::path(get, path = "/v1/parameters", tag = "databases", responses((status = 200, body = ParameterList), RateLimited))]
 async fn parameter_list() -> Json<ParameterList> {
     Json(ParameterList { items: params::PARAMETERS.to_vec() })
 }

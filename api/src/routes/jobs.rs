@@ -23,7 +23,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct JobFilter {
     /// Jobs in this status (default `dead`).
     status: Option<JobStatus>,
+    /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(schema_with = pgplane_core::page::cursor_schema)]
     cursor: Option<String>,
 }
 

@@ -23,7 +23,7 @@ use crate::openapi::ApiDoc;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::router())
         .merge(session::router())
         .merge(plans::router())
@@ -33,7 +33,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(databases::router())
         .merge(config::router())
         .merge(billing::router())
-        .merge(jobs::router())
+        .merge(jobs::router());
+    crate::openapi::declare_body_limit(router.get_openapi_mut());
+    router
 }
 
 /// 201, with a Location header when the new resource can be fetched on its own.

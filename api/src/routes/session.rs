@@ -61,7 +61,7 @@ async fn my_token_list(
 
 pub(super) fn validate_token_request(input: &CreateApiToken) -> ApiResult<()> {
     let mut v = Validator::new();
-    v.check(validate::display_name("name", &input.name, 100));
+    v.check(validate::display_name("name", &input.name, validate::DISPLAY_NAME_MAX));
     if input.expires_in_days == Some(0) || input.expires_in_days.is_some_and(|d| d > 3650) {
         v.push(pgplane_core::FieldError::new("expires_in_days", "out_of_range", "must be between 1 and 3650"));
     }

@@ -38,7 +38,8 @@ async fn tenant_create(
     Auth(actor): Auth,
     Json(input): Json<CreateTenant>,
 ) -> ApiResult<Response> {
-    validate::display_name("name", &input.name, 100).map_err(|e| Error::Validation { errors: vec![e] })?;
+    validate::display_name("name", &input.name, validate::DISPLAY_NAME_MAX)
+        .map_err(|e| Error::Validation { errors: vec![e] })?;
     let tenant = state.store.tenant_create(&actor, &input.name).await?;
     Ok(created(Some(format!("/v1/tenants/{}", tenant.id)), tenant))
 }
@@ -81,7 +82,8 @@ async fn tenant_update(
     Json(input): Json<UpdateTenant>,
 ) -> ApiResult<Json<Tenant>> {
     require_role(state.store.tenant_role(&actor, id).await?, TenantRole::Admin)?;
-    validate::display_name("name", &input.name, 100).map_err(|e| Error::Validation { errors: vec![e] })?;
+    validate::display_name("name", &input.name, validate::DISPLAY_NAME_MAX)
+        .map_err(|e| Error::Validation { errors: vec![e] })?;
     Ok(Json(state.store.tenant_rename(id, &input.name).await?))
 }
 
@@ -133,7 +135,7 @@ async fn member_add(
 ) -> ApiResult<Response> {
     let role = state.store.tenant_role(&actor, id).await?;
     require_can_grant(role, input.role)?;
-    validate::email("email", input.email.trim()).map_err(|e| Error::Validation { errors: vec![e] })?;
+    validate::email("email", &input.email).map_err(|e| Error::Validation { errors: vec![e] })?;
     let user = state.store.user_by_email(&input.email).await?.ok_or_else(|| {
         Error::invalid("email", "unknown", "no user has this email; ask the platform to create the user first")
     })?;

@@ -36,8 +36,8 @@ async fn user_create(
 ) -> ApiResult<Response> {
     require_platform(&actor, PlatformRole::Operator)?;
     let mut v = Validator::new();
-    v.check(validate::email("email", input.email.trim()));
-    v.check(validate::display_name("name", &input.name, 100));
+    v.check(validate::email("email", &input.email));
+    v.check(validate::display_name("name", &input.name, validate::DISPLAY_NAME_MAX));
     v.finish()?;
     let user = state.store.user_create(&input).await?;
     Ok(created(Some(format!("/v1/users/{}", user.id)), user))
