@@ -4,6 +4,7 @@
 
 pub mod control;
 mod dcs;
+pub mod doctor;
 mod drain;
 pub mod etcd;
 mod fence;
@@ -14,6 +15,7 @@ pub mod node;
 pub mod observe;
 pub mod patroni;
 pub mod process;
+mod probes;
 mod reaper;
 pub mod reconcile;
 mod removal;

@@ -30,7 +30,7 @@ pub struct UpArgs {
     serve: ServeArgs,
 }
 
-fn default_state_dir() -> PathBuf {
+pub fn default_state_dir() -> PathBuf {
     if pgplane_localpg::is_root() {
         return PathBuf::from("/var/lib/pgplane");
     }

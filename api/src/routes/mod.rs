@@ -1,6 +1,7 @@
 //! Routes, one module per resource. `routes!` registers a handler and its OpenAPI
 //! operation together, so the document cannot forget an endpoint.
 
+mod agents;
 mod apps;
 mod billing;
 mod config;
@@ -34,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(config::router())
         .merge(billing::router())
         .merge(jobs::router())
+        .merge(agents::router())
 }
 
 /// 201, with a Location header when the new resource can be fetched on its own.
