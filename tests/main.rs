@@ -1,5 +1,6 @@
 //! One integration-test binary (it builds once), a module per feature.
 
+mod agents;
 mod auth;
 mod databases;
 mod e2e;
