@@ -29,8 +29,7 @@ pub struct Options {
 pub fn run(opts: &Options) -> Capabilities {
     let mut checks = Vec::new();
     let mut versions = Vec::new();
-    for version in postgres_versions(&opts.versions) {
-        let check = postgres(&version);
+    for (version, check) in postgres_checks(&opts.versions) {
         if check.status == CheckStatus::Ok {
             versions.push(version);
         }
@@ -99,23 +98,27 @@ pub(crate) fn fail(name: &str, detail: impl Into<String>) -> Check {
     Check { name: name.into(), status: CheckStatus::Fail, detail: detail.into() }
 }
 
-/// The versions asked for, then every version with server binaries under /usr/lib/postgresql
-/// (what `bin_dir_for` finds first), in numeric order, each once.
-fn postgres_versions(asked: &[String]) -> Vec<String> {
-    let mut found: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .collect();
-    found.extend(asked.iter().filter_map(|v| v.parse::<u32>().ok()));
-    if found.is_empty() {
-        // The default of the catalog: says what to install when nothing is.
-        found.push(15);
+/// Major versions looked for besides those asked for: wherever `bin_dir_for` finds them
+/// (/usr/lib/postgresql/<v>/bin, or the folder found through pg_config or PATH).
+const LOOKED_FOR: std::ops::RangeInclusive<u32> = 10..=20;
+
+/// The check of every version asked for, and of every other version found, by version.
+fn postgres_checks(asked: &[String]) -> Vec<(String, Check)> {
+    let mut versions: Vec<u32> = LOOKED_FOR.chain(asked.iter().filter_map(|v| v.parse().ok())).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let mut checks = Vec::new();
+    for version in versions.iter().map(u32::to_string) {
+        let check = postgres(&version);
+        if check.status == CheckStatus::Ok || asked.contains(&version) {
+            checks.push((version, check));
+        }
     }
-    found.sort_unstable();
-    found.dedup();
-    found.into_iter().map(|v| v.to_string()).collect()
+    if checks.is_empty() {
+        // Nothing asked for nor found: say what to install.
+        checks.push(("15".to_string(), postgres("15")));
+    }
+    checks
 }
 
 /// The programs a member needs from a PostgreSQL folder (Patroni runs the last three).
@@ -141,7 +144,7 @@ fn postgres(version: &str) -> Check {
             if release.split('.').next() == Some(version) {
                 ok(&name, format!("{release} in {}", dir.display()))
             } else {
-                fail(&name, format!("{} has PostgreSQL {release}, not {version}: {install}", dir.display()))
+                fail(&name, format!("no server binaries (the ones found, in {}, are {release}): {install}", dir.display()))
             }
         }
         Err(e) => fail(&name, format!("{} --version failed ({e}): {install}", dir.join("postgres").display())),

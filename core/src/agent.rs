@@ -341,4 +341,30 @@ mod tests {
         assert!(wire.get("api").is_none(), "{wire}");
         assert_eq!(serde_json::from_value::<AgentTask>(wire).unwrap(), task);
     }
+
+    #[test]
+    fn a_host_runs_only_what_its_checks_allow() {
+        let check = |status| Check { name: "haproxy → TLS check".into(), status, detail: "d".into() };
+        let able = Capabilities {
+            postgres_versions: vec!["15".into()],
+            patroni: true,
+            haproxy: true,
+            pgbackrest: None,
+            checks: vec![check(CheckStatus::Ok)],
+        };
+        assert_eq!((able.cannot_run_member("15"), able.cannot_run_gateway()), (None, None));
+        assert!(able.problems().is_empty());
+        assert!(able.cannot_run_member("16").unwrap().contains("PostgreSQL 16"));
+        let broken = Capabilities { patroni: false, haproxy: false, checks: vec![check(CheckStatus::Fail)], ..able };
+        assert!(broken.cannot_run_member("15").unwrap().contains("Patroni"));
+        assert!(broken.cannot_run_gateway().is_some());
+        assert_eq!(broken.problems(), vec!["haproxy → TLS check: d".to_string()]);
+        // Agents older than the checks register without them.
+        let old: AgentRegistration = serde_json::from_value(serde_json::json!({
+            "bootstrap_token": "t", "name": "a", "host": "h", "memory_mb": 1, "disk_gb": 1, "port_min": 2000, "port_max": 3000
+        }))
+        .unwrap();
+        assert!(old.capabilities.is_none());
+        assert!(!format!("{old:?}").contains("\"t\""), "the bootstrap token is redacted");
+    }
 }
