@@ -39,19 +39,21 @@ async fn register(agent_api: &str, name: &str, capabilities: Capabilities) -> St
         port_max: 21100,
         capabilities: Some(capabilities),
     };
-    let res = reqwest::Client::new()
-        .post(format!("{agent_api}/agent/v1/register"))
-        .json(&registration)
-        .send()
-        .await
-        .unwrap();
+    let res =
+        reqwest::Client::new().post(format!("{agent_api}/agent/v1/register")).json(&registration).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     body["agent_id"].as_str().unwrap().to_string()
 }
 
 fn etcd() -> EtcdAccess {
-    EtcdAccess { endpoints: vec!["127.0.0.1:2379".into()], protocol: "http".into(), ca_pem: None, username: None, password: None }
+    EtcdAccess {
+        endpoints: vec!["127.0.0.1:2379".into()],
+        protocol: "http".into(),
+        ca_pem: None,
+        username: None,
+        password: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,7 +76,10 @@ async fn operators_see_what_each_agents_host_can_do() {
 
     let (s, agent) = operator.get(&format!("/v1/agents/{able}")).await;
     assert_eq!(s, StatusCode::OK, "{agent}");
-    assert_eq!((agent["host"].as_str(), agent["memory_mb"].as_i64(), agent["live"].as_bool()), (Some("127.0.0.1"), Some(8192), Some(true)));
+    assert_eq!(
+        (agent["host"].as_str(), agent["memory_mb"].as_i64(), agent["live"].as_bool()),
+        (Some("127.0.0.1"), Some(8192), Some(true))
+    );
     assert_eq!(agent["free_memory_mb"], 8192);
     assert_eq!(agent["capabilities"]["postgres_versions"], json!(["15"]));
     assert_eq!(agent["capabilities"]["pgbackrest"], "2.45");
@@ -115,7 +120,9 @@ async fn a_database_no_host_can_run_ends_in_error_at_once() {
     let (_, dead) = app.operator().get("/v1/jobs?status=dead").await;
     let last_error = dead["items"][0]["last_error"].as_str().unwrap_or_default();
     assert!(
-        last_error.contains("host-old") && last_error.contains("no PostgreSQL 15") && last_error.contains("host-no-idna"),
+        last_error.contains("host-old")
+            && last_error.contains("no PostgreSQL 15")
+            && last_error.contains("host-no-idna"),
         "{dead}"
     );
     let members: i64 =

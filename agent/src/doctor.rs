@@ -144,7 +144,10 @@ fn postgres(version: &str) -> Check {
             if release.split('.').next() == Some(version) {
                 ok(&name, format!("{release} in {}", dir.display()))
             } else {
-                fail(&name, format!("no server binaries (the ones found, in {}, are {release}): {install}", dir.display()))
+                fail(
+                    &name,
+                    format!("no server binaries (the ones found, in {}, are {release}): {install}", dir.display()),
+                )
             }
         }
         Err(e) => fail(&name, format!("{} --version failed ({e}): {install}", dir.join("postgres").display())),
@@ -160,7 +163,14 @@ fn program(name: &str, env: &str, version_args: &[&str], package: &str, required
     };
     match output(Command::new(&path).args(version_args)) {
         Ok(text) => ok(name, version_line(name, &text)),
-        Err(e) => fail(name, format!("{} {} failed ({e}): apt-get install --reinstall {package}", path.display(), version_args.join(" "))),
+        Err(e) => fail(
+            name,
+            format!(
+                "{} {} failed ({e}): apt-get install --reinstall {package}",
+                path.display(),
+                version_args.join(" ")
+            ),
+        ),
     }
 }
 
@@ -201,7 +211,8 @@ fn state_dir(dir: &Path) -> Check {
         Ok(meta) => meta,
         Err(e) => return fail(name, format!("{}: {e}", dir.display())),
     };
-    let detail = format!("{} writable, owner uid {}, mode {:o}", dir.display(), meta.uid(), meta.permissions().mode() & 0o7777);
+    let detail =
+        format!("{} writable, owner uid {}, mode {:o}", dir.display(), meta.uid(), meta.permissions().mode() & 0o7777);
     if is_root() && meta.uid() != 0 {
         return warn(name, format!("{detail}: owned by another user than root, who runs the agent"));
     }
@@ -239,7 +250,10 @@ mod tests {
     fn versions_are_the_first_numeric_word() {
         assert_eq!(version_line("patroni", "patroni 3.0.2\n"), "3.0.2");
         assert_eq!(version_line("etcd", "etcd Version: 3.4.23\nGit SHA: Not provided\n"), "3.4.23");
-        assert_eq!(version_line("haproxy", "HAProxy version 2.6.12-1+deb12u1 2023/12/16 - https://…\n"), "2.6.12-1+deb12u1");
+        assert_eq!(
+            version_line("haproxy", "HAProxy version 2.6.12-1+deb12u1 2023/12/16 - https://…\n"),
+            "2.6.12-1+deb12u1"
+        );
         assert_eq!(version_line("pgbackrest", "pgBackRest 2.45\n"), "2.45");
     }
 
@@ -247,7 +261,10 @@ mod tests {
     fn lines_say_ok_or_what_to_do() {
         assert_eq!(line(&ok("etcd", "3.4.23")), "ok    etcd: 3.4.23");
         assert_eq!(
-            line(&fail("patroni → etcd over https", "missing python module idna for pyOpenSSL: apt-get install python3-idna")),
+            line(&fail(
+                "patroni → etcd over https",
+                "missing python module idna for pyOpenSSL: apt-get install python3-idna"
+            )),
             "FAIL  patroni → etcd over https: missing python module idna for pyOpenSSL: apt-get install python3-idna"
         );
     }

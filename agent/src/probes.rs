@@ -5,8 +5,8 @@
 //! Both run as the user that runs Patroni and HAProxy; every process started is stopped by pid.
 
 use crate::doctor::{fail, ok, output, warn};
-use crate::files::{ensure_dir, find_program};
 use crate::etcd::LocalEtcd;
+use crate::files::{ensure_dir, find_program};
 use pgplane_core::agent::Check;
 use pgplane_localpg::{free_port, RunAs, Supervised};
 use std::path::{Path, PathBuf};
@@ -115,7 +115,10 @@ pub fn patroni_reaches_etcd(runas: &RunAs, with_etcd: bool) -> Check {
 fn patroni_probe(runas: &RunAs, with_etcd: bool) -> anyhow::Result<Check> {
     let program = find_program("patroni", "PGPLANE_PATRONI")?;
     let Some(python) = crate::patroni::python_of(&program) else {
-        return Ok(warn(PATRONI_ETCD, format!("{} is not a Python script: its libraries were not checked", program.display())));
+        return Ok(warn(
+            PATRONI_ETCD,
+            format!("{} is not a Python script: its libraries were not checked", program.display()),
+        ));
     };
     let scratch = Scratch::new("patroni", runas)?;
     let script = scratch.file("probe.py", PROBE_PY, runas)?;

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use pgplane_core::agent::{AgentId, AgentRegistration, Capabilities, Observation};
-use pgplane_core::page::PageRequest;
 use pgplane_core::ids::DatabaseId;
+use pgplane_core::page::PageRequest;
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 use sqlx::{FromRow, PgConnection};

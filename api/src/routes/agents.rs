@@ -36,7 +36,11 @@ async fn agent_list(
     get, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = [])),
     params(("agent_id" = uuid::Uuid, Path)), responses((status = 200, body = Agent), Errors)
 )]
-async fn agent_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<uuid::Uuid>) -> ApiResult<Json<Agent>> {
+async fn agent_get(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<uuid::Uuid>,
+) -> ApiResult<Json<Agent>> {
     require_platform(&actor, PlatformRole::Operator)?;
     Ok(Json(state.store.agent_get(id).await?))
 }
