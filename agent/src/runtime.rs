@@ -283,3 +283,34 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
     }
     // Unreported: the lease expires and the job runs again; ensure/remove are idempotent.
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgplane_core::ids::DatabaseId;
+
+    #[test]
+    fn a_host_refuses_only_what_it_cannot_do() {
+        let caps = Capabilities { postgres_versions: vec!["15".into()], patroni: true, ..Capabilities::default() };
+        let remove = AgentTask::RemoveDatabase { database_id: DatabaseId::new(), generation: 1 };
+        assert_eq!(cannot_do(&caps, &remove), None);
+        let drain = AgentTask::DrainMember {
+            database_id: DatabaseId::new(),
+            generation: 1,
+            member: "m0".into(),
+            drain: true,
+            for_secs: 5,
+        };
+        assert_eq!(cannot_do(&caps, &drain), None);
+        let no_haproxy = serde_json::from_value::<AgentTask>(json!({
+            "kind": "ensure_gateway",
+            "spec": {
+                "database_id": DatabaseId::new(), "generation": 1, "name": "g0", "listen_host": "127.0.0.1",
+                "listen_port": 25000, "backends": [], "ca_pem": "CA"
+            }
+        }))
+        .unwrap();
+        assert!(cannot_do(&caps, &no_haproxy).unwrap().contains("HAProxy"));
+    }
+}
+
