@@ -313,4 +313,3 @@ mod tests {
         assert!(cannot_do(&caps, &no_haproxy).unwrap().contains("HAProxy"));
     }
 }
-
