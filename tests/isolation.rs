@@ -78,6 +78,8 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("GET /v1/billing/periods", PlatformOnly, None),
         ("GET /v1/jobs", PlatformOnly, None),
         ("GET /v1/jobs/{job_id}", PlatformOnly, None),
+        ("GET /v1/agents", PlatformOnly, None),
+        ("GET /v1/agents/{agent_id}", PlatformOnly, None),
     ]
 }
 
@@ -121,6 +123,21 @@ async fn victim(app: &TestApp, alice: &Client) -> Victim {
         .expect("the create operation's job");
     let (s, token) = alice.post("/v1/me/tokens", &json!({ "name": "alice's laptop" })).await;
     assert_eq!(s, StatusCode::CREATED);
+    let (agent, _) = app
+        .store
+        .agent_register(&pgplane_core::agent::AgentRegistration {
+            bootstrap_token: String::new(),
+            name: "host-a".into(),
+            host: "10.0.0.1".into(),
+            public_host: None,
+            memory_mb: 4096,
+            disk_gb: 100,
+            port_min: 25000,
+            port_max: 25999,
+            capabilities: None,
+        })
+        .await
+        .expect("an agent");
     Victim {
         ids: vec![
             ("{tenant_id}", tenant),
@@ -131,6 +148,7 @@ async fn victim(app: &TestApp, alice: &Client) -> Victim {
             ("{token_id}", token["token"]["id"].as_str().unwrap().to_string()),
             ("{plan_id}", "business-16".to_string()),
             ("{job_id}", job.to_string()),
+            ("{agent_id}", agent.to_string()),
         ],
     }
 }

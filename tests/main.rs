@@ -1,5 +1,6 @@
 //! One integration-test binary (it builds once), a module per feature.
 
+mod agents;
 mod api_document;
 mod auth;
 mod databases;

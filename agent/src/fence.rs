@@ -15,6 +15,10 @@ pub enum NodeError {
          already applied on this node"
     )]
     StaleGeneration { database_id: DatabaseId, requested: i64, applied: i64 },
+    /// This host cannot do the job (a PostgreSQL version it lacks, a Patroni that cannot reach
+    /// etcd over https, an HAProxy that cannot check over TLS): see `pgplane doctor`.
+    #[error("{0} (see pgplane doctor on that host)")]
+    Unable(String),
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -22,7 +26,7 @@ pub enum NodeError {
 impl NodeError {
     /// False when trying again cannot help.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, NodeError::StaleGeneration { .. })
+        !matches!(self, NodeError::StaleGeneration { .. } | NodeError::Unable(_))
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod control;
 mod dcs;
+pub mod doctor;
 mod drain;
 pub mod etcd;
 mod fence;
@@ -13,6 +14,7 @@ pub mod lifecycle;
 pub mod node;
 pub mod observe;
 pub mod patroni;
+mod probes;
 pub mod process;
 mod reaper;
 pub mod reconcile;

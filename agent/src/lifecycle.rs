@@ -33,7 +33,7 @@ pub struct Lifecycle {
 
 /// The kernel setting that hands the connections queued on a closing listening socket to
 /// another socket of its SO_REUSEPORT group instead of resetting them (Linux 5.14+).
-const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+pub(crate) const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 /// Gateways share their port (SO_REUSEPORT): an HAProxy replaced by a new one (a configuration
 /// change) or removed (Business → Starter) closes its listening socket, and the connections

@@ -242,7 +242,7 @@ pub fn start(paths: &MemberPaths, runas: &RunAs, applied: &str) -> Result<Manage
 const STOP_POLLING_SECS: f64 = 0.05;
 
 /// The interpreter of a Python entry-point script (its `#!` line), if `program` is one.
-fn python_of(program: &Path) -> Option<PathBuf> {
+pub(crate) fn python_of(program: &Path) -> Option<PathBuf> {
     let text = std::fs::read(program).ok()?;
     let first = text.split(|b| *b == b'\n').next()?;
     let line = std::str::from_utf8(first).ok()?.strip_prefix("#!")?.trim();

@@ -1,7 +1,7 @@
 //! The agent's loop: register with the scheduler, heartbeat, long-poll for jobs, run each on
 //! the `Node` while extending its lease, and report the outcome. Jobs run one at a time.
 
-use pgplane_core::agent::{AgentJob, AgentTask, JobOutcome, JobReport};
+use pgplane_core::agent::{AgentJob, AgentRegistration, AgentTask, Capabilities, JobOutcome, JobReport};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub struct AgentConfig {
 struct Session {
     http: reqwest::Client,
     config: AgentConfig,
+    /// What this host can do, from the checks run at start; sent with each registration.
+    capabilities: Capabilities,
     credential: tokio::sync::RwLock<String>,
 }
 
@@ -48,11 +50,17 @@ impl Session {
         let res = self
             .http
             .post(self.url("/agent/v1/register"))
-            .json(&json!({
-                "bootstrap_token": c.bootstrap_token, "name": c.name, "host": c.host, "public_host": c.public_host,
-                "memory_mb": c.memory_mb,
-                "disk_gb": c.disk_gb, "port_min": c.port_min, "port_max": c.port_max,
-            }))
+            .json(&AgentRegistration {
+                bootstrap_token: c.bootstrap_token.clone(),
+                name: c.name.clone(),
+                host: c.host.clone(),
+                public_host: Some(c.public_host.clone()),
+                memory_mb: c.memory_mb,
+                disk_gb: c.disk_gb,
+                port_min: c.port_min,
+                port_max: c.port_max,
+                capabilities: Some(self.capabilities.clone()),
+            })
             .send()
             .await?
             .error_for_status()?;
@@ -78,16 +86,50 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow
 /// A job in progress at shutdown is dropped (it comes back when the agent registers again).
 pub async fn run_with(config: AgentConfig, shutdown: watch::Receiver<bool>, on_exit: OnExit) -> anyhow::Result<()> {
     let node = Arc::new(Node::new(config.root.clone())?);
+    let capabilities = check_host(&config).await;
     let lifecycle = Lifecycle::start(node.clone(), on_exit, shutdown.clone()).await;
-    let result = serve(config, node, shutdown).await;
+    let result = serve(config, capabilities, node, shutdown).await;
     lifecycle.finish().await;
     result
 }
 
-async fn serve(config: AgentConfig, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// `pgplane doctor`'s checks of this host, logged one line each.
+async fn check_host(config: &AgentConfig) -> Capabilities {
+    let options = crate::doctor::Options { state_dir: config.root.clone(), versions: Vec::new(), exercise: true };
+    let started = std::time::Instant::now();
+    let capabilities = tokio::task::spawn_blocking(move || crate::doctor::run(&options)).await.unwrap_or_else(|e| {
+        let check = crate::doctor::fail("doctor", format!("the checks panicked: {e}"));
+        Capabilities { checks: vec![check], ..Capabilities::default() }
+    });
+    tracing::info!(
+        postgres = ?capabilities.postgres_versions, patroni = capabilities.patroni, haproxy = capabilities.haproxy,
+        pgbackrest = ?capabilities.pgbackrest, ms = started.elapsed().as_millis() as u64, "checked this host"
+    );
+    for problem in capabilities.problems() {
+        tracing::warn!("host check: {problem}");
+    }
+    capabilities
+}
+
+/// Why this host cannot do `task`, if it cannot (trying again here cannot help).
+fn cannot_do(capabilities: &Capabilities, task: &AgentTask) -> Option<String> {
+    match task {
+        AgentTask::EnsureMember { spec } => capabilities.cannot_run_member(&spec.version),
+        AgentTask::EnsureGateway { .. } => capabilities.cannot_run_gateway(),
+        _ => None,
+    }
+}
+
+async fn serve(
+    config: AgentConfig,
+    capabilities: Capabilities,
+    node: Arc<Node>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let session = Arc::new(Session {
         http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?,
         config,
+        capabilities,
         credential: Default::default(),
     });
     while let Err(e) = session.register().await {
@@ -186,7 +228,13 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
         })
     };
     let started = std::time::Instant::now();
+    let unable = cannot_do(&session.capabilities, &job.task);
     let outcome = match &job.task {
+        _ if unable.is_some() => Err(crate::node::NodeError::Unable(format!(
+            "agent {}: {}",
+            session.config.name,
+            unable.unwrap_or_default()
+        ))),
         AgentTask::EnsureMember { spec } => {
             node.ensure_member(spec).await.map(|s| json!({ "member": format!("{s:?}") }))
         }
@@ -238,4 +286,34 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // Unreported: the lease expires and the job runs again; ensure/remove are idempotent.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgplane_core::ids::DatabaseId;
+
+    #[test]
+    fn a_host_refuses_only_what_it_cannot_do() {
+        let caps = Capabilities { postgres_versions: vec!["15".into()], patroni: true, ..Capabilities::default() };
+        let remove = AgentTask::RemoveDatabase { database_id: DatabaseId::new(), generation: 1 };
+        assert_eq!(cannot_do(&caps, &remove), None);
+        let drain = AgentTask::DrainMember {
+            database_id: DatabaseId::new(),
+            generation: 1,
+            member: "m0".into(),
+            drain: true,
+            for_secs: 5,
+        };
+        assert_eq!(cannot_do(&caps, &drain), None);
+        let no_haproxy = serde_json::from_value::<AgentTask>(json!({
+            "kind": "ensure_gateway",
+            "spec": {
+                "database_id": DatabaseId::new(), "generation": 1, "name": "g0", "listen_host": "127.0.0.1",
+                "listen_port": 25000, "backends": [], "ca_pem": "CA"
+            }
+        }))
+        .unwrap();
+        assert!(cannot_do(&caps, &no_haproxy).unwrap().contains("HAProxy"));
+    }
 }

@@ -32,6 +32,7 @@ use crate::error::{Problem, PROBLEM_JSON};
         (name = "databases", description = "Databases, their settings and operations"),
         (name = "billing", description = "Plan periods for the billing service"),
         (name = "jobs", description = "The job queue (operators)"),
+        (name = "agents", description = "Node agents and what their hosts can do (operators)"),
     )
 )]
 pub struct ApiDoc;

@@ -1,6 +1,7 @@
 //! The `pgplane` binary.
 
 mod bootstrap;
+mod doctor;
 mod etcd;
 mod up;
 
@@ -41,6 +42,9 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Runs a node agent: drives PostgreSQL, Patroni and HAProxy on this host.
     Agent(AgentArgs),
+    /// Checks this machine: the programs pgplane drives and their versions, the state folder,
+    /// Patroni reaching etcd over https, HAProxy checking over TLS. Says what to install.
+    Doctor(doctor::DoctorArgs),
     /// Prepares an etcd that pgplane does not start itself as `up` prepares its own: https with
     /// a CA of its own, authentication on with a `root` user.
     #[command(subcommand)]
@@ -236,6 +240,12 @@ async fn main() -> Result<()> {
         }
         Command::Scheduler(args) => run_scheduler(args).await,
         Command::Agent(args) => run_agent(args).await,
+        Command::Doctor(args) => {
+            if !doctor::run(args).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Etcd(command) => etcd::run(command).await,
     }
 }

@@ -9,6 +9,112 @@ use crate::ids::{DatabaseId, JobId, LeaseId};
 /// A node agent's id.
 pub type AgentId = uuid::Uuid;
 
+/// How one check of `pgplane doctor` (and of an agent at start) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    /// Works; `detail` says the version found.
+    Ok,
+    /// Optional, or works with a drawback; `detail` says what to change.
+    Warn,
+    /// Required and broken; `detail` says what to install or change.
+    Fail,
+}
+
+/// One check of a host: an external program, the state folder, a kernel setting, or a path
+/// that broke before (Patroni's Python reaching etcd over https, HAProxy checking over TLS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Check {
+    /// What was checked, e.g. `postgres 15`, `patroni → etcd over https`.
+    pub name: String,
+    pub status: CheckStatus,
+    /// The version found when it works, else what to install or change, in one line.
+    pub detail: String,
+}
+
+/// What an agent's host can do, from the checks it ran when it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Capabilities {
+    /// PostgreSQL major versions whose server binaries this host has, e.g. `["15"]`.
+    pub postgres_versions: Vec<String>,
+    /// Patroni runs here and its Python reaches an etcd over https.
+    pub patroni: bool,
+    /// HAProxy runs here and checks a TLS endpoint against a CA.
+    pub haproxy: bool,
+    /// pgBackRest's version, when installed.
+    pub pgbackrest: Option<String>,
+    /// Every check, in the order it ran.
+    pub checks: Vec<Check>,
+}
+
+impl Capabilities {
+    /// The checks that failed or warned, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| c.status != CheckStatus::Ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect()
+    }
+
+    /// Why this host cannot run a member of PostgreSQL `version`, if it cannot.
+    pub fn cannot_run_member(&self, version: &str) -> Option<String> {
+        if !self.postgres_versions.iter().any(|v| v == version) {
+            return Some(format!("no PostgreSQL {version} server binaries on this host"));
+        }
+        if !self.patroni {
+            return Some("Patroni cannot reach etcd over https from this host".into());
+        }
+        None
+    }
+
+    /// Why this host cannot run a gateway, if it cannot.
+    pub fn cannot_run_gateway(&self) -> Option<String> {
+        (!self.haproxy).then(|| "HAProxy cannot check members over TLS on this host".into())
+    }
+}
+
+/// What an agent says about itself when it registers: the one wire type the agent sends, the
+/// scheduler's agent API reads and the store records.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRegistration {
+    pub bootstrap_token: String,
+    /// Unique name of the agent (its host name, say); registering again rotates the credential.
+    pub name: String,
+    /// The private address: other hosts and the platform's clients reach this host's services at it.
+    pub host: String,
+    /// The address clients on the internet reach this host at (gateways of exposed databases
+    /// bind it); `host` when absent.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    pub memory_mb: i64,
+    pub disk_gb: i64,
+    /// Ports this host may hand out to members and gateways.
+    pub port_min: i32,
+    pub port_max: i32,
+    /// What the host can do (absent from agents older than the checks: then unknown, and
+    /// placement treats the agent as able).
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+}
+
+impl std::fmt::Debug for AgentRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRegistration")
+            .field("bootstrap_token", &"<redacted>")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("public_host", &self.public_host)
+            .field("memory_mb", &self.memory_mb)
+            .field("disk_gb", &self.disk_gb)
+            .field("port_min", &self.port_min)
+            .field("port_max", &self.port_max)
+            .field("capabilities", &self.capabilities)
+            .finish()
+    }
+}
+
 /// Where the platform's etcd is and how one database's Patroni reaches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EtcdAccess {
@@ -247,5 +353,31 @@ mod tests {
         }
         assert!(wire.get("api").is_none(), "{wire}");
         assert_eq!(serde_json::from_value::<AgentTask>(wire).unwrap(), task);
+    }
+
+    #[test]
+    fn a_host_runs_only_what_its_checks_allow() {
+        let check = |status| Check { name: "haproxy → TLS check".into(), status, detail: "d".into() };
+        let able = Capabilities {
+            postgres_versions: vec!["15".into()],
+            patroni: true,
+            haproxy: true,
+            pgbackrest: None,
+            checks: vec![check(CheckStatus::Ok)],
+        };
+        assert_eq!((able.cannot_run_member("15"), able.cannot_run_gateway()), (None, None));
+        assert!(able.problems().is_empty());
+        assert!(able.cannot_run_member("16").unwrap().contains("PostgreSQL 16"));
+        let broken = Capabilities { patroni: false, haproxy: false, checks: vec![check(CheckStatus::Fail)], ..able };
+        assert!(broken.cannot_run_member("15").unwrap().contains("Patroni"));
+        assert!(broken.cannot_run_gateway().is_some());
+        assert_eq!(broken.problems(), vec!["haproxy → TLS check: d".to_string()]);
+        // Agents older than the checks register without them.
+        let old: AgentRegistration = serde_json::from_value(serde_json::json!({
+            "bootstrap_token": "t", "name": "a", "host": "h", "memory_mb": 1, "disk_gb": 1, "port_min": 2000, "port_max": 3000
+        }))
+        .unwrap();
+        assert!(old.capabilities.is_none());
+        assert!(!format!("{old:?}").contains("\"t\""), "the bootstrap token is redacted");
     }
 }

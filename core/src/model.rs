@@ -639,3 +639,30 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 page_of!(JobPage, Job);
+
+/// A node agent as platform operators see it: where it runs, its capacity, when it was last
+/// heard from, and what its host can do (the checks it ran when it started).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: crate::agent::AgentId,
+    pub name: String,
+    /// The private address: other hosts and the platform's clients reach this host's services at it.
+    pub host: String,
+    /// The address gateways of databases exposed to the internet bind (`host` when not set).
+    pub public_host: String,
+    pub memory_mb: i64,
+    pub disk_gb: i64,
+    /// Memory and disk not yet taken by members placed on it.
+    pub free_memory_mb: i64,
+    pub free_disk_gb: i64,
+    pub port_min: i32,
+    pub port_max: i32,
+    pub registered_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// Heard from within the last 30 s: placement considers it.
+    pub live: bool,
+    /// What the host can do; absent for agents older than these checks.
+    pub capabilities: Option<crate::agent::Capabilities>,
+}
+page_of!(AgentPage, Agent);

@@ -9,10 +9,10 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use pgplane_api::error::{ApiError, ApiResult};
 use pgplane_api::extract::{Json, Path, Query};
-use pgplane_core::agent::{AgentJob, AgentTask, JobOutcome, JobReport, Observation};
+use pgplane_core::agent::{AgentJob, AgentRegistration, AgentTask, JobOutcome, JobReport, Observation};
 use pgplane_core::ids::{JobId, LeaseId};
 use pgplane_core::Error;
-use pgplane_store::agents::{Agent, AgentRegistration};
+use pgplane_store::agents::Agent;
 use pgplane_store::jobs::{job_complete_in, job_enqueue_in, AfterFailure};
 use pgplane_store::workflow::{operation_finish_in, step_jobs_left_in};
 use pgplane_store::Store;
@@ -82,25 +82,6 @@ impl FromRequestParts<AgentApiState> for AgentAuth {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Register {
-    pub bootstrap_token: String,
-    /// Unique name of the agent (its host name, say); registering again rotates the credential.
-    pub name: String,
-    /// The private address: other hosts and the platform's clients reach this host's services at it.
-    pub host: String,
-    /// The address clients on the internet reach this host at (gateways of exposed databases
-    /// bind it); `host` when absent.
-    #[serde(default)]
-    pub public_host: Option<String>,
-    pub memory_mb: i64,
-    pub disk_gb: i64,
-    /// Ports this host may hand out to members and gateways.
-    pub port_min: i32,
-    pub port_max: i32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Registered {
     pub agent_id: uuid::Uuid,
     /// Send as `Authorization: Bearer <credential>`; shown once.
@@ -108,8 +89,10 @@ pub struct Registered {
 }
 
 /// Registers an agent.
-#[utoipa::path(post, path = "/agent/v1/register", request_body = Register, responses((status = 200, body = Registered)))]
-async fn register(State(state): State<AgentApiState>, Json(r): Json<Register>) -> ApiResult<Json<Registered>> {
+#[utoipa::path(
+    post, path = "/agent/v1/register", request_body = AgentRegistration, responses((status = 200, body = Registered))
+)]
+async fn register(State(state): State<AgentApiState>, Json(r): Json<AgentRegistration>) -> ApiResult<Json<Registered>> {
     if r.bootstrap_token != state.bootstrap_token {
         return Err(Error::unauthorized("wrong bootstrap token").into());
     }
@@ -121,17 +104,18 @@ async fn register(State(state): State<AgentApiState>, Json(r): Json<Register>) -
         )
         .into());
     }
-    let reg = AgentRegistration {
-        name: &r.name,
-        host: &r.host,
-        public_host: r.public_host.as_deref().unwrap_or(&r.host),
-        memory_mb: r.memory_mb,
-        disk_gb: r.disk_gb,
-        port_min: r.port_min,
-        port_max: r.port_max,
-    };
-    let (agent_id, credential) = state.store.agent_register(&reg).await?;
-    tracing::info!(agent = %r.name, %agent_id, host = %r.host, "agent registered");
+    let (agent_id, credential) = state.store.agent_register(&r).await?;
+    let problems = r.capabilities.as_ref().map(|c| c.problems()).unwrap_or_default();
+    match &r.capabilities {
+        Some(c) => tracing::info!(
+            agent = %r.name, %agent_id, host = %r.host, postgres = ?c.postgres_versions, patroni = c.patroni,
+            haproxy = c.haproxy, pgbackrest = ?c.pgbackrest, problems = problems.len(), "agent registered"
+        ),
+        None => tracing::info!(agent = %r.name, %agent_id, host = %r.host, "agent registered (capabilities unknown)"),
+    }
+    for problem in &problems {
+        tracing::warn!(agent = %r.name, "{problem}");
+    }
     // An agent registers when it starts: the jobs it held died with its previous run.
     let released = state.store.job_expire_leases(&format!("agent:{agent_id}")).await?;
     if released > 0 {

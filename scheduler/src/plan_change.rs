@@ -75,11 +75,15 @@ impl Workflows {
         }
         // Grow: new members on agents that hold no member of this database yet.
         let taken: Vec<uuid::Uuid> = members.iter().map(|m| m.agent_id).collect();
-        let candidates: Vec<_> = agents::agent_capacity_in(tx)
+        let live: Vec<_> = agents::agent_capacity_in(tx)
             .await
             .map_err(retry)?
             .into_iter()
             .filter(|a| !taken.contains(&a.agent.id))
+            .collect();
+        let what = format!("plan {}", st.plan.id);
+        let candidates: Vec<_> = crate::workflows::able_agents(live, &st.version, wanted - members.len(), &what)?
+            .into_iter()
             .filter(|a| {
                 a.free_memory_mb >= i64::from(st.plan.memory_mb) && a.free_disk_gb >= i64::from(st.plan.disk_gb)
             })

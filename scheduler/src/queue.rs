@@ -22,6 +22,10 @@ pub enum JobError {
     Retryable(String),
     /// Will never succeed (bad input, a resource that is gone): dead at once.
     Fatal(String),
+    /// The platform cannot do what the operation asks (no host can run it): the operation ends
+    /// in `error` with `tenant` (what the tenant can act on, no host details), the job dies with
+    /// `operator` (the detail, for the job's `last_error` and the logs).
+    Refused { tenant: String, operator: String },
 }
 
 /// How a job succeeded.
@@ -224,7 +228,9 @@ async fn run_one<H: Handler>(store: &Store, config: &WorkerConfig, handler: &H, 
                 AfterFailure::LeaseLost => "lease lost",
             })
         }
-        Err(JobError::Fatal(e)) => store.job_fail(id, lease, &e, None).await.map(|_| "dead"),
+        Err(JobError::Fatal(e) | JobError::Refused { operator: e, .. }) => {
+            store.job_fail(id, lease, &e, None).await.map(|_| "dead")
+        }
     };
     match recorded {
         Ok(state) => tracing::debug!(job = %id, %kind, attempts, state, "job finished"),

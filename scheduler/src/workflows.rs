@@ -130,6 +130,63 @@ pub(crate) fn password() -> String {
 
 impl Handler for Workflows {
     async fn run(&self, job: Claimed) -> Result<Done, JobError> {
+        let op = job.operation_id;
+        match self.run_step(job).await {
+            Err(JobError::Refused { tenant, operator }) => {
+                // The step's transaction is gone: end the operation on a connection of its own.
+                tracing::error!(operation = ?op, %operator, "operation refused: {tenant}");
+                if let Some(op) = op {
+                    let mut conn = self.store.pool().acquire().await.map_err(retry)?;
+                    operation_finish_in(&mut conn, op, Some(&tenant)).await.map_err(retry)?;
+                }
+                Err(JobError::Refused { tenant, operator })
+            }
+            other => other,
+        }
+    }
+}
+
+/// Agents able to run a member of PostgreSQL `version` and a gateway, or why the operation must
+/// be refused: at least `needed` agents are live but fewer than `needed` are able (no host can
+/// do it, and waiting will not change that until an operator acts). Fewer live agents than
+/// `needed`: waiting for agents to register, as for capacity.
+pub(crate) fn able_agents(
+    live: Vec<agents::AgentCapacity>,
+    version: &str,
+    needed: usize,
+    what: &str,
+) -> Result<Vec<agents::AgentCapacity>, JobError> {
+    let total = live.len();
+    let mut reasons = Vec::new();
+    let able: Vec<_> = live
+        .into_iter()
+        .filter(|a| match a.agent.cannot_run_member(version).or_else(|| a.agent.cannot_run_gateway()) {
+            Some(why) => {
+                reasons.push(format!("agent {} ({}): {why}", a.agent.name, a.agent.id));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if able.len() < needed && total >= needed {
+        return Err(JobError::Refused {
+            tenant: format!(
+                "no database host of this platform can run PostgreSQL {version} for {what} right now: nothing was \
+                 changed; choose another version, or contact the platform's support"
+            ),
+            operator: format!(
+                "{needed} agent(s) able to run PostgreSQL {version} with Patroni and HAProxy needed for {what}, {} of \
+                 {total} live are: {}",
+                able.len(),
+                reasons.join("; ")
+            ),
+        });
+    }
+    Ok(able)
+}
+
+impl Workflows {
+    async fn run_step(&self, job: Claimed) -> Result<Done, JobError> {
         let op = job.operation_id.ok_or_else(|| JobError::Fatal("operation job without an operation".into()))?;
         let step = job.payload["step"].as_str().unwrap_or("start").to_string();
         let mut tx = self.store.pool().begin().await.map_err(retry)?;
@@ -195,9 +252,9 @@ impl Workflows {
     /// Picks agents, ports and credentials, then asks each member's agent to run it.
     async fn place(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let plan = &st.plan;
-        let candidates: Vec<_> = agents::agent_capacity_in(tx)
-            .await
-            .map_err(retry)?
+        let live = agents::agent_capacity_in(tx).await.map_err(retry)?;
+        let what = format!("a {} database", plan.id);
+        let candidates: Vec<_> = able_agents(live, &st.version, plan.data_nodes as usize, &what)?
             .into_iter()
             .filter(|a| a.free_memory_mb >= i64::from(plan.memory_mb) && a.free_disk_gb >= i64::from(plan.disk_gb))
             .take(plan.data_nodes as usize)

@@ -2,8 +2,9 @@
 //! view placement reads (free memory and disk per agent, ports per host address).
 
 use chrono::{DateTime, Utc};
-use pgplane_core::agent::{AgentId, Observation};
+use pgplane_core::agent::{AgentId, AgentRegistration, Capabilities, Observation};
 use pgplane_core::ids::DatabaseId;
+use pgplane_core::page::PageRequest;
 use rand::distributions::{Alphanumeric, DistString};
 use sha2::{Digest, Sha256};
 use sqlx::{FromRow, PgConnection};
@@ -26,6 +27,21 @@ pub struct Agent {
     pub port_min: i32,
     pub port_max: i32,
     pub last_seen_at: DateTime<Utc>,
+    /// What the host can do (`None` for agents older than the checks).
+    pub capabilities: Option<sqlx::types::Json<Capabilities>>,
+}
+
+impl Agent {
+    /// Why this agent cannot run a member of PostgreSQL `version`, if it cannot (an agent that
+    /// never reported its capabilities is taken as able).
+    pub fn cannot_run_member(&self, version: &str) -> Option<String> {
+        self.capabilities.as_ref().and_then(|c| c.cannot_run_member(version))
+    }
+
+    /// Why this agent cannot run a gateway, if it cannot.
+    pub fn cannot_run_gateway(&self) -> Option<String> {
+        self.capabilities.as_ref().and_then(|c| c.cannot_run_gateway())
+    }
 }
 
 /// An agent with what is left of it.
@@ -37,45 +53,36 @@ pub struct AgentCapacity {
     pub free_disk_gb: i64,
 }
 
-/// What an agent says about itself when it registers.
-#[derive(Debug, Clone)]
-pub struct AgentRegistration<'a> {
-    pub name: &'a str,
-    pub host: &'a str,
-    pub public_host: &'a str,
-    pub memory_mb: i64,
-    pub disk_gb: i64,
-    pub port_min: i32,
-    pub port_max: i32,
-}
-
 fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-const AGENT_COLUMNS: &str = "a.id, a.name, a.host, COALESCE(a.public_host, a.host) AS public_host, a.memory_mb, a.disk_gb, a.port_min, a.port_max, a.last_seen_at";
+const AGENT_COLUMNS: &str =
+    "a.id, a.name, a.host, COALESCE(a.public_host, a.host) AS public_host, a.memory_mb, a.disk_gb, \
+     a.port_min, a.port_max, a.last_seen_at, a.capabilities";
 
 impl Store {
     /// Registers an agent (or re-registers one by name) and returns its new credential.
-    pub async fn agent_register(&self, r: &AgentRegistration<'_>) -> Result<(AgentId, String)> {
+    pub async fn agent_register(&self, r: &AgentRegistration) -> Result<(AgentId, String)> {
         let credential = format!("pga_{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 40));
         let id: AgentId = sqlx::query_scalar(
-            "INSERT INTO agents (id, name, host, credential_hash, memory_mb, disk_gb, port_min, port_max, public_host) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO agents (id, name, host, credential_hash, memory_mb, disk_gb, port_min, port_max, capabilities, public_host) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, public_host = EXCLUDED.public_host, credential_hash = EXCLUDED.credential_hash, \
                 memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, port_min = EXCLUDED.port_min, \
-                port_max = EXCLUDED.port_max, last_seen_at = now() \
+                port_max = EXCLUDED.port_max, capabilities = EXCLUDED.capabilities, last_seen_at = now() \
              RETURNING id",
         )
         .bind(uuid::Uuid::now_v7())
-        .bind(r.name)
-        .bind(r.host)
+        .bind(&r.name)
+        .bind(&r.host)
         .bind(hash(&credential))
         .bind(r.memory_mb)
         .bind(r.disk_gb)
         .bind(r.port_min)
         .bind(r.port_max)
-        .bind(r.public_host)
+        .bind(r.capabilities.as_ref().map(sqlx::types::Json))
+        .bind(r.public_host.as_deref().unwrap_or(&r.host))
         .fetch_one(&self.pool)
         .await
         .map_err(db_error)?;
@@ -171,11 +178,66 @@ impl Store {
         Ok(())
     }
 
-    pub async fn agent_list(&self) -> Result<Vec<Agent>> {
-        sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents a ORDER BY a.name"))
-            .fetch_all(&self.pool)
+    /// Agents in registration order (ids are UUIDv7) with their free capacity, for operators.
+    pub async fn agent_page(&self, page: &PageRequest) -> Result<(Vec<pgplane_core::model::Agent>, Option<String>)> {
+        let rows: Vec<AgentRow> = sqlx::query_as(&format!(
+            "SELECT {AGENT_VIEW} WHERE ($1::uuid IS NULL OR a.id > $1) GROUP BY a.id ORDER BY a.id LIMIT $3"
+        ))
+        .bind(page.after_uuid()?)
+        .bind(f64::from(LIVE_WITHIN_SECS))
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let (rows, next) = page.finish(rows, |r| r.capacity.agent.id.to_string());
+        Ok((rows.into_iter().map(AgentRow::into_model).collect(), next))
+    }
+
+    /// One agent with its free capacity, for operators.
+    pub async fn agent_get(&self, id: AgentId) -> Result<pgplane_core::model::Agent> {
+        let row: Option<AgentRow> = sqlx::query_as(&format!("SELECT {AGENT_VIEW} WHERE a.id = $1 GROUP BY a.id"))
+            .bind(id)
+            .bind(f64::from(LIVE_WITHIN_SECS))
+            .fetch_optional(&self.pool)
             .await
-            .map_err(db_error)
+            .map_err(db_error)?;
+        row.map(AgentRow::into_model).ok_or(Error::not_found("agent"))
+    }
+}
+
+/// An agent with its free capacity and whether it is live (`$2`: seconds a heartbeat counts).
+const AGENT_VIEW: &str = "a.id, a.name, a.host, COALESCE(a.public_host, a.host) AS public_host, a.memory_mb, a.disk_gb, a.port_min, a.port_max, a.last_seen_at, \
+    a.capabilities, a.registered_at, a.last_seen_at > now() - make_interval(secs => $2) AS live, \
+    a.memory_mb - COALESCE(SUM(m.memory_mb), 0) AS free_memory_mb, a.disk_gb - COALESCE(SUM(m.disk_gb), 0) AS free_disk_gb \
+    FROM agents a LEFT JOIN database_members m ON m.agent_id = a.id";
+
+#[derive(FromRow)]
+struct AgentRow {
+    #[sqlx(flatten)]
+    capacity: AgentCapacity,
+    registered_at: DateTime<Utc>,
+    live: bool,
+}
+
+impl AgentRow {
+    fn into_model(self) -> pgplane_core::model::Agent {
+        let AgentCapacity { agent: a, free_memory_mb, free_disk_gb } = self.capacity;
+        pgplane_core::model::Agent {
+            id: a.id,
+            name: a.name,
+            host: a.host,
+            public_host: a.public_host,
+            memory_mb: a.memory_mb,
+            disk_gb: a.disk_gb,
+            free_memory_mb,
+            free_disk_gb,
+            port_min: a.port_min,
+            port_max: a.port_max,
+            registered_at: self.registered_at,
+            last_seen_at: a.last_seen_at,
+            live: self.live,
+            capabilities: a.capabilities.map(|c| c.0),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Routes, one module per resource. `routes!` registers a handler and its OpenAPI
 //! operation together, so the document cannot forget an endpoint.
 
+mod agents;
 mod apps;
 mod billing;
 mod config;
@@ -33,7 +34,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(databases::router())
         .merge(config::router())
         .merge(billing::router())
-        .merge(jobs::router());
+        .merge(jobs::router())
+        .merge(agents::router());
     crate::openapi::declare_body_limit(router.get_openapi_mut());
     router
 }

@@ -1,0 +1,273 @@
+//! The checks of a database host, for `pgplane doctor` and for an agent as it starts: every
+//! external program the agent drives (PostgreSQL per version, Patroni, etcd, HAProxy,
+//! pgBackRest) with its version, the state folder and the kernel setting the agent sets, and the
+//! paths that broke before, exercised for real: Patroni's own Python reaching a short-lived etcd
+//! over https, and HAProxy checking a short-lived TLS server against a CA. Each check ends in
+//! one line: the version found, or what to install or change. Blocking; everything it starts is
+//! stopped by pid before it returns.
+
+use crate::files::{ensure_dir, find_program};
+use crate::node::bin_dir_for;
+use crate::probes;
+use pgplane_core::agent::{Capabilities, Check, CheckStatus};
+use pgplane_localpg::{is_root, RunAs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The folder the agent keeps databases in (must be writable).
+    pub state_dir: PathBuf,
+    /// PostgreSQL major versions that must be runnable here (besides every one found).
+    pub versions: Vec<String>,
+    /// Also exercise Patroni → etcd over https and HAProxy → TLS (starts short-lived servers).
+    pub exercise: bool,
+}
+
+/// Runs every check and sums up what this host can do.
+pub fn run(opts: &Options) -> Capabilities {
+    let mut checks = Vec::new();
+    let mut versions = Vec::new();
+    for (version, check) in postgres_checks(&opts.versions) {
+        if check.status == CheckStatus::Ok {
+            versions.push(version);
+        }
+        checks.push(check);
+    }
+    let runas = RunAs::for_postgres();
+    if let Err(e) = &runas {
+        checks.push(fail("postgres OS user", format!("{e:#}")));
+    }
+    let patroni = program("patroni", "PGPLANE_PATRONI", &["--version"], "patroni", true);
+    // Needed by `pgplane up` and by this check's test etcd; a database host of a platform
+    // reaches the platform's etcd and may not have the program.
+    let etcd = program("etcd", "PGPLANE_ETCD", &["--version"], "etcd-server", false);
+    let haproxy = program("haproxy", "PGPLANE_HAPROXY", &["-v"], "haproxy", true);
+    let pgbackrest = program("pgbackrest", "PGPLANE_PGBACKREST", &["version"], "pgbackrest", false);
+    // Both run as the postgres OS user.
+    let mut patroni_ok = patroni.status == CheckStatus::Ok && runas.is_ok();
+    let mut haproxy_ok = haproxy.status == CheckStatus::Ok && runas.is_ok();
+    let pgbackrest_version = (pgbackrest.status == CheckStatus::Ok).then(|| pgbackrest.detail.clone());
+    let etcd_ok = etcd.status == CheckStatus::Ok;
+    checks.extend([patroni, etcd, haproxy, pgbackrest]);
+    checks.push(state_dir(&opts.state_dir));
+    checks.push(migrate_req());
+    if opts.exercise {
+        let runas = runas.as_ref().ok();
+        let check = match (patroni_ok, runas) {
+            (true, Some(runas)) => probes::patroni_reaches_etcd(runas, etcd_ok),
+            _ => fail(probes::PATRONI_ETCD, "not tried: needs patroni and the postgres OS user (see above)"),
+        };
+        // A warning (no etcd program here to exercise it) leaves Patroni usable.
+        patroni_ok &= check.status != CheckStatus::Fail;
+        checks.push(check);
+        let check = match (haproxy_ok, runas) {
+            (true, Some(runas)) => probes::haproxy_checks_tls(runas),
+            _ => fail(probes::HAPROXY_TLS, "not tried: needs haproxy and the postgres OS user (see above)"),
+        };
+        haproxy_ok &= check.status != CheckStatus::Fail;
+        checks.push(check);
+    }
+    Capabilities {
+        postgres_versions: versions,
+        patroni: patroni_ok,
+        haproxy: haproxy_ok,
+        pgbackrest: pgbackrest_version,
+        checks,
+    }
+}
+
+/// One line per check: `ok`, `warn` or `FAIL`, the name, and the detail.
+pub fn line(check: &Check) -> String {
+    let status = match check.status {
+        CheckStatus::Ok => "ok  ",
+        CheckStatus::Warn => "warn",
+        CheckStatus::Fail => "FAIL",
+    };
+    format!("{status}  {}: {}", check.name, check.detail)
+}
+
+pub(crate) fn ok(name: &str, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), status: CheckStatus::Ok, detail: detail.into() }
+}
+
+pub(crate) fn warn(name: &str, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), status: CheckStatus::Warn, detail: detail.into() }
+}
+
+pub(crate) fn fail(name: &str, detail: impl Into<String>) -> Check {
+    Check { name: name.into(), status: CheckStatus::Fail, detail: detail.into() }
+}
+
+/// Major versions looked for besides those asked for: wherever `bin_dir_for` finds them
+/// (/usr/lib/postgresql/<v>/bin, or the folder found through pg_config or PATH).
+const LOOKED_FOR: std::ops::RangeInclusive<u32> = 10..=20;
+
+/// The check of every version asked for, and of every other version found, by version.
+fn postgres_checks(asked: &[String]) -> Vec<(String, Check)> {
+    let mut versions: Vec<u32> = LOOKED_FOR.chain(asked.iter().filter_map(|v| v.parse().ok())).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let mut checks = Vec::new();
+    for version in versions.iter().map(u32::to_string) {
+        let check = postgres(&version);
+        if check.status == CheckStatus::Ok || asked.contains(&version) {
+            checks.push((version, check));
+        }
+    }
+    if checks.is_empty() {
+        // Nothing asked for nor found: say what to install.
+        checks.push(("15".to_string(), postgres("15")));
+    }
+    checks
+}
+
+/// The programs a member needs from a PostgreSQL folder (Patroni runs the last three).
+const POSTGRES_PROGRAMS: &[&str] = &["postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "psql"];
+
+/// PostgreSQL `version`: its folder as the agent finds it, every program a member needs, and
+/// `postgres --version` naming that major version.
+fn postgres(version: &str) -> Check {
+    let name = format!("postgres {version}");
+    let install = format!("apt-get install postgresql-{version}");
+    let dir = match bin_dir_for(version) {
+        Ok(dir) => dir,
+        Err(_) => return fail(&name, format!("no server binaries found: {install}")),
+    };
+    let missing: Vec<&str> = POSTGRES_PROGRAMS.iter().copied().filter(|p| !dir.join(p).is_file()).collect();
+    if !missing.is_empty() {
+        return fail(&name, format!("{} lacks {}: {install}", dir.display(), missing.join(", ")));
+    }
+    match output(Command::new(dir.join("postgres")).arg("--version")) {
+        Ok(text) => {
+            // `postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)`
+            let release = text.split_whitespace().nth(2).unwrap_or_default().to_string();
+            if release.split('.').next() == Some(version) {
+                ok(&name, format!("{release} in {}", dir.display()))
+            } else {
+                fail(
+                    &name,
+                    format!("no server binaries (the ones found, in {}, are {release}): {install}", dir.display()),
+                )
+            }
+        }
+        Err(e) => fail(&name, format!("{} --version failed ({e}): {install}", dir.join("postgres").display())),
+    }
+}
+
+/// A program on PATH (or named by `env`) and the first line of its version.
+fn program(name: &str, env: &str, version_args: &[&str], package: &str, required: bool) -> Check {
+    let path = match find_program(name, env) {
+        Ok(path) => path,
+        Err(_) if required => return fail(name, format!("not found on PATH (or {env}): apt-get install {package}")),
+        Err(_) => return warn(name, format!("not installed (optional): apt-get install {package}")),
+    };
+    match output(Command::new(&path).args(version_args)) {
+        Ok(text) => ok(name, version_line(name, &text)),
+        Err(e) => fail(
+            name,
+            format!(
+                "{} {} failed ({e}): apt-get install --reinstall {package}",
+                path.display(),
+                version_args.join(" ")
+            ),
+        ),
+    }
+}
+
+/// `patroni 3.0.2` → `3.0.2`; `etcd Version: 3.4.23` → `3.4.23`; `HAProxy version 2.6.12-1 …` →
+/// `2.6.12-1`; `pgBackRest 2.45` → `2.45`: the first word that starts with a digit.
+fn version_line(name: &str, text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{name}: {first}"))
+}
+
+/// Runs `cmd` (stdin closed) and returns its stdout, or why it failed.
+pub(crate) fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{}: {}", out.status, err.lines().last().unwrap_or_default()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The state folder: made if missing (as the agent would), writable, and who owns it.
+fn state_dir(dir: &Path) -> Check {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let name = "state folder";
+    if let Err(e) = ensure_dir_keep_mode(dir) {
+        return fail(name, format!("cannot create {}: {e:#}; choose another folder or fix its parent", dir.display()));
+    }
+    let probe = dir.join(format!(".pgplane-doctor-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&probe, "") {
+        return fail(name, format!("{} is not writable ({e}): chown it to the user that runs pgplane", dir.display()));
+    }
+    let _ = std::fs::remove_file(&probe);
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) => return fail(name, format!("{}: {e}", dir.display())),
+    };
+    let detail =
+        format!("{} writable, owner uid {}, mode {:o}", dir.display(), meta.uid(), meta.permissions().mode() & 0o7777);
+    if is_root() && meta.uid() != 0 {
+        return warn(name, format!("{detail}: owned by another user than root, who runs the agent"));
+    }
+    ok(name, detail)
+}
+
+/// Creates `dir` as the agent does (0711) when missing; leaves an existing one as it is.
+fn ensure_dir_keep_mode(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    ensure_dir(dir, 0o711, None)
+}
+
+/// `net.ipv4.tcp_migrate_req`, which the agent sets (as root) so that a gateway reload hands its
+/// queued connections to the gateway that stays.
+fn migrate_req() -> Check {
+    let name = "sysctl net.ipv4.tcp_migrate_req";
+    match std::fs::read_to_string(crate::lifecycle::TCP_MIGRATE_REQ).map(|v| v.trim().to_string()) {
+        Ok(v) if v == "1" => ok(name, "1"),
+        Ok(v) if is_root() => ok(name, format!("{v}, the agent sets it to 1 when it starts (as root)")),
+        Ok(v) => warn(
+            name,
+            format!("{v}: a gateway reload may reset queued connections; sysctl -w net.ipv4.tcp_migrate_req=1"),
+        ),
+        Err(_) => warn(name, "not in this kernel (Linux 5.14+): a gateway reload may reset queued connections"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_the_first_numeric_word() {
+        assert_eq!(version_line("patroni", "patroni 3.0.2\n"), "3.0.2");
+        assert_eq!(version_line("etcd", "etcd Version: 3.4.23\nGit SHA: Not provided\n"), "3.4.23");
+        assert_eq!(
+            version_line("haproxy", "HAProxy version 2.6.12-1+deb12u1 2023/12/16 - https://…\n"),
+            "2.6.12-1+deb12u1"
+        );
+        assert_eq!(version_line("pgbackrest", "pgBackRest 2.45\n"), "2.45");
+    }
+
+    #[test]
+    fn lines_say_ok_or_what_to_do() {
+        assert_eq!(line(&ok("etcd", "3.4.23")), "ok    etcd: 3.4.23");
+        assert_eq!(
+            line(&fail(
+                "patroni → etcd over https",
+                "missing python module idna for pyOpenSSL: apt-get install python3-idna"
+            )),
+            "FAIL  patroni → etcd over https: missing python module idna for pyOpenSSL: apt-get install python3-idna"
+        );
+    }
+}
