@@ -183,16 +183,7 @@ impl Plane {
             assert!(Instant::now() < deadline, "the API did not come up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let res: Value = http
-            .post(format!("{base}/v1/auth/token"))
-            .json(&json!({ "api_token": api_token }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = res["access_token"].as_str().expect("access token").to_string();
+        let token = up::exchange(&base, &api_token).await.expect("access token");
         let mut plane =
             Plane { agent, scheduler, api, etcd, pool, pg, dir, root, base, http, token, app: String::new(), folder };
         let (s, tenant) = plane.call(Method::POST, "/v1/tenants", Some(json!({ "name": "Crash" }))).await;
