@@ -70,6 +70,7 @@ fn gateway_spec(member: &MemberSpec, ca: &DatabaseCa) -> Result<GatewaySpec> {
         allowed_cidrs: vec![],
         backends: vec![backend(member)],
         ca_pem: ca.cert_pem().into(),
+        vip: None,
     })
 }
 

@@ -117,12 +117,21 @@ pub fn render(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
 /// The `private` and `public` frontends of `render`.
 fn frontends(spec: &GatewaySpec, paths: &GatewayPaths) -> String {
     let mut out = String::new();
+    let mut private = Vec::new();
     if spec.public_host.as_deref() != Some(spec.listen_host.as_str()) {
-        let _ = write!(
-            out,
-            "frontend private\n    bind {}\n    default_backend postgres\n\n",
-            host_port(&spec.listen_host, spec.listen_port)
-        );
+        private.push(host_port(&spec.listen_host, spec.listen_port));
+    }
+    // The database's VIP, on every gateway host at once: the kernel lets HAProxy bind it
+    // while another host holds it (`net.ipv4.ip_nonlocal_bind`, set by the agent).
+    if let Some(vip) = &spec.vip {
+        private.push(host_port(&vip.address, vip.port));
+    }
+    if !private.is_empty() {
+        out.push_str("frontend private\n");
+        for bind in private {
+            let _ = writeln!(out, "    bind {bind}");
+        }
+        out.push_str("    default_backend postgres\n\n");
     }
     if let Some(public) = &spec.public_host {
         let _ = write!(
@@ -409,6 +418,7 @@ mod tests {
             allowed_cidrs: allowed_cidrs.iter().map(|c| c.to_string()).collect(),
             backends: vec![backend("m1", 5432), backend("m2", 5442)],
             ca_pem: "CA".into(),
+            vip: None,
         }
     }
 
@@ -472,6 +482,23 @@ mod tests {
         let public = section(&cfg, "frontend public").expect("a public frontend");
         assert_eq!(public[1], "bind 127.0.0.1:6432");
         assert!(public[2].starts_with("tcp-request connection reject unless { src -f "), "{public:?}");
+    }
+
+    #[test]
+    fn binds_the_vip_beside_the_private_address() {
+        let paths = GatewayPaths::new(PathBuf::from("/srv/g"));
+        let vip = pgplane_core::agent::GatewayVip {
+            address: "10.213.7.100".into(),
+            port: 7000,
+            router_id: 1,
+            priority: 150,
+            peers: vec!["10.0.0.6".into()],
+        };
+        let cfg = sections(&render(&GatewaySpec { vip: Some(vip), ..spec(None, &[]) }, &paths));
+        assert_eq!(
+            section(&cfg, "frontend private").expect("a private frontend"),
+            &["frontend private", "bind 127.0.0.1:6432", "bind 10.213.7.100:7000", "default_backend postgres"]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod etcd;
 mod fence;
 mod files;
 pub mod haproxy;
+pub mod keepalived;
 pub mod lifecycle;
 pub mod node;
 pub mod observe;

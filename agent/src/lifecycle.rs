@@ -54,12 +54,34 @@ fn migrate_queued_connections() {
     }
 }
 
+/// The kernel setting that lets a process bind an address the host does not have (yet).
+pub(crate) const IP_NONLOCAL_BIND: &str = "/proc/sys/net/ipv4/ip_nonlocal_bind";
+
+/// Every gateway of a database with a VIP binds it on its host, while keepalived gives the
+/// address to one host only: the others bind it before they have it. Turned on when this
+/// agent may (as root); otherwise said once (a gateway whose host lacks the VIP then fails).
+fn bind_vips_anywhere() {
+    match std::fs::read_to_string(IP_NONLOCAL_BIND).map(|v| v.trim().to_string()) {
+        Ok(v) if v == "1" => {}
+        Ok(_) => match std::fs::write(IP_NONLOCAL_BIND, "1") {
+            Ok(()) => tracing::info!("set net.ipv4.ip_nonlocal_bind = 1: gateways bind their database's VIP"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot set net.ipv4.ip_nonlocal_bind = 1 (run as root, or set it on the host): a gateway \
+                 cannot bind its database's VIP while another host holds it"
+            ),
+        },
+        Err(_) => tracing::debug!("no net.ipv4.ip_nonlocal_bind on this kernel"),
+    }
+}
+
 impl Lifecycle {
     /// Becomes the reaper of the data plane's orphans, reconciles once, then every
     /// `RECONCILE_EVERY` until `shutdown`.
     pub async fn start(node: Arc<Node>, on_exit: OnExit, shutdown: watch::Receiver<bool>) -> Self {
         reaper::become_subreaper();
         migrate_queued_connections();
+        bind_vips_anywhere();
         let reaper = tokio::spawn(reap_on_sigchld());
         let t0 = Instant::now();
         let pass = node.reconcile().await;

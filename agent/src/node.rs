@@ -5,6 +5,7 @@
 use crate::fence;
 use crate::files::{check_name, ensure_dir, write_atomic};
 use crate::haproxy::{self, GatewayPaths};
+use crate::keepalived::{self, VipPaths};
 use crate::patroni::{self, MemberPaths};
 use crate::process::{self, Managed};
 use crate::specs;
@@ -31,6 +32,8 @@ pub(crate) const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(10);
 pub(crate) struct Processes {
     pub members: HashMap<String, Managed>,
     pub gateways: HashMap<String, Managed>,
+    /// keepalived of the gateways that carry the database's VIP, by gateway name.
+    pub vips: HashMap<String, Managed>,
 }
 
 /// What `ensure_member` found or did.
@@ -223,7 +226,43 @@ impl Node {
         }
         let proc = &procs.gateways[&spec.name];
         haproxy::wait_routing(spec, &paths, proc, Duration::from_secs(30)).await?;
-        Ok(proc.pid())
+        let pid = proc.pid();
+        self.run_vip(&mut procs, spec, &paths).await?;
+        Ok(pid)
+    }
+
+    /// Makes the gateway's keepalived carry the spec's VIP (started, adopted, or reloaded with
+    /// SIGHUP when its configuration changed), or stops it and forgets its folder when the spec
+    /// has none.
+    pub(crate) async fn run_vip(
+        &self,
+        procs: &mut Processes,
+        spec: &GatewaySpec,
+        gateway: &GatewayPaths,
+    ) -> Result<Outcome> {
+        let paths = VipPaths::new(self.database_dir(spec.database_id).join(keepalived::dir_name(&spec.name)));
+        let Some((config, check)) = keepalived::render_for(spec, &paths, gateway)? else {
+            let known = procs.vips.remove(&spec.name);
+            if known.is_none() && !paths.dir.exists() {
+                return Ok(Outcome::Unchanged);
+            }
+            if let Some(old) = known.or_else(|| keepalived::adopt(&paths)) {
+                tracing::info!(gateway = %spec.name, pid = old.pid(), "no VIP any more; stopping keepalived");
+                tokio::task::spawn_blocking(move || old.stop(GATEWAY_STOP_GRACE)).await.context("stopping")?;
+            }
+            std::fs::remove_dir_all(&paths.dir).with_context(|| format!("removing {}", paths.dir.display()))?;
+            return Ok(Outcome::Restarted);
+        };
+        let applied = keepalived::write_files(&paths, &config, &check)?;
+        let adopted = adopt_into(&mut procs.vips, &spec.name, || keepalived::adopt(&paths));
+        if let Some(proc) = runs_another(&mut procs.vips, &spec.name, &applied) {
+            tracing::info!(gateway = %spec.name, pid = proc.pid(), "VIP configuration changed; reloading keepalived");
+            keepalived::reload(proc, &paths, &applied)?;
+            return Ok(Outcome::Reloaded);
+        }
+        let start = || keepalived::start(&paths, &applied);
+        let stop = |old: Managed| old.stop(GATEWAY_STOP_GRACE);
+        Ok(run_one(&mut procs.vips, &spec.name, &applied, start, stop).await?.adopted_if(adopted))
     }
 
     /// Writes the gateway's folder; returns everything HAProxy's configuration depends on (not

@@ -3,6 +3,7 @@
 //! restarts a healthy database); a dead one is started again; a database being removed is skipped.
 
 use crate::haproxy::GatewayPaths;
+use crate::keepalived;
 use crate::node::{bin_dir_for, Node, Outcome, Processes};
 use crate::patroni::MemberPaths;
 use crate::specs;
@@ -71,6 +72,10 @@ impl Node {
             for spec in &persisted.gateways {
                 let what = format!("gateway {} of {id}", spec.name);
                 out.count(self.reconcile_gateway(&mut procs, spec).await, &what);
+                if spec.vip.is_some() || self.database_dir(id).join(keepalived::dir_name(&spec.name)).exists() {
+                    let gateway = GatewayPaths::new(self.gateway_dir(id, &spec.name));
+                    out.count(self.run_vip(&mut procs, spec, &gateway).await, &format!("VIP of {what}"));
+                }
                 if let Err(e) = self.lapse_drains(id, &spec.name).await {
                     tracing::warn!(%what, error = format!("{e:#}"), "lifting a lapsed drain failed; trying again next pass");
                 }

@@ -1,10 +1,11 @@
 //! Stopping databases: `remove_database` (marked first, so nothing brings it back; then every
-//! process stopped, Patroni's etcd keys deleted when its last member is gone, the folder
+//! process stopped (the VIP's keepalived first), Patroni's etcd keys deleted when its last member is gone, the folder
 //! removed) and `stop_all` (for `pgplane up`'s Ctrl-C: stops everything, keeps what to restart).
 
 use crate::dcs;
 use crate::fence;
 use crate::haproxy::{self, GatewayPaths};
+use crate::keepalived::{self, VipPaths};
 use crate::node::{Node, NodeError, Processes, GATEWAY_STOP_GRACE, MEMBER_STOP_GRACE};
 use crate::patroni::{self, MemberPaths};
 use crate::process::{self, Managed};
@@ -105,6 +106,15 @@ pub(crate) fn stop_database(procs: Processes, database_dir: &Path, runas: &RunAs
         true => g.stop_softly(libc::SIGUSR1, GATEWAY_SOFT_STOP, GATEWAY_STOP_GRACE),
         false => g.stop(GATEWAY_STOP_GRACE),
     };
+    // The VIP leaves first (keepalived's SIGTERM hands it to another gateway host at once).
+    for (_, vip) in procs.vips {
+        vip.stop(GATEWAY_STOP_GRACE);
+    }
+    for dir in folders(database_dir, "vip-") {
+        if let Some(found) = keepalived::adopt(&VipPaths::new(dir)) {
+            found.stop(GATEWAY_STOP_GRACE);
+        }
+    }
     for (_, gateway) in procs.gateways {
         stop_gateway(gateway);
     }

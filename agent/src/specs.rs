@@ -114,6 +114,7 @@ mod tests {
             allowed_cidrs: vec![],
             backends: vec![],
             ca_pem: "CA".into(),
+            vip: None,
         };
         let file = dir.join("gateway-g0/spec.json");
         save(&file, &spec).unwrap();

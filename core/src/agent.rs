@@ -213,6 +213,27 @@ pub struct GatewaySpec {
     pub backends: Vec<GatewayBackend>,
     /// CA that signed the members' Patroni REST certificates (checked with check-ssl).
     pub ca_pem: String,
+    /// The database's virtual IP when its gateways are on several hosts and the platform has a
+    /// VIP pool: HAProxy binds it too, and keepalived moves it to a live gateway host. Absent
+    /// on one host (the gateways share address and port with SO_REUSEPORT) or without a pool.
+    #[serde(default)]
+    pub vip: Option<GatewayVip>,
+}
+
+/// A database's virtual IP as one gateway carries it (VRRP version 3, unicast to the other
+/// gateway hosts' private addresses, from this gateway's `listen_host`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GatewayVip {
+    /// The address clients connect to (IPv4).
+    pub address: String,
+    /// The port every gateway of the database listens on at `address`.
+    pub port: u16,
+    /// VRRP's virtual router id (1–255), unique among the VIPs of the pool.
+    pub router_id: u8,
+    /// This gateway's VRRP priority (1–254); the highest live one holds the VIP.
+    pub priority: u8,
+    /// The private addresses of the database's other gateway hosts.
+    pub peers: Vec<String>,
 }
 
 /// Where a member's Patroni REST API answers (https, its certificate signed by the database's
