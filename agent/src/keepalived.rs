@@ -213,6 +213,17 @@ pub fn check_config(config: &Path) -> Result<()> {
 /// adds the VIP and speaks VRRP on a raw socket), in the network namespace of the calling thread.
 pub fn start(paths: &VipPaths, applied: &str) -> Result<Managed> {
     check_config(&paths.config)?;
+    // A keepalived killed with SIGKILL leaves its pid files, and its VRRP child may linger a
+    // moment as a zombie: keepalived would take it for itself running and exit at once. Nothing
+    // runs this configuration now (the caller found none to adopt).
+    for file in [&paths.daemon_pid, &paths.vrrp_pid] {
+        match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", file.display()))
+            }
+            _ => {}
+        }
+    }
     let log = open_log(&paths.log, None)?;
     let mut cmd = Command::new(keepalived()?);
     cmd.args(["--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp", "-f"])
