@@ -39,11 +39,16 @@ impl Drop for FakeAgent {
 }
 
 async fn fake_agent(agent_api: &str, name: &str, behaviour: Behaviour) -> FakeAgent {
+    fake_agent_on(agent_api, name, "127.0.0.1", behaviour).await
+}
+
+/// A fake agent whose host has the private address `host`.
+async fn fake_agent_on(agent_api: &str, name: &str, host: &str, behaviour: Behaviour) -> FakeAgent {
     let http = reqwest::Client::new();
     let reg: Value = http
         .post(format!("{agent_api}/agent/v1/register"))
         .json(&json!({
-            "bootstrap_token": AGENT_BOOTSTRAP_TOKEN, "name": name, "host": "127.0.0.1",
+            "bootstrap_token": AGENT_BOOTSTRAP_TOKEN, "name": name, "host": host,
             "memory_mb": 8192, "disk_gb": 500, "port_min": 20000, "port_max": 20100
         }))
         .send()
@@ -299,6 +304,87 @@ async fn business_members_go_on_distinct_agents_and_wait_for_capacity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_on_two_hosts_share_a_vip_from_the_pool() {
+    let mut app = spawn_app().await;
+    let pool = "10.213.7.100-10.213.7.101".parse().unwrap();
+    let agent_api = app.start_scheduler_with(etcd(), Some(pool)).await;
+    let agents = [
+        fake_agent_on(&agent_api, "host-a", "10.0.0.1", Behaviour::Succeed).await,
+        fake_agent_on(&agent_api, "host-b", "10.0.0.2", Behaviour::Succeed).await,
+    ];
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+    let create = |name: &'static str| {
+        let (owner, app, app_id) = (&owner, &app, &app_id);
+        async move {
+            let op = order(owner, app_id, name, "business-2").await;
+            let done = app.wait_operation(owner, op["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+            assert_eq!(done["status"], "done", "{done}");
+            let db_id = op["database_id"].as_str().unwrap().to_string();
+            let (_, db) = owner.get(&format!("/v1/databases/{db_id}")).await;
+            (db_id, db["endpoint"]["host"].as_str().unwrap().to_string(), db["endpoint"]["port"].as_i64().unwrap())
+        }
+    };
+
+    let (first, host, port) = create("one").await;
+    assert_eq!(host, "10.213.7.100", "the endpoint is the VIP");
+    let (_, conn) = owner.get(&format!("/v1/databases/{first}/connection")).await;
+    assert!(conn["url"].as_str().unwrap().contains(&format!("@10.213.7.100:{port}/")), "{conn}");
+    for (i, agent) in agents.iter().enumerate() {
+        let tasks = agent.tasks.lock().unwrap().clone();
+        let vip = tasks
+            .iter()
+            .find_map(|t| match t {
+                AgentTask::EnsureGateway { spec } => spec.vip.clone(),
+                _ => None,
+            })
+            .expect("the gateway carries the VIP");
+        let other = if i == 0 { "10.0.0.2" } else { "10.0.0.1" };
+        assert_eq!(
+            (vip.address.as_str(), i64::from(vip.port), vip.router_id, vip.peers),
+            ("10.213.7.100", port, 1, vec![other.to_string()]),
+            "every gateway binds the VIP on one port and peers with the other host"
+        );
+        assert_eq!(vip.priority, if i == 0 { 150 } else { 140 });
+        let cert = tasks
+            .iter()
+            .find_map(|t| match t {
+                AgentTask::EnsureMember { spec } => Some(spec.tls.cert_pem.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let text = openssl_text(&cert);
+        assert!(text.contains("IP Address:10.213.7.100"), "the member's certificate names the VIP: {text}");
+    }
+
+    let (_, host, _) = create("two").await;
+    assert_eq!(host, "10.213.7.101");
+    let (_, host, _) = create("three").await;
+    assert!(host == "10.0.0.1" || host == "10.0.0.2", "the pool is used up: the first gateway's host, got {host}");
+
+    // A deleted database gives its VIP back.
+    let (s, op) = owner.delete(&format!("/v1/databases/{first}")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "done", "{done}");
+    let (_, host, _) = create("four").await;
+    assert_eq!(host, "10.213.7.100", "the released VIP is taken again");
+}
+
+/// `openssl x509 -text` of a PEM certificate.
+fn openssl_text(pem: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_agent_failure_ends_the_operation_in_error() {
     let mut app = spawn_app().await;
     let agent_api = app.start_scheduler(etcd()).await;
@@ -322,7 +408,11 @@ async fn two_schedulers_do_each_step_once() {
     let second = format!("http://{}", listener.local_addr().unwrap());
     let (stop_second, stopped) = tokio::sync::watch::channel(false);
     let config =
-        pgplane_scheduler::config::SchedulerConfig { etcd: etcd(), bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into() };
+        pgplane_scheduler::config::SchedulerConfig {
+            etcd: etcd(),
+            bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
+            gateway_vips: None,
+        };
     tokio::spawn(pgplane_scheduler::run::run(app.store.clone(), config, listener, stopped));
     // One agent talks to each scheduler.
     let a = fake_agent(&first, "host-a", Behaviour::Succeed).await;

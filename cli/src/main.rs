@@ -105,6 +105,12 @@ pub struct SchedulerArgs {
     agent_bootstrap_token: SecretString,
     #[command(flatten)]
     etcd: etcd::EtcdArgs,
+    /// Virtual IPs for databases whose gateways are on several hosts, as `first-last` (at most
+    /// 255 addresses on the gateway hosts' private network, used by nothing else): keepalived
+    /// on the gateway hosts moves a database's VIP to a live one, and its connection URL names
+    /// it. Without it, that URL names the database's first gateway host.
+    #[arg(long, env = "PGPLANE_GATEWAY_VIPS")]
+    gateway_vips: Option<pgplane_scheduler::config::VipPool>,
 }
 
 impl SchedulerArgs {
@@ -124,6 +130,7 @@ async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
     let config = pgplane_scheduler::config::SchedulerConfig {
         etcd: args.etcd()?,
         bootstrap_token: args.agent_bootstrap_token.expose_secret().to_string(),
+        gateway_vips: args.gateway_vips.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.agent_listen)
         .await

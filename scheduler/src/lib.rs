@@ -8,4 +8,5 @@ mod plan_change;
 pub mod queue;
 pub mod run;
 mod tls;
+mod vip;
 pub mod workflows;

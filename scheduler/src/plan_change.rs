@@ -117,6 +117,7 @@ impl Workflows {
             all.push(m);
         }
         self.add_gateways(tx, st, &all).await?;
+        self.assign_vip(tx, st).await?;
         if rolling {
             // The leader keeps running at its old size until a new member leads.
             let new = &all[members.len()..];
@@ -223,6 +224,7 @@ impl Workflows {
             let task = AgentTask::RemoveDatabase { database_id: st.database_id, generation: st.generation };
             job_enqueue_in(tx, &agent_job(agent, st, "shrink", "gateways", &task)?).await.map_err(retry)?;
         }
+        self.assign_vip(tx, st).await?;
         let secrets =
             secrets_get_in(tx, st.database_id).await.map_err(retry)?.ok_or_else(|| retry("secrets missing"))?;
         self.ensure_members(tx, st, &secrets, keep, ("shrink", "gateways")).await?;

@@ -26,6 +26,7 @@ use pgplane_core::agent::{
 };
 use pgplane_core::model::{OperationKind, Plan};
 use pgplane_store::jobs::{job_complete_in, job_enqueue_in, Claimed, NewJob};
+use pgplane_store::vips::vip_of_in;
 use pgplane_store::workflow::*;
 use pgplane_store::{agents, Store};
 use rand::distributions::{Alphanumeric, DistString};
@@ -222,7 +223,13 @@ impl Workflows {
                     }
                     let gw = gateways_of_in(&mut tx, st.database_id).await.map_err(retry)?;
                     let first = gw.first().ok_or_else(|| JobError::Fatal("database without a gateway".into()))?;
-                    database_available_in(&mut tx, st.database_id, &first.host, first.port).await.map_err(retry)?;
+                    // The database's VIP when it has one (gateways on several hosts), else the
+                    // first gateway's address (shared by the gateways on one host).
+                    let (host, port) = match vip_of_in(&mut tx, st.database_id).await.map_err(retry)? {
+                        Some(vip) => (vip.address, vip.port),
+                        None => (first.host.clone(), first.port),
+                    };
+                    database_available_in(&mut tx, st.database_id, &host, port).await.map_err(retry)?;
                     operation_finish_in(&mut tx, op, None).await.map_err(retry)?;
                 }
                 (OperationKind::Delete, "start") => self.remove(&mut tx, &st).await?,
@@ -315,6 +322,7 @@ impl Workflows {
             .await
             .map_err(retry)?;
         }
+        self.assign_vip(tx, st).await?;
         let name: String = sqlx::query_scalar("SELECT name FROM databases WHERE id = $1")
             .bind(db)
             .fetch_one(&mut *tx)
@@ -348,13 +356,15 @@ impl Workflows {
         (step, next): (&str, &str),
     ) -> Result<(), JobError> {
         let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
+        let vip = vip_of_in(tx, st.database_id).await.map_err(retry)?;
         let etcd = self.etcd_access(tx, st.database_id, secrets).await?;
         for m in members {
             // Clients reach the member through the gateway (TLS passes through), so the
             // certificate names the gateways' hosts, private and public (`verify-full` from
-            // the internet too), as well as the member's.
+            // the internet too) and the database's VIP, as well as the member's.
             let mut names: Vec<String> = vec![m.host.clone(), "localhost".into()];
-            for name in gateways.iter().flat_map(|g| [&g.host, &g.public_host]) {
+            let vip_name = vip.iter().map(|v| &v.address);
+            for name in gateways.iter().flat_map(|g| [&g.host, &g.public_host]).chain(vip_name) {
                 if !names.contains(name) {
                     names.push(name.clone());
                 }
@@ -406,7 +416,9 @@ impl Workflows {
                 patroni_port: m.patroni_port as u16,
             })
             .collect();
-        for g in gateways_of_in(tx, st.database_id).await.map_err(retry)? {
+        let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
+        let vip = vip_of_in(tx, st.database_id).await.map_err(retry)?;
+        for g in &gateways {
             let spec = GatewaySpec {
                 database_id: st.database_id,
                 generation: st.generation,
@@ -417,6 +429,7 @@ impl Workflows {
                 allowed_cidrs: st.allowed_cidrs.clone(),
                 backends: backends.clone(),
                 ca_pem: secrets.ca_cert_pem.clone(),
+                vip: vip.as_ref().and_then(|v| crate::vip::gateway_vip(v, &gateways, g)),
             };
             job_enqueue_in(tx, &agent_job(g.agent_id, st, "gateways", next, &AgentTask::EnsureGateway { spec })?)
                 .await

@@ -240,7 +240,7 @@ pub async fn database_available_in(conn: &mut PgConnection, db: DatabaseId, host
 
 /// The database is gone: placement, ports and secrets released, status `deleted`.
 pub async fn database_deleted_in(conn: &mut PgConnection, db: DatabaseId) -> Result<()> {
-    for table in ["port_allocations", "database_gateways", "database_members", "database_secrets"] {
+    for table in ["port_allocations", "database_vips", "database_gateways", "database_members", "database_secrets"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE database_id = $1"))
             .bind(db)
             .execute(&mut *conn)

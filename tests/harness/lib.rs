@@ -122,10 +122,19 @@ impl TestApp {
     /// Starts a scheduler on this app's database; returns its agent API's base URL.
     /// It stops with the app (or earlier with `stop_scheduler`).
     pub async fn start_scheduler(&mut self, etcd: pgplane_core::agent::EtcdAccess) -> String {
+        self.start_scheduler_with(etcd, None).await
+    }
+
+    /// `start_scheduler` with a pool of virtual IPs for databases whose gateways span hosts.
+    pub async fn start_scheduler_with(
+        &mut self,
+        etcd: pgplane_core::agent::EtcdAccess,
+        gateway_vips: Option<pgplane_scheduler::config::VipPool>,
+    ) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind agent API");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let config = pgplane_scheduler::config::SchedulerConfig { etcd, bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into() };
+        let config = pgplane_scheduler::config::SchedulerConfig { etcd, bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(), gateway_vips };
         tokio::spawn(pgplane_scheduler::run::run(self.store.clone(), config, listener, rx));
         self.scheduler_stop = Some(tx);
         base
