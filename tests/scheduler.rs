@@ -407,12 +407,11 @@ async fn two_schedulers_do_each_step_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = format!("http://{}", listener.local_addr().unwrap());
     let (stop_second, stopped) = tokio::sync::watch::channel(false);
-    let config =
-        pgplane_scheduler::config::SchedulerConfig {
-            etcd: etcd(),
-            bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
-            gateway_vips: None,
-        };
+    let config = pgplane_scheduler::config::SchedulerConfig {
+        etcd: etcd(),
+        bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
+        gateway_vips: None,
+    };
     tokio::spawn(pgplane_scheduler::run::run(app.store.clone(), config, listener, stopped));
     // One agent talks to each scheduler.
     let a = fake_agent(&first, "host-a", Behaviour::Succeed).await;

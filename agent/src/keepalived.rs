@@ -119,13 +119,19 @@ pub fn render(name: &str, database: &str, vip: &GatewayVip, source: &str, interf
     cfg
 }
 
-/// The track script (a POSIX shell script run by keepalived as root).
+/// The track script (a POSIX shell script run by keepalived as root). It looks three times
+/// 50 ms apart: while the agent replaces HAProxy (a configuration change) the pid file names no
+/// process for a moment, which must not move the VIP.
 pub fn render_check(tracked: &Tracked) -> String {
     format!(
         "#!/bin/sh\n\
          # pgplane: exits 0 while the gateway's HAProxy runs (keepalived's track script)\n\
-         pid=$(sed -n 's/^pid //p' '{pidfile}' 2>/dev/null)\n\
-         [ -n \"$pid\" ] && grep -qaF -- '{config}' \"/proc/$pid/cmdline\" 2>/dev/null\n",
+         for try in 1 2 3; do\n\
+         \x20   pid=$(sed -n 's/^pid //p' '{pidfile}' 2>/dev/null)\n\
+         \x20   [ -n \"$pid\" ] && grep -qaF -- '{config}' \"/proc/$pid/cmdline\" 2>/dev/null && exit 0\n\
+         \x20   [ $try = 3 ] || sleep 0.05\n\
+         done\n\
+         exit 1\n",
         pidfile = tracked.pidfile.display(),
         config = tracked.config.display(),
     )

@@ -97,7 +97,11 @@ fn wait_for(lab: &Lab, host: &str, since: Instant, timeout: Duration) -> Duratio
             for h in ["a", "b"] {
                 let out = Command::new("sh")
                     .arg("-c")
-                    .arg(format!("tail -n 25 {}/{h}/*/vip-*/keepalived.log; ip -n {} -4 -o addr", lab.dir.display(), lab.ns(h)))
+                    .arg(format!(
+                        "tail -n 25 {}/{h}/*/vip-*/keepalived.log; ip -n {} -4 -o addr",
+                        lab.dir.display(),
+                        lab.ns(h)
+                    ))
                     .output()
                     .unwrap();
                 eprintln!("--- {h}:\n{}", String::from_utf8_lossy(&out.stdout));
@@ -125,12 +129,14 @@ fn start_listener(lab: &Lab, host: &Host) -> u32 {
         host.name
     );
     std::fs::write(&host.gateway.config, script).unwrap();
-    let child = Command::new("ip")
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.ns(host.name), "python3"])
         .arg(&host.gateway.config)
         .spawn()
         .expect("python3");
     let pid = child.id();
+    // Reaped as soon as it dies, so the track script sees it gone (not a zombie).
+    std::thread::spawn(move || child.wait());
     std::fs::write(&host.gateway.pidfile, format!("pid {pid}\nstart 0\napplied -\n")).unwrap();
     pid
 }
@@ -169,7 +175,10 @@ fn the_vip_moves_to_the_other_host() {
     #[allow(unsafe_code)]
     let root = unsafe { libc::geteuid() } == 0;
     let tools = ["keepalived", "python3", "ip"].iter().all(|p| {
-        Command::new("sh").args(["-c", &format!("command -v {p} || test -x /usr/sbin/{p}")]).output().is_ok_and(|o| o.status.success())
+        Command::new("sh")
+            .args(["-c", &format!("command -v {p} || test -x /usr/sbin/{p}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
     });
     if !root || !tools {
         eprintln!("skipped: needs root, keepalived, python3 and ip");
@@ -238,7 +247,8 @@ fn the_vip_moves_to_the_other_host() {
     // A changed configuration is reloaded (SIGHUP), same process, VIP kept.
     let mut lower = ha.spec.clone();
     lower.vip.as_mut().unwrap().priority = 140;
-    let changed = Host { spec: lower, gateway: ha.gateway.clone(), paths: ha.paths.clone(), addr: ha.addr.clone(), name: "a" };
+    let changed =
+        Host { spec: lower, gateway: ha.gateway.clone(), paths: ha.paths.clone(), addr: ha.addr.clone(), name: "a" };
     let applied = write_vip(&lab, &changed);
     keepalived::reload(&mut procs[0], &ha.paths, &applied).unwrap();
     std::thread::sleep(Duration::from_millis(500));

@@ -120,8 +120,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
     let etcd_dir = state_dir.join("etcd");
     let etcd = tokio::task::spawn_blocking(move || pgplane_agent::LocalEtcd::start(&etcd_dir)).await??;
-    let scheduler_config =
-        pgplane_scheduler::config::SchedulerConfig { etcd: etcd.admin(), bootstrap_token: bootstrap_token.clone(), gateway_vips: None };
+    let scheduler_config = pgplane_scheduler::config::SchedulerConfig {
+        etcd: etcd.admin(),
+        bootstrap_token: bootstrap_token.clone(),
+        gateway_vips: None,
+    };
     let scheduler =
         tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped.clone()));
     // Three local agents, so that a Business database's members land on distinct "hosts".

@@ -134,7 +134,11 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind agent API");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let config = pgplane_scheduler::config::SchedulerConfig { etcd, bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(), gateway_vips };
+        let config = pgplane_scheduler::config::SchedulerConfig {
+            etcd,
+            bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
+            gateway_vips,
+        };
         tokio::spawn(pgplane_scheduler::run::run(self.store.clone(), config, listener, rx));
         self.scheduler_stop = Some(tx);
         base
