@@ -280,10 +280,16 @@ fn the_vip_moves_to_the_other_host() {
     std::thread::sleep(Duration::from_secs(2)); // b's track script passes again: b is BACKUP
 
     // Stopping keepalived (SIGTERM, as a removal does) hands the VIP over at once.
+    // (keepalived takes about a second to exit after it gave the VIP up: measured meanwhile.)
     let stopped = Instant::now();
-    procs[0].stop(Duration::from_secs(10));
-    let handed = wait_for(&lab, "b", stopped, Duration::from_secs(10));
-    eprintln!("VIP moved a → b {handed:?} after a's keepalived was stopped (SIGTERM)");
+    let handed = std::thread::scope(|scope| {
+        let a = &procs[0];
+        let stopping = scope.spawn(move || a.stop(Duration::from_secs(10)));
+        let handed = wait_for(&lab, "b", stopped, Duration::from_secs(10));
+        stopping.join().unwrap();
+        handed
+    });
+    eprintln!("VIP moved a → b {handed:?} after a SIGTERM to a's keepalived (exited after {:?})", stopped.elapsed());
     assert!(!has_vip(&lab, "a"), "a stopped keepalived removes the VIP");
     for p in &procs {
         p.stop(Duration::from_secs(10));
