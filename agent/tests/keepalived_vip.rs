@@ -5,7 +5,11 @@
 //! no route out; the root namespace's interfaces untouched) and is removed by a guard even on
 //! panic. Move times are printed, not asserted.
 //!
-//! The gateway's HAProxy is played by a tiny TCP server bound to the VIP (`ip_nonlocal_bind`)
+//! A second test runs the agent's own path on one namespace: a persisted gateway spec with a VIP
+//! is reconciled into a real HAProxy binding the VIP and a keepalived holding it; a dead HAProxy
+//! makes keepalived give the VIP up; removing the database stops both and removes the folder.
+//!
+//! In the first test the gateway's HAProxy is played by a tiny TCP server bound to the VIP (`ip_nonlocal_bind`)
 //! that answers with its host's name, recorded where the agent records HAProxy (so the track
 //! script the driver renders checks it as it would HAProxy): a client can tell which host holds
 //! the VIP.
@@ -49,7 +53,7 @@ impl Drop for Lab {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
-        for host in ["a", "b", "sw"] {
+        for host in ["a", "b", "sw", "solo"] {
             let _ = Command::new("ip").args(["netns", "del", &self.ns(host)]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -294,4 +298,155 @@ fn the_vip_moves_to_the_other_host() {
     for p in &procs {
         p.stop(Duration::from_secs(10));
     }
+}
+
+fn root_with_tools(tools: &[&str]) -> bool {
+    // SAFETY: geteuid takes nothing.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    root && tools.iter().all(|p| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {p} || test -x /usr/sbin/{p}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn the_agent_runs_keepalived_beside_haproxy_and_removes_it() {
+    if !root_with_tools(&["keepalived", "haproxy", "ip"]) {
+        eprintln!("skipped: needs root, keepalived, haproxy and ip");
+        return;
+    }
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let tag = format!("pgpw{}", std::process::id());
+    let dir = PathBuf::from(format!("/run/{tag}"));
+    let lab = Lab { tag, dir: dir.clone() };
+    std::fs::create_dir_all(&dir).unwrap();
+    let ns = lab.ns("solo");
+    sh(&["ip", "netns", "add", &ns]);
+    sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    sh(&["ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    sh(&["ip", "-n", &ns, "link", "set", "eth1", "up"]);
+    sh(&["ip", "-n", &ns, "addr", "add", &format!("{NET}.11/24"), "dev", "eth0"]);
+    sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+    // What the agent sets at start (as root), in this namespace.
+    sh(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"]);
+    let database_id = DatabaseId::new();
+    let spec = GatewaySpec {
+        database_id,
+        generation: 1,
+        name: "g0".into(),
+        listen_host: format!("{NET}.11"),
+        listen_port: PORT,
+        public_host: None,
+        allowed_cidrs: vec![],
+        // A member nobody runs: HAProxy listens and parks clients, which is all this needs.
+        backends: vec![pgplane_core::agent::GatewayBackend {
+            member: "m0".into(),
+            host: format!("{NET}.11"),
+            pg_port: 5432,
+            patroni_port: 8008,
+        }],
+        ca_pem: self_signed_ca(),
+        vip: Some(GatewayVip {
+            address: VIP.into(),
+            port: PORT + 1,
+            router_id: 7,
+            priority: 150,
+            // A peer that never answers: this host becomes MASTER after 3 adverts.
+            peers: vec![format!("{NET}.12")],
+        }),
+    };
+    let node_root = dir.join("node");
+    let gateway_dir = node_root.join(database_id.to_string()).join("gateway-g0");
+    std::fs::create_dir_all(&gateway_dir).unwrap();
+    std::fs::write(gateway_dir.join("spec.json"), serde_json::to_string(&spec).unwrap()).unwrap();
+    let vip_dir = node_root.join(database_id.to_string()).join("vip-g0");
+    let lab_ref = &lab;
+    let wait_vip = |present: bool, what: &str| {
+        let t = Instant::now();
+        while has_vip(lab_ref, "solo") != present {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{what}: {}",
+                keepalived::log_tail(&VipPaths::new(vip_dir.clone()))
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed()
+    };
+    let node_root_copy = node_root.clone();
+    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // The agent's node, inside the namespace (it and what it starts stay there).
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    let agent = std::thread::spawn(move || {
+        // SAFETY: setns on a valid descriptor affects this thread only.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        let node = pgplane_agent::Node::new(&node_root_copy).unwrap();
+        let rt = rt();
+        for step in rx {
+            let out = match step {
+                "reconcile" => format!("{:?}", rt.block_on(node.reconcile())),
+                "remove" => format!("{:?}", rt.block_on(node.remove_database(database_id, 2))),
+                _ => unreachable!(),
+            };
+            done_tx.send(out).unwrap();
+        }
+    });
+    let step = |s: &'static str| {
+        tx.send(s).unwrap();
+        done_rx.recv().unwrap()
+    };
+    let pass = step("reconcile");
+    assert!(
+        pass.contains("started: 2") && pass.contains("failed: 0"),
+        "HAProxy and keepalived started: {pass}\n{}\n{}",
+        keepalived::log_tail(&VipPaths::new(vip_dir.clone())),
+        std::fs::read_to_string(gateway_dir.join("haproxy.log")).unwrap_or_default()
+    );
+    let held = wait_vip(true, "keepalived took the VIP");
+    eprintln!("the lone gateway host holds the VIP {held:?} after the reconcile pass");
+    let reached = in_ns(&ns, || {
+        TcpStream::connect_timeout(&format!("{VIP}:{}", PORT + 1).parse().unwrap(), Duration::from_secs(1)).is_ok()
+    });
+    assert!(reached, "HAProxy listens on the VIP");
+    let pass = step("reconcile");
+    assert!(pass.contains("unchanged: 2") && pass.contains("started: 0"), "left alone: {pass}");
+
+    // HAProxy dies: the track script fails and keepalived gives the VIP up.
+    let record = std::fs::read_to_string(gateway_dir.join("haproxy.pid")).unwrap();
+    let haproxy: i32 = record.lines().find_map(|l| l.strip_prefix("pid ")).unwrap().trim().parse().unwrap();
+    let died = Instant::now();
+    kill(haproxy);
+    wait_vip(false, "the VIP left with HAProxy");
+    eprintln!("the VIP left the host {:?} after HAProxy was killed", died.elapsed());
+    // The next pass starts HAProxy again; keepalived takes the VIP back (no other host).
+    let pass = step("reconcile");
+    assert!(pass.contains("started: 1") && pass.contains("failed: 0"), "HAProxy started again: {pass}");
+    wait_vip(true, "the VIP came back with HAProxy");
+
+    // Removing the database stops keepalived (the VIP goes) and HAProxy, and the folder.
+    let removed = step("remove");
+    assert_eq!(removed, "Ok(())");
+    assert!(!has_vip(&lab, "solo"), "the VIP left with the database");
+    assert!(!vip_dir.exists() && !gateway_dir.exists(), "the folder is gone");
+    assert!(process::processes_under(&node_root).is_empty(), "nothing of the database runs");
+    drop(tx);
+    agent.join().unwrap();
+}
+
+/// A CA certificate for HAProxy's `ca-file` (HAProxy refuses an empty one).
+fn self_signed_ca() -> String {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", "/CN=test", "-days", "1", "-keyout", "/dev/null", "-out", "-"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
