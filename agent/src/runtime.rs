@@ -243,6 +243,25 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
             .await
             .map(|_| json!({ "restarted": true }))
             .map_err(crate::node::NodeError::from),
+        AgentTask::ReinitMember { database_id, generation, member, api } => {
+            async {
+                // Fenced: a re-clone asked for under an older generation (the database changed
+                // since, a member moved) is refused.
+                if let Some(applied) = crate::fence::applied(&session.config.root, *database_id)? {
+                    if *generation < applied {
+                        return Err(crate::node::NodeError::StaleGeneration {
+                            database_id: *database_id,
+                            requested: *generation,
+                            applied,
+                        });
+                    }
+                }
+                let answer = crate::restart::reinit_member(api).await?;
+                tracing::warn!(database = %database_id, %member, "re-cloning a replica: {answer}");
+                Ok(json!({ "reinitialized": member }))
+            }
+            .await
+        }
         AgentTask::PatchConfig { api, patch, .. } => {
             crate::control::patch_config(api, patch).await.map_err(crate::node::NodeError::from)
         }

@@ -3,9 +3,11 @@
 
 pub mod agent_api;
 pub mod config;
+pub mod divergence;
 mod etcd_users;
 mod plan_change;
 pub mod queue;
 pub mod run;
 mod tls;
+pub mod truth;
 pub mod workflows;
