@@ -550,15 +550,15 @@ impl Store {
         let rows: Vec<Row> = sqlx::query_as(
             // A switchover marks the new leader before its agent reports again: a leader is never
             // shown as the synchronous standby it was.
-            "SELECT name, \
+            "SELECT m.name, \
                 CASE WHEN d.dcs_leader_held AND d.dcs_leader = m.name THEN 'leader' WHEN s.stale THEN 'unknown' \
                      ELSE m.role END, \
                 CASE WHEN s.stale THEN 'unknown' ELSE COALESCE(m.health, m.state) END, \
-                timeline, lag_bytes, \
-                m.synchronous AND m.role <> 'leader' AND m.health IS NULL AND NOT s.stale, observed_at \
+                m.timeline, m.lag_bytes, \
+                m.synchronous AND m.role <> 'leader' AND m.health IS NULL AND NOT s.stale, m.observed_at \
              FROM database_members m JOIN databases d ON d.id = m.database_id, \
                 LATERAL (SELECT COALESCE(m.observed_at < now() - make_interval(secs => $2), false) AS stale) s \
-             WHERE m.database_id = $1 ORDER BY name",
+             WHERE m.database_id = $1 ORDER BY m.name",
         )
         .bind(id)
         .bind(f64::from(crate::truth::MEMBER_STALE_SECS))
