@@ -272,8 +272,8 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     .await;
     assert_eq!(count, Ok(acknowledged.len().to_string()), "every acknowledged write survived the failover");
 
-    // The failover is recorded from the agents' reports, and the old leader comes back as a
-    // replica (its agent restarts Patroni, which rewinds it onto the new timeline).
+    // The failover is recorded from etcd's leader key (the scheduler reads it), and the old
+    // leader comes back as a replica (its agent restarts Patroni, which rewinds it onto the new timeline).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, events) = p.owner.get(&format!("/v1/databases/{db}/events")).await;
@@ -289,6 +289,18 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The lost host's member is not shown as a running replica: its agent is silent, so it is
+    // `unknown` (within three heartbeats).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+        let lost = members["items"].as_array().unwrap().iter().find(|m| m["name"] == leader.as_str()).cloned();
+        if lost.as_ref().is_some_and(|m| m["role"] == "unknown" && m["state"] == "unknown") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lost member is still shown as {lost:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The host comes back: its agent re-adopts nothing (all was killed), starts Patroni from
     // the persisted spec, and Patroni rewinds the old leader into a replica of the new one.
     let t = Instant::now();
@@ -297,6 +309,16 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     p.members_become(&db, &["leader", "replica"], Duration::from_secs(90)).await;
     eprintln!("old leader back as a replica: {:?} after its host returned", t.elapsed());
     eventually(&url, "SELECT count(*) > 0 FROM w", "t", Duration::from_secs(10)).await;
+    // One event per change of leader, nothing else: the switchover, then the failover.
+    let (_, events) = p.owner.get(&format!("/v1/databases/{db}/events")).await;
+    let changes: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| matches!(*k, "failover" | "switchover" | "reinitialize"))
+        .collect();
+    assert_eq!(changes, ["failover", "switchover"], "{events}");
 
     let (s, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
     assert_eq!(s, StatusCode::ACCEPTED);

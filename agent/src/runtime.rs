@@ -139,7 +139,9 @@ async fn serve(
             _ = shutdown.changed() => return Ok(()),
         }
     }
-    let heartbeats = tokio::spawn(heartbeat_loop(session.clone(), shutdown.clone()));
+    // Heartbeats stop with this loop, even when it is dropped rather than shut down: an agent
+    // that is gone must not go on vouching for its members.
+    let heartbeats = AbortOnDrop(tokio::spawn(heartbeat_loop(session.clone(), shutdown.clone())));
     loop {
         if *shutdown.borrow() {
             break;
@@ -175,8 +177,17 @@ async fn serve(
             }
         }
     }
-    heartbeats.abort();
+    drop(heartbeats);
     Ok(())
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn heartbeat_loop(session: Arc<Session>, mut shutdown: watch::Receiver<bool>) {
