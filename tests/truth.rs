@@ -67,7 +67,12 @@ async fn fake_agent(agent_api: &str, name: &str) -> FakeAgent {
             let job: AgentJob = res.json().await.unwrap();
             seen.lock().unwrap().push(job.task.clone());
             let report = json!({ "lease_id": job.lease_id, "outcome": "succeeded", "result": {} });
-            h.post(format!("{base}/agent/v1/jobs/{}/report", job.job_id)).bearer_auth(&cred).json(&report).send().await.unwrap();
+            h.post(format!("{base}/agent/v1/jobs/{}/report", job.job_id))
+                .bearer_auth(&cred)
+                .json(&report)
+                .send()
+                .await
+                .unwrap();
         }
     });
     let (said, quiet, base) = (Arc::clone(&claims), Arc::clone(&silent), agent_api.to_string());
@@ -76,7 +81,12 @@ async fn fake_agent(agent_api: &str, name: &str) -> FakeAgent {
             let members = said.lock().unwrap().clone();
             if !*quiet.lock().unwrap() && !members.is_empty() {
                 let body = json!({ "observed": { "members": members } });
-                http.post(format!("{base}/agent/v1/heartbeat")).bearer_auth(&credential).json(&body).send().await.unwrap();
+                http.post(format!("{base}/agent/v1/heartbeat"))
+                    .bearer_auth(&credential)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -152,7 +162,8 @@ async fn roles_and_leadership_events_come_from_the_leader_key() {
     let (a, b) = (fake_agent(&agent_api, "host-a").await, fake_agent(&agent_api, "host-b").await);
     let owner = app.user("owner@a.test").await;
     let (_, app_id) = app.tenant_with_app(&owner, "A").await;
-    let (s, op) = owner.post(&format!("/v1/apps/{app_id}/databases"), &json!({ "name": "ha", "plan": "business-2" })).await;
+    let (s, op) =
+        owner.post(&format!("/v1/apps/{app_id}/databases"), &json!({ "name": "ha", "plan": "business-2" })).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(done["status"], "done", "{done}");
@@ -179,8 +190,10 @@ async fn roles_and_leadership_events_come_from_the_leader_key() {
         b.claim(&db, y, "running", &[]);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    members_until(&owner, &db, "m1 leads", |m| field(m, "m1", "role") == "leader" && field(m, "m0", "role") == "replica")
-        .await;
+    members_until(&owner, &db, "m1 leads", |m| {
+        field(m, "m1", "role") == "leader" && field(m, "m0", "role") == "replica"
+    })
+    .await;
     assert_eq!(leadership(&owner, &db).await, vec![("failover".into(), "m0".into(), "m1".into())]);
 
     // The key lapses and m1 takes it again: no change. Then the fail-back to m0: one more.
@@ -209,9 +222,12 @@ async fn roles_and_leadership_events_come_from_the_leader_key() {
     a.claim(&db, "leader", "running", &["m1"]);
     b.claim(&db, "replica", "running", &[]);
     root.put(&key("sync"), br#"{"leader":"m0","sync_standby":"m1"}"#).await.unwrap();
-    root.put(&key("history"), br#"[[1,16777216,"no recovery target specified"],[2,50331648,"no recovery target specified"]]"#)
-        .await
-        .unwrap();
+    root.put(
+        &key("history"),
+        br#"[[1,16777216,"no recovery target specified"],[2,50331648,"no recovery target specified"]]"#,
+    )
+    .await
+    .unwrap();
     root.put(&key("members/m0"), br#"{"role":"master","state":"running","timeline":3,"xlog_location":67108864}"#)
         .await
         .unwrap();
@@ -236,7 +252,8 @@ async fn roles_and_leadership_events_come_from_the_leader_key() {
     assert_eq!(member, "m1");
     assert!(generation >= 1);
     let (_, events) = owner.get(&format!("/v1/databases/{db}/events")).await;
-    let reinit: Vec<&Value> = events["items"].as_array().unwrap().iter().filter(|e| e["kind"] == "reinitialize").collect();
+    let reinit: Vec<&Value> =
+        events["items"].as_array().unwrap().iter().filter(|e| e["kind"] == "reinitialize").collect();
     assert_eq!(reinit.len(), 1, "{events}");
     assert_eq!(reinit[0]["detail"]["member"], "m1");
     assert_eq!(leadership(&owner, &db).await.len(), 2, "no leadership change on the way");

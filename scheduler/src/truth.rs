@@ -8,7 +8,7 @@
 use pgplane_core::agent::{AgentTask, PatroniApi};
 use pgplane_core::ids::DatabaseId;
 use pgplane_store::jobs::NewJob;
-use pgplane_store::truth::{truth_lock_in, truth_record_in, truth_reinit_in, TruthRead};
+use pgplane_store::truth::{truth_lock_in, truth_record_in, truth_reinit_in, Suspicion, TruthRead};
 use pgplane_store::workflow::secrets_get_in;
 use pgplane_store::Store;
 use std::time::Duration;
@@ -105,8 +105,12 @@ pub async fn reconcile(store: &Store, etcd: &pgplane_etcd::Client, db: DatabaseI
     for m in &before.members {
         let me = Reported { fresh: m.fresh, state: &m.state, streaming_replicas: &m.streaming_replicas };
         let suspect = match judge(&view, &m.name, me, leader) {
-            Some(Suspect::Diverged(why)) => Some(("diverged".to_string(), DIVERGED_GRACE_SECS, why)),
-            Some(Suspect::NotStreaming(why)) => Some(("not_streaming".to_string(), NOT_STREAMING_GRACE_SECS, why)),
+            Some(Suspect::Diverged(why)) => {
+                Some(Suspicion { health: "diverged".into(), grace_secs: DIVERGED_GRACE_SECS, why })
+            }
+            Some(Suspect::NotStreaming(why)) => {
+                Some(Suspicion { health: "not_streaming".into(), grace_secs: NOT_STREAMING_GRACE_SECS, why })
+            }
             None => None,
         };
         read.suspects.push((m.name.clone(), suspect));
@@ -116,7 +120,8 @@ pub async fn reconcile(store: &Store, etcd: &pgplane_etcd::Client, db: DatabaseI
         tracing::warn!(database = %db, from = %c.from, to = %c.to, kind = %c.kind, "the leader key changed hands");
     }
     if !due.is_empty() {
-        let secrets = secrets_get_in(&mut tx, db).await?.ok_or_else(|| TruthError::Other(anyhow::anyhow!("secrets missing")))?;
+        let secrets =
+            secrets_get_in(&mut tx, db).await?.ok_or_else(|| TruthError::Other(anyhow::anyhow!("secrets missing")))?;
         for d in &due {
             let Some(m) = before.members.iter().find(|m| m.name == d.member) else { continue };
             let task = AgentTask::ReinitMember {

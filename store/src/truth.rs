@@ -52,9 +52,19 @@ pub struct TruthRead {
     pub timeline: Option<i64>,
     /// The synchronous standbys etcd's `sync` key names.
     pub sync: Vec<String>,
-    /// Per member: `Some((health, grace in seconds, why))` while it looks diverged or not
-    /// streaming, `None` while it looks fine (or cannot be judged).
-    pub suspects: Vec<(String, Option<(String, f64, String)>)>,
+    /// Per member: what is wrong with it while it looks diverged or not streaming, `None` while
+    /// it looks fine (or cannot be judged).
+    pub suspects: Vec<(String, Option<Suspicion>)>,
+}
+
+/// A replica that looks unhealthy at one reading.
+#[derive(Debug, Clone)]
+pub struct Suspicion {
+    /// `diverged` or `not_streaming`: shown once it lasted `grace_secs`.
+    pub health: String,
+    pub grace_secs: f64,
+    /// Why, in one line (recorded with the re-clone's event).
+    pub why: String,
 }
 
 /// A change of the leader key's holder, as recorded.
@@ -180,7 +190,7 @@ pub async fn truth_record_in(
                 .await
                 .map_err(db_error)?;
             }
-            Some((health, grace, why)) => {
+            Some(Suspicion { health, grace_secs, why }) => {
                 let row: Option<(Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
                     "UPDATE database_members SET unhealthy_since = COALESCE(unhealthy_since, now()), \
                         health = CASE WHEN COALESCE(unhealthy_since, now()) <= now() - make_interval(secs => $4) \
@@ -190,7 +200,7 @@ pub async fn truth_record_in(
                 .bind(db)
                 .bind(name)
                 .bind(health)
-                .bind(grace)
+                .bind(grace_secs)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error)?;
