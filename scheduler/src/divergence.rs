@@ -131,8 +131,9 @@ pub fn judge(view: &DcsView, name: &str, me: Reported, leader: Option<Reported>)
             }
         }
     }
-    // PostgreSQL up as a replica (3.0 says `running`, 4.x `streaming` when it streams).
-    if !matches!(me.state, "running" | "streaming") {
+    // PostgreSQL up as a replica (3.0 says `running`; 4.x `streaming` when it streams, `in
+    // archive recovery` when it does not).
+    if !matches!(me.state, "running" | "streaming" | "in archive recovery") {
         return None;
     }
     let own = me.state == "streaming" || dcs.and_then(|m| m.replication_state.as_deref()) == Some("streaming");
@@ -224,6 +225,9 @@ mod tests {
         ));
         // 4.x says it itself; without any evidence (the leader's agent silent) nothing is judged.
         assert_eq!(judge(&v, "m0", fresh("streaming", &[]), None), None);
+        let mut v4 = v.clone();
+        v4.members.get_mut("m0").unwrap().replication_state = Some("in archive recovery".into());
+        assert!(matches!(judge(&v4, "m0", fresh("in archive recovery", &[]), None), Some(Suspect::NotStreaming(_))));
         assert_eq!(judge(&v, "m0", fresh("running", &[]), None), None);
         // The leader, a silent member, a stopped one: not judged.
         assert_eq!(judge(&v, "m1", fresh("running", &[]), None), None);
