@@ -320,6 +320,27 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
         .collect();
     assert_eq!(changes, ["failover", "switchover"], "{events}");
 
+    // A re-clone, as the scheduler asks of a diverged replica (`ReinitMember`): Patroni wipes the
+    // replica and clones it from the leader; a new PostgreSQL runs there, and it is a replica again.
+    let spec: pgplane_core::agent::MemberSpec =
+        serde_json::from_str(&std::fs::read_to_string(leader_dir.join("spec.json")).unwrap()).unwrap();
+    let before = postmaster(&leader_dir);
+    let api = pgplane_core::agent::PatroniApi {
+        host: spec.host.clone(),
+        patroni_port: spec.patroni_port,
+        ca_pem: spec.tls.ca_pem.clone(),
+        restapi_password: spec.secrets.restapi_password.clone(),
+    };
+    pgplane_agent::restart::reinit_member(&api).await.expect("Patroni re-clones the replica");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postmaster(&leader_dir).is_none_or(|pid| Some(pid) == before) {
+        assert!(Instant::now() < deadline, "the replica's PostgreSQL was not re-cloned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.members_become(&db, &["leader", "replica"], Duration::from_secs(90)).await;
+    let wrong = pgplane_core::agent::PatroniApi { restapi_password: "guess".into(), ..api };
+    assert!(pgplane_agent::restart::reinit_member(&wrong).await.is_err(), "the REST API asks for its password");
+
     let (s, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     p.run(&del, Duration::from_secs(90)).await;
