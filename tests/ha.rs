@@ -272,8 +272,8 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     .await;
     assert_eq!(count, Ok(acknowledged.len().to_string()), "every acknowledged write survived the failover");
 
-    // The failover is recorded from the agents' reports, and the old leader comes back as a
-    // replica (its agent restarts Patroni, which rewinds it onto the new timeline).
+    // The failover is recorded from etcd's leader key (the scheduler reads it), and the old
+    // leader comes back as a replica (its agent restarts Patroni, which rewinds it onto the new timeline).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, events) = p.owner.get(&format!("/v1/databases/{db}/events")).await;
@@ -289,6 +289,18 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The lost host's member is not shown as a running replica: its agent is silent, so it is
+    // `unknown` (within three heartbeats).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+        let lost = members["items"].as_array().unwrap().iter().find(|m| m["name"] == leader.as_str()).cloned();
+        if lost.as_ref().is_some_and(|m| m["role"] == "unknown" && m["state"] == "unknown") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lost member is still shown as {lost:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The host comes back: its agent re-adopts nothing (all was killed), starts Patroni from
     // the persisted spec, and Patroni rewinds the old leader into a replica of the new one.
     let t = Instant::now();
@@ -297,6 +309,37 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     p.members_become(&db, &["leader", "replica"], Duration::from_secs(90)).await;
     eprintln!("old leader back as a replica: {:?} after its host returned", t.elapsed());
     eventually(&url, "SELECT count(*) > 0 FROM w", "t", Duration::from_secs(10)).await;
+    // One event per change of leader, nothing else: the switchover, then the failover.
+    let (_, events) = p.owner.get(&format!("/v1/databases/{db}/events")).await;
+    let changes: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| matches!(*k, "failover" | "switchover" | "reinitialize"))
+        .collect();
+    assert_eq!(changes, ["failover", "switchover"], "{events}");
+
+    // A re-clone, as the scheduler asks of a diverged replica (`ReinitMember`): Patroni wipes the
+    // replica and clones it from the leader; a new PostgreSQL runs there, and it is a replica again.
+    let spec: pgplane_core::agent::MemberSpec =
+        serde_json::from_str(&std::fs::read_to_string(leader_dir.join("spec.json")).unwrap()).unwrap();
+    let before = postmaster(&leader_dir);
+    let api = pgplane_core::agent::PatroniApi {
+        host: spec.host.clone(),
+        patroni_port: spec.patroni_port,
+        ca_pem: spec.tls.ca_pem.clone(),
+        restapi_password: spec.secrets.restapi_password.clone(),
+    };
+    pgplane_agent::restart::reinit_member(&api).await.expect("Patroni re-clones the replica");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postmaster(&leader_dir).is_none_or(|pid| Some(pid) == before) {
+        assert!(Instant::now() < deadline, "the replica's PostgreSQL was not re-cloned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.members_become(&db, &["leader", "replica"], Duration::from_secs(90)).await;
+    let wrong = pgplane_core::agent::PatroniApi { restapi_password: "guess".into(), ..api };
+    assert!(pgplane_agent::restart::reinit_member(&wrong).await.is_err(), "the REST API asks for its password");
 
     let (s, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
     assert_eq!(s, StatusCode::ACCEPTED);

@@ -15,3 +15,4 @@ mod queue;
 mod scheduler;
 mod settings;
 mod tenants;
+mod truth;

@@ -1,5 +1,6 @@
 //! Restarting a member's PostgreSQL through its Patroni REST API (authenticated, over TLS
-//! checked against the database's CA), then waiting until Patroni reports it running again.
+//! checked against the database's CA), then waiting until Patroni reports it running again; and
+//! re-cloning a replica (`POST /reinitialize`).
 
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::PatroniApi;
@@ -35,4 +36,25 @@ pub async fn restart_member(api: &PatroniApi, timeout: Duration) -> Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// `POST /reinitialize` on a replica's Patroni: it wipes the replica's data and clones it again
+/// from the leader (Patroni refuses on the leader, or with no leader). Returns once Patroni has
+/// started it; the clone goes on in Patroni, and the scheduler sees the member again by its reports.
+pub async fn reinit_member(api: &PatroniApi) -> Result<String> {
+    let url = format!("https://{}/reinitialize", crate::files::host_port(&api.host, api.patroni_port));
+    let res = client(&api.ca_pem, Duration::from_secs(30))?
+        .post(&url)
+        .basic_auth("patroni", Some(&api.restapi_password))
+        // Cancels whatever Patroni is stuck doing with the member (starting it, say).
+        .json(&serde_json::json!({ "force": true }))
+        .send()
+        .await
+        .with_context(|| format!("asking {url} to reinitialize"))?;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("Patroni refused to reinitialize ({status}): {body}");
+    }
+    Ok(body)
 }

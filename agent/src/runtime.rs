@@ -139,7 +139,9 @@ async fn serve(
             _ = shutdown.changed() => return Ok(()),
         }
     }
-    let heartbeats = tokio::spawn(heartbeat_loop(session.clone(), shutdown.clone()));
+    // Heartbeats stop with this loop, even when it is dropped rather than shut down: an agent
+    // that is gone must not go on vouching for its members.
+    let heartbeats = AbortOnDrop(tokio::spawn(heartbeat_loop(session.clone(), shutdown.clone())));
     loop {
         if *shutdown.borrow() {
             break;
@@ -175,8 +177,17 @@ async fn serve(
             }
         }
     }
-    heartbeats.abort();
+    drop(heartbeats);
     Ok(())
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn heartbeat_loop(session: Arc<Session>, mut shutdown: watch::Receiver<bool>) {
@@ -243,6 +254,25 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
             .await
             .map(|_| json!({ "restarted": true }))
             .map_err(crate::node::NodeError::from),
+        AgentTask::ReinitMember { database_id, generation, member, api } => {
+            async {
+                // Fenced: a re-clone asked for under an older generation (the database changed
+                // since, a member moved) is refused.
+                if let Some(applied) = crate::fence::applied(&session.config.root, *database_id)? {
+                    if *generation < applied {
+                        return Err(crate::node::NodeError::StaleGeneration {
+                            database_id: *database_id,
+                            requested: *generation,
+                            applied,
+                        });
+                    }
+                }
+                let answer = crate::restart::reinit_member(api).await?;
+                tracing::warn!(database = %database_id, %member, "re-cloning a replica: {answer}");
+                Ok(json!({ "reinitialized": member }))
+            }
+            .await
+        }
         AgentTask::PatchConfig { api, patch, .. } => {
             crate::control::patch_config(api, patch).await.map_err(crate::node::NodeError::from)
         }

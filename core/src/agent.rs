@@ -273,6 +273,15 @@ pub enum AgentTask {
         #[schema(value_type = Object)]
         patch: serde_json::Value,
     },
+    /// Re-clone this replica from the leader (`POST /reinitialize` on its Patroni): its history
+    /// forked from the leader's or its replication broke. Sent once per detection.
+    ReinitMember {
+        database_id: DatabaseId,
+        generation: i64,
+        member: String,
+        #[serde(flatten)]
+        api: PatroniApi,
+    },
     /// Move the leader to `candidate` (or the healthiest replica) and wait until it leads.
     Switchover {
         database_id: DatabaseId,
@@ -341,6 +350,10 @@ pub struct ObservedMember {
     /// agents' reports, which read as `false`.
     #[serde(default)]
     pub synchronous: bool,
+    /// On a leader: the members its WAL senders are streaming to (`GET /patroni`'s
+    /// `replication`). Absent from older agents' reports.
+    #[serde(default)]
+    pub streaming_replicas: Vec<String>,
 }
 
 /// What an agent reports with each heartbeat.

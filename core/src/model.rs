@@ -435,9 +435,13 @@ page_of!(DatabaseEventPage, DatabaseEvent);
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DatabaseMember {
     pub name: String,
-    /// `leader`, `replica` or `unknown`.
+    /// `leader`, `replica` or `unknown`: the leader is the member holding the database's leader
+    /// key in etcd; `unknown` once the member's agent stopped reporting for 15 s.
     pub role: String,
-    /// `provisioning` until first observed; then Patroni's state (`running`, `starting`, …).
+    /// `provisioning` until first observed; then Patroni's state (`running`, `streaming`,
+    /// `starting`, …); `diverged` for a replica whose history forked from the leader's,
+    /// `not_streaming` for one whose replication broke (both are re-cloned); `unknown` once the
+    /// member's agent stopped reporting.
     pub state: String,
     pub timeline: Option<i64>,
     /// Bytes of WAL behind the leader.

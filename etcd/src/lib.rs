@@ -43,7 +43,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(access: &EtcdAccess) -> Result<Self> {
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        Self::with_timeout(access, Duration::from_secs(5))
+    }
+
+    /// A client whose every request gives up after `timeout` (per endpoint).
+    pub fn with_timeout(access: &EtcdAccess, timeout: Duration) -> Result<Self> {
+        let mut http = reqwest::Client::builder().timeout(timeout);
         if let Some(ca) = &access.ca_pem {
             let ca = reqwest::Certificate::from_pem(ca.as_bytes()).context("etcd's CA")?;
             http = http.tls_built_in_root_certs(false).add_root_certificate(ca);

@@ -3,10 +3,12 @@
 
 pub mod agent_api;
 pub mod config;
+pub mod divergence;
 mod etcd_users;
 mod plan_change;
 pub mod queue;
 pub mod run;
 mod tls;
+pub mod truth;
 mod vip;
 pub mod workflows;

@@ -1,5 +1,6 @@
 //! Everything a scheduler process runs: the NOTIFY listener, the workflow worker, the lease
-//! reaper, the sweep that fails operations whose jobs died, and the agent API. Several
+//! reaper, the sweep that fails operations whose jobs died, the reading of each database's leader
+//! from etcd (`truth`), and the agent API. Several
 //! schedulers may run against one database: the queue's leases keep them from double work.
 
 use pgplane_store::Store;
@@ -35,6 +36,14 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
         Ok(etcd) => etcd,
         Err(e) => return tracing::error!(error = %e, "the etcd access of the configuration is unusable"),
     };
+    if !config.etcd.endpoints.is_empty() {
+        match pgplane_etcd::Client::with_timeout(&config.etcd, crate::truth::ETCD_TIMEOUT) {
+            Ok(reader) => {
+                tasks.spawn(crate::truth::run_truth(store.clone(), reader, shutdown.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read etcd: roles come from the agents' reports"),
+        }
+    }
     let handler = Arc::new(Workflows { store: store.clone(), config, etcd });
     tasks.spawn(run_worker(store.clone(), worker, handler, wakers, shutdown.clone()));
     let mut stop = shutdown.clone();

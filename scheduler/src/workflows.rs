@@ -97,6 +97,7 @@ pub(crate) fn agent_job(
         AgentTask::EnsureGateway { .. } => "ensure_gateway",
         AgentTask::RemoveDatabase { .. } => "remove_database",
         AgentTask::RestartMember { .. } => "restart_member",
+        AgentTask::ReinitMember { .. } => "reinit_member",
         AgentTask::PatchConfig { .. } => "patch_config",
         AgentTask::Switchover { .. } => "switchover",
         AgentTask::DrainMember { .. } => "drain_member",
@@ -658,7 +659,9 @@ impl Workflows {
         Ok(())
     }
 
-    /// Roles and the event, from the agent's answer `{from, to}`.
+    /// Roles and the event, from the agent's answer `{from, to}`, unless the reading of etcd
+    /// already recorded this change (it reads under the database's row lock, as this does: the
+    /// change is recorded once, whichever sees it first).
     async fn record_switchover(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let result: Option<serde_json::Value> = sqlx::query_scalar(
             "SELECT result FROM jobs WHERE operation_id = $1 AND kind = 'switchover' AND status = 'done' LIMIT 1",
@@ -670,20 +673,17 @@ impl Workflows {
         .flatten();
         let Some(result) = result else { return Ok(()) };
         let (Some(from), Some(to)) = (result["from"].as_str(), result["to"].as_str()) else { return Ok(()) };
-        if from != to {
-            sqlx::query(
-                "UPDATE database_members SET role = CASE WHEN name = $2 THEN 'leader' ELSE 'replica' END \
-                 WHERE database_id = $1",
-            )
-            .bind(st.database_id)
-            .bind(to)
-            .execute(&mut *tx)
+        if from == to {
+            return Ok(());
+        }
+        let known = pgplane_store::truth::truth_leader_in(tx, st.database_id).await.map_err(retry)?;
+        if known.as_deref() == Some(to) {
+            return Ok(());
+        }
+        pgplane_store::truth::truth_leader_set_in(tx, st.database_id, to).await.map_err(retry)?;
+        pgplane_store::config::event_insert_in(tx, st.database_id, "switchover", json!({ "from": from, "to": to }))
             .await
             .map_err(retry)?;
-            pgplane_store::config::event_insert_in(tx, st.database_id, "switchover", json!({ "from": from, "to": to }))
-                .await
-                .map_err(retry)?;
-        }
         Ok(())
     }
 

@@ -118,49 +118,19 @@ impl Store {
             .await
             .map_err(db_error)?;
         for m in &observed.members {
-            // A member newly seen leading, where another member led before, is a change of
-            // leader: a switchover when one was asked for, else a failover.
-            if m.role == "leader" {
-                let previous: Option<String> = sqlx::query_scalar(
-                    "SELECT name FROM database_members WHERE database_id = $1 AND role = 'leader' AND name <> $2 \
-                     AND EXISTS (SELECT 1 FROM database_members WHERE database_id = $1 AND name = $2 AND agent_id = $3 \
-                                 AND role <> 'leader')",
-                )
-                .bind(m.database_id)
-                .bind(&m.member)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-                if let Some(previous) = previous {
-                    let planned: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM operations WHERE database_id = $1 AND kind = 'switchover' \
-                         AND status IN ('pending', 'running'))",
-                    )
-                    .bind(m.database_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                    let kind = if planned { "switchover" } else { "failover" };
-                    let detail = serde_json::json!({ "from": previous, "to": m.member, "timeline": m.timeline });
-                    crate::config::event_insert_in(&mut tx, m.database_id, kind, detail).await?;
-                    sqlx::query("UPDATE database_members SET role = 'replica' WHERE database_id = $1 AND name = $2")
-                        .bind(m.database_id)
-                        .bind(&previous)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                }
-            }
-            // Only the agent that runs a member may speak for it.
+            // Only the agent that runs a member may speak for it, and only of its state, timeline
+            // and lag: roles and synchronous standbys come from etcd once the scheduler has seen
+            // the database's leader key (`truth`); until then this report is all there is. An
+            // unreachable member keeps its last known role.
             sqlx::query(
-                // An unreachable member keeps its last known role (and whether it was the
-                // synchronous standby): a failover is then seen as the move from it to the member
-                // that now leads, whichever agent reports first.
-                "UPDATE database_members SET role = CASE WHEN $4 = 'unknown' THEN role ELSE $4 END, state = $5, \
-                    timeline = COALESCE($6, timeline), lag_bytes = $7, \
-                    synchronous = CASE WHEN $4 = 'unknown' THEN synchronous ELSE $8 END, observed_at = now() \
-                 WHERE database_id = $1 AND name = $2 AND agent_id = $3",
+                "UPDATE database_members SET \
+                    role = CASE WHEN d.dcs_leader IS NOT NULL OR $4 = 'unknown' THEN database_members.role ELSE $4 END, \
+                    state = $5, timeline = COALESCE($6, timeline), lag_bytes = $7, \
+                    synchronous = CASE WHEN d.dcs_leader IS NOT NULL OR $4 = 'unknown' THEN synchronous ELSE $8 END, \
+                    streaming_replicas = $9, observed_at = now() \
+                 FROM databases d \
+                 WHERE d.id = database_members.database_id AND database_members.database_id = $1 \
+                   AND database_members.name = $2 AND database_members.agent_id = $3",
             )
             .bind(m.database_id)
             .bind(&m.member)
@@ -170,6 +140,7 @@ impl Store {
             .bind(m.timeline)
             .bind(m.lag_bytes)
             .bind(m.synchronous)
+            .bind(&m.streaming_replicas)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;

@@ -541,16 +541,27 @@ impl Store {
 }
 
 impl Store {
-    /// The database's members as last observed, in name order.
+    /// The database's members, in name order: roles from etcd's leader key as the scheduler last
+    /// read it, state, timeline and lag from the member's agent; `unknown` once its agent stopped
+    /// reporting (the leader key's holder still shows as the leader), `diverged` or
+    /// `not_streaming` for a replica judged so, never then a synchronous standby.
     pub async fn database_members(&self, id: DatabaseId) -> Result<Vec<pgplane_core::model::DatabaseMember>> {
         type Row = (String, String, String, Option<i64>, Option<i64>, bool, Option<DateTime<Utc>>);
         let rows: Vec<Row> = sqlx::query_as(
             // A switchover marks the new leader before its agent reports again: a leader is never
             // shown as the synchronous standby it was.
-            "SELECT name, role, state, timeline, lag_bytes, synchronous AND role <> 'leader', observed_at \
-             FROM database_members WHERE database_id = $1 ORDER BY name",
+            "SELECT m.name, \
+                CASE WHEN d.dcs_leader_held AND d.dcs_leader = m.name THEN 'leader' WHEN s.stale THEN 'unknown' \
+                     ELSE m.role END, \
+                CASE WHEN s.stale THEN 'unknown' ELSE COALESCE(m.health, m.state) END, \
+                m.timeline, m.lag_bytes, \
+                m.synchronous AND m.role <> 'leader' AND m.health IS NULL AND NOT s.stale, m.observed_at \
+             FROM database_members m JOIN databases d ON d.id = m.database_id, \
+                LATERAL (SELECT COALESCE(m.observed_at < now() - make_interval(secs => $2), false) AS stale) s \
+             WHERE m.database_id = $1 ORDER BY m.name",
         )
         .bind(id)
+        .bind(f64::from(crate::truth::MEMBER_STALE_SECS))
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;

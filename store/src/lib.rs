@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod plans;
 pub mod tenants;
 pub mod tokens;
+pub mod truth;
 pub mod vips;
 pub mod workflow;
 
