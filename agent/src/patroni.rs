@@ -256,7 +256,9 @@ pub fn program() -> Result<PathBuf> {
         return Ok(PathBuf::from(VENV_PATRONI));
     }
     find_program("patroni", "PGPLANE_PATRONI").map_err(|_| {
-        anyhow::anyhow!("patroni was not found in {VENV_PATRONI} nor on PATH (set PGPLANE_PATRONI): run scripts/install-deps")
+        anyhow::anyhow!(
+            "patroni was not found in {VENV_PATRONI} nor on PATH (set PGPLANE_PATRONI): run scripts/install-deps"
+        )
     })
 }
 

@@ -66,8 +66,13 @@ async fn measure(args: &Args, p: &Platform) -> Result<Vec<Run>> {
     // must name a synchronous standby.
     let (db, url, _) = ha::database(p, "commit", &args.plan, false).await?;
     p.wait_healthy(&db, 2, true, Duration::from_secs(120)).await.context("a Business database starts synchronous")?;
-    eventually(&url, "CREATE TABLE IF NOT EXISTS c (id bigserial PRIMARY KEY, v int); SELECT 'ok'", "ok", Duration::from_secs(30))
-        .await?;
+    eventually(
+        &url,
+        "CREATE TABLE IF NOT EXISTS c (id bigserial PRIMARY KEY, v int); SELECT 'ok'",
+        "ok",
+        Duration::from_secs(30),
+    )
+    .await?;
     let script = p.dir().join("commit.sql");
     std::fs::write(&script, "INSERT INTO c (v) VALUES (1);\n")?;
     let mut runs = Vec::new();
@@ -84,7 +89,11 @@ async fn measure(args: &Args, p: &Platform) -> Result<Vec<Run>> {
             .with_context(|| format!("synchronous_standby_names with synchronous replication {mode}"))?;
         for &clients in &args.clients {
             let (tps, latency) = pgbench(p.dir(), &script, &url, clients, args.duration, mode).await?;
-            println!("synchronous {mode}, {clients} clients: {tps:.0} commits/s, p50 {}, p99 {}", ms(latency.p50), ms(latency.p99));
+            println!(
+                "synchronous {mode}, {clients} clients: {tps:.0} commits/s, p50 {}, p99 {}",
+                ms(latency.p50),
+                ms(latency.p99)
+            );
             runs.push(Run { mode, clients, tps, latency });
         }
     }

@@ -68,8 +68,16 @@ pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: Opera
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
-    let (database_id, generation, version, plan_id, force_tls, internet_exposure, allowed_cidrs, synchronous_replication) =
-        row.ok_or(Error::not_found("operation"))?;
+    let (
+        database_id,
+        generation,
+        version,
+        plan_id,
+        force_tls,
+        internet_exposure,
+        allowed_cidrs,
+        synchronous_replication,
+    ) = row.ok_or(Error::not_found("operation"))?;
     let operation = store.operation_by_id_in(conn, id).await?;
     let plan = store.plan_get(&plan_id).await?;
     Ok(OperationState {
