@@ -139,9 +139,14 @@ fn patroni_probe(runas: &RunAs, with_etcd: bool) -> anyhow::Result<Check> {
         .map_err(|e| anyhow::anyhow!("unreadable answer {text:?}: {e}"))?;
     let via = if answer["pyopenssl"] == true { ", through pyOpenSSL" } else { "" };
     if let Some(module) = answer["missing"].as_str() {
-        let why = if module == "idna" && answer["pyopenssl"] != false { "for pyOpenSSL" } else { "for Patroni" };
-        // A virtual environment (scripts/install-deps) has its own modules, none from Debian.
+        // A virtual environment (scripts/install-deps) has its own modules, none from Debian
+        // (no pyOpenSSL there: its dnspython needs idna itself).
         let venv = python.parent().and_then(Path::parent).filter(|d| d.join("pyvenv.cfg").is_file());
+        let pyopenssl = match venv {
+            Some(_) => answer["pyopenssl"] == true,
+            None => answer["pyopenssl"] != false,
+        };
+        let why = if module == "idna" && pyopenssl { "for pyOpenSSL" } else { "for Patroni" };
         let fix = match venv {
             Some(dir) => format!("scripts/install-deps makes {} again", dir.display()),
             None => format!("apt-get install {}", python_package(module)),
