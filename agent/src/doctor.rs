@@ -156,12 +156,13 @@ fn postgres(version: &str) -> Check {
     }
 }
 
-/// The oldest Patroni pgplane runs: 4.0.0. Its leader-key write is conditional on its own lease
-/// (since 3.0.3; Debian 12's 3.0.2 took the key back after a partition and lost acknowledged
-/// writes), and it reads `primary_stop_timeout` (the 4.0 name; 3.x reads only
-/// `master_stop_timeout`), without which a leader cut off from its synchronous standby hangs
-/// 20–45 s stopping. `scripts/install-deps` pins 4.1.5, the version measured in the partition lab.
-pub const MIN_PATRONI: (u32, u32, u32) = (4, 0, 0);
+/// The oldest Patroni pgplane runs: 3.0.3, the first whose etcd3 leader-key write is conditional
+/// on its own lease (Debian 12's 3.0.2 took the key back after a partition, and the writes the new
+/// leader had acknowledged were thrown away). Later versions run pgplane's configuration too (the
+/// agent accepts `master`/`primary` and `running`/`streaming`; the launcher lifts 4.x's timing
+/// floors where they exist), but only the version `scripts/install-deps` pins, 4.1.5, was
+/// measured in the partition lab.
+pub const MIN_PATRONI: (u32, u32, u32) = (3, 0, 3);
 
 /// `4.1.5` → `(4, 1, 5)`; missing parts are 0, a suffix (`4.1.0rc1`) is ignored.
 fn release(version: &str) -> Option<(u32, u32, u32)> {
@@ -306,7 +307,7 @@ mod tests {
         assert_eq!(release("4.1.5"), Some((4, 1, 5)));
         assert_eq!(release("4.1.0rc1"), Some((4, 1, 0)));
         assert_eq!(release("4"), Some((4, 0, 0)));
-        assert!(release("3.0.2").unwrap() < MIN_PATRONI && release("4.0.0").unwrap() >= MIN_PATRONI);
+        assert!(release("3.0.2").unwrap() < MIN_PATRONI && release("3.0.3").unwrap() >= MIN_PATRONI);
         assert_eq!(release("patroni: oops"), None);
     }
 
