@@ -286,6 +286,33 @@ async fn change_plan_moves_the_plan_and_the_billing_period() {
 }
 
 #[tokio::test]
+async fn business_databases_start_synchronous_and_plan_changes_follow_the_follower() {
+    let app = spawn_app().await;
+    let (owner, _, app_id) = setup(&app).await;
+    let sync_of = |db: String| {
+        let owner = &owner;
+        async move { owner.get(&format!("/v1/databases/{db}/configuration")).await.1["synchronous_replication"].clone() }
+    };
+    let business = create_database(&owner, &app_id, "big", "business-1").await;
+    assert_eq!(sync_of(db_of(&business)).await, json!(true));
+    let starter = create_database(&owner, &app_id, "small", "starter-1").await;
+    simulate_provisioned(&app, &starter).await;
+    let db = db_of(&starter);
+    assert_eq!(sync_of(db.clone()).await, json!(false));
+
+    // Gaining a follower turns it on (the workflow applies it first), losing it turns it off.
+    let (s, op) = owner.post(&format!("/v1/databases/{db}/change-plan"), &json!({ "plan": "business-1" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(op["params"]["synchronous_replication"], json!(true));
+    assert_eq!(sync_of(db.clone()).await, json!(true));
+    simulate_provisioned(&app, &op).await;
+    let (s, op) = owner.post(&format!("/v1/databases/{db}/change-plan"), &json!({ "plan": "starter-1" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    assert_eq!(op["params"]["synchronous_replication"], json!(false));
+    assert_eq!(sync_of(db).await, json!(false));
+}
+
+#[tokio::test]
 async fn delete_cancels_the_pending_operation_and_repeats_the_same_answer() {
     let app = spawn_app().await;
     let (owner, _, app_id) = setup(&app).await;

@@ -56,6 +56,7 @@ fn member_spec(database_id: DatabaseId, generation: i64, etcd: EtcdAccess, ca: &
             maintenance_work_mem_mb: 16,
         },
         force_tls: true,
+        synchronous_mode: false,
     })
 }
 

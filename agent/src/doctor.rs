@@ -39,7 +39,7 @@ pub fn run(opts: &Options) -> Capabilities {
     if let Err(e) = &runas {
         checks.push(fail("postgres OS user", format!("{e:#}")));
     }
-    let patroni = program("patroni", "PGPLANE_PATRONI", &["--version"], "patroni", true);
+    let patroni = patroni_check();
     // Needed by `pgplane up` and by this check's test etcd; a database host of a platform
     // reaches the platform's etcd and may not have the program.
     let etcd = program("etcd", "PGPLANE_ETCD", &["--version"], "etcd-server", false);
@@ -156,6 +156,49 @@ fn postgres(version: &str) -> Check {
     }
 }
 
+/// The oldest Patroni pgplane runs: 3.0.3, the first whose etcd3 leader-key write is conditional
+/// on its own lease (Debian 12's 3.0.2 took the key back after a partition, and the writes the new
+/// leader had acknowledged were thrown away). Later versions run pgplane's configuration too (the
+/// agent accepts `master`/`primary` and `running`/`streaming`; the launcher lifts 4.x's timing
+/// floors where they exist), but only the version `scripts/install-deps` pins, 4.1.5, was
+/// measured in the partition lab.
+pub const MIN_PATRONI: (u32, u32, u32) = (3, 0, 3);
+
+/// `4.1.5` → `(4, 1, 5)`; missing parts are 0, a suffix (`4.1.0rc1`) is ignored.
+fn release(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version.split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next()??;
+    Some((major, parts.next().flatten().unwrap_or(0), parts.next().flatten().unwrap_or(0)))
+}
+
+/// The Patroni the agent would run (`crate::patroni::program`), new enough.
+fn patroni_check() -> Check {
+    let install = "scripts/install-deps installs the pinned one";
+    let path = match crate::patroni::program() {
+        Ok(path) => path,
+        Err(_) => return fail("patroni", format!("not found (nor PGPLANE_PATRONI): {install}")),
+    };
+    let version = match output(Command::new(&path).arg("--version")) {
+        Ok(text) => version_line("patroni", &text),
+        Err(e) => return fail("patroni", format!("{} --version failed ({e}): {install}", path.display())),
+    };
+    let (a, b, c) = MIN_PATRONI;
+    match release(&version) {
+        Some(found) if found >= MIN_PATRONI => ok("patroni", format!("{version} ({})", path.display())),
+        _ => fail(
+            "patroni",
+            format!(
+                "{version} at {} is older than {a}.{b}.{c} (its etcd leader key handling can lose acknowledged \
+                 writes): {install}",
+                path.display()
+            ),
+        ),
+    }
+}
+
 /// A program on PATH (or named by `env`) and the first line of its version.
 fn program(name: &str, env: &str, version_args: &[&str], package: &str, required: bool) -> Check {
     let path = match find_program(name, env) {
@@ -257,6 +300,15 @@ mod tests {
             "2.6.12-1+deb12u1"
         );
         assert_eq!(version_line("pgbackrest", "pgBackRest 2.45\n"), "2.45");
+    }
+
+    #[test]
+    fn patroni_releases_compare() {
+        assert_eq!(release("4.1.5"), Some((4, 1, 5)));
+        assert_eq!(release("4.1.0rc1"), Some((4, 1, 0)));
+        assert_eq!(release("4"), Some((4, 0, 0)));
+        assert!(release("3.0.2").unwrap() < MIN_PATRONI && release("3.0.3").unwrap() >= MIN_PATRONI);
+        assert_eq!(release("patroni: oops"), None);
     }
 
     #[test]

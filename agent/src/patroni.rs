@@ -150,7 +150,12 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
                 "ttl": 5,
                 "loop_wait": 1,
                 "retry_timeout": 2,
+                // A leader cut off from its synchronous standby waits for its WAL sender while
+                // it stops: Patroni 4.x hung 20–45 s demoting until this bound was set.
+                "primary_stop_timeout": 2,
                 "failsafe_mode": true,
+                // Non-strict: a leader whose synchronous standby is gone keeps accepting writes.
+                "synchronous_mode": spec.synchronous_mode,
                 "maximum_lag_on_failover": 1_048_576,
                 "postgresql": {
                     "use_pg_rewind": true,
@@ -214,7 +219,7 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
 /// PostgreSQL); a Patroni started again finds its PostgreSQL running and keeps it.
 pub fn start(paths: &MemberPaths, runas: &RunAs, applied: &str) -> Result<Managed> {
     let log = open_log(&paths.log, Some(runas))?;
-    let program = find_program("patroni", "PGPLANE_PATRONI")?;
+    let program = program()?;
     let mut cmd = match python_of(&program) {
         Some(python) => {
             let launcher = paths.dir.join("patroni");
@@ -241,6 +246,22 @@ pub fn start(paths: &MemberPaths, runas: &RunAs, applied: &str) -> Result<Manage
 /// more second. The launcher runs the same Patroni with that interval shortened.
 const STOP_POLLING_SECS: f64 = 0.05;
 
+/// Where `scripts/install-deps` puts the pinned Patroni (a virtual environment of its own).
+pub const VENV_PATRONI: &str = "/opt/pgplane/patroni/bin/patroni";
+
+/// The Patroni the agent runs: `PGPLANE_PATRONI` if set, else the pinned one of
+/// `scripts/install-deps`, else the first `patroni` on PATH.
+pub fn program() -> Result<PathBuf> {
+    if std::env::var_os("PGPLANE_PATRONI").is_none() && Path::new(VENV_PATRONI).is_file() {
+        return Ok(PathBuf::from(VENV_PATRONI));
+    }
+    find_program("patroni", "PGPLANE_PATRONI").map_err(|_| {
+        anyhow::anyhow!(
+            "patroni was not found in {VENV_PATRONI} nor on PATH (set PGPLANE_PATRONI): run scripts/install-deps"
+        )
+    })
+}
+
 /// The interpreter of a Python entry-point script (its `#!` line), if `program` is one.
 pub(crate) fn python_of(program: &Path) -> Option<PathBuf> {
     let text = std::fs::read(program).ok()?;
@@ -250,23 +271,52 @@ pub(crate) fn python_of(program: &Path) -> Option<PathBuf> {
     interpreter.rsplit('/').next()?.starts_with("python").then(|| PathBuf::from(interpreter))
 }
 
-/// A Python script that runs the Patroni entry point `program` after shortening its stop
-/// polling; a Patroni without that setting runs unchanged. Named `patroni`, in the member's
-/// folder, so the process still reads as Patroni (see `adopt`).
+/// The launcher's Python (`PROGRAM` and `STOP_SECS` are filled in). Two changes to Patroni, each
+/// made only where the attribute it replaces exists (a Patroni without it runs unchanged):
+/// - the stop polling interval (above);
+/// - Patroni 4.x's timing floors: `Config._validate_and_adjust_timeouts` raises ttl to ≥ 20 and
+///   retry_timeout to ≥ 3 at start and on every `/config` change, which made a lost host's
+///   failover 20.5 s instead of 5.5 s. The replacement keeps Patroni's rule (loop_wait +
+///   2 × retry_timeout ≤ ttl, loop_wait ≥ 1) with the floors measured here instead: ttl ≥ 5 and
+///   retry_timeout ≥ 2 (at retry_timeout 1 a leader cannot keep its lease over TLS).
+const LAUNCHER: &str = r#"# Written by pgplane: runs PROGRAM with a shorter stop polling interval and pgplane's timing floors.
+import runpy, sys
+try:
+    import patroni.postgresql as _pg
+    if isinstance(getattr(_pg, 'STOP_POLLING_INTERVAL', None), (int, float)):
+        _pg.STOP_POLLING_INTERVAL = STOP_SECS
+except ImportError:
+    pass
+try:
+    import patroni.config as _cf
+    if callable(getattr(getattr(_cf, 'Config', None), '_validate_and_adjust_timeouts', None)):
+        def _adjust_timeouts(self, config):
+            defaults = getattr(self, '_Config__DEFAULT_CONFIG', None) or {}
+            def value(param, floor, fallback):
+                v = int(config.get(param, defaults.get(param, fallback)))
+                if v < floor:
+                    v = config[param] = floor
+                return v
+            loop_wait = value('loop_wait', 1, 10)
+            retry_timeout = value('retry_timeout', 2, 10)
+            ttl = value('ttl', 5, 30)
+            if 1 + 2 * retry_timeout > ttl:
+                config['loop_wait'] = 1
+                config['retry_timeout'] = (ttl - 1) // 2
+            elif loop_wait + 2 * retry_timeout > ttl:
+                config['loop_wait'] = ttl - 2 * retry_timeout
+        _cf.Config._validate_and_adjust_timeouts = _adjust_timeouts
+except ImportError:
+    pass
+sys.argv[0] = PROGRAM
+runpy.run_path(PROGRAM, run_name='__main__')
+"#;
+
+/// A Python script that runs the Patroni entry point `program` through `LAUNCHER`. Named
+/// `patroni`, in the member's folder, so the process still reads as Patroni (see `adopt`).
 fn launcher_script(program: &Path) -> String {
     let program = serde_json::to_string(&program.to_string_lossy()).expect("a string serializes");
-    format!(
-        "# Written by pgplane: runs {program} with a shorter stop polling interval.\n\
-         import runpy, sys\n\
-         try:\n\
-         \x20   import patroni.postgresql as _pg\n\
-         \x20   if isinstance(getattr(_pg, 'STOP_POLLING_INTERVAL', None), (int, float)):\n\
-         \x20       _pg.STOP_POLLING_INTERVAL = {STOP_POLLING_SECS}\n\
-         except ImportError:\n\
-         \x20   pass\n\
-         sys.argv[0] = {program}\n\
-         runpy.run_path({program}, run_name='__main__')\n"
-    )
+    LAUNCHER.replace("PROGRAM", &program).replace("STOP_SECS", &STOP_POLLING_SECS.to_string())
 }
 
 /// The Patroni already running this member's configuration, if any (not `patronictl`).
@@ -337,7 +387,8 @@ pub async fn wait_running(
                     Err(e) => format!("{e:#}"),
                 }
             }
-            Ok(s) if s.state == "running" && !s.role.is_empty() => return Ok(s),
+            // Patroni 4.x reports a replica `streaming`.
+            Ok(s) if matches!(s.state.as_str(), "running" | "streaming") && !s.role.is_empty() => return Ok(s),
             Ok(s) => format!("state {:?}, role {:?}", s.state, s.role),
             Err(e) => format!("{e:#}"),
         };
@@ -402,6 +453,7 @@ mod tests {
                 maintenance_work_mem_mb: 64,
             },
             force_tls,
+            synchronous_mode: true,
         }
     }
 
@@ -432,6 +484,7 @@ mod tests {
             (dcs["ttl"].as_i64(), dcs["loop_wait"].as_i64(), dcs["retry_timeout"].as_i64()),
             (Some(5), Some(1), Some(2))
         );
+        assert_eq!((&dcs["primary_stop_timeout"], &dcs["synchronous_mode"]), (&json!(2), &json!(true)));
         assert_eq!(dcs["postgresql"]["use_pg_rewind"], true);
         assert_eq!(dcs["postgresql"]["parameters"]["wal_retrieve_retry_interval"], "200ms");
         assert_eq!(dcs["postgresql"]["parameters"]["max_connections"], 77);

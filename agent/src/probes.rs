@@ -113,7 +113,7 @@ pub fn patroni_reaches_etcd(runas: &RunAs, with_etcd: bool) -> Check {
 }
 
 fn patroni_probe(runas: &RunAs, with_etcd: bool) -> anyhow::Result<Check> {
-    let program = find_program("patroni", "PGPLANE_PATRONI")?;
+    let program = crate::patroni::program()?;
     let Some(python) = crate::patroni::python_of(&program) else {
         return Ok(warn(
             PATRONI_ETCD,
@@ -139,11 +139,19 @@ fn patroni_probe(runas: &RunAs, with_etcd: bool) -> anyhow::Result<Check> {
         .map_err(|e| anyhow::anyhow!("unreadable answer {text:?}: {e}"))?;
     let via = if answer["pyopenssl"] == true { ", through pyOpenSSL" } else { "" };
     if let Some(module) = answer["missing"].as_str() {
-        let why = if module == "idna" && answer["pyopenssl"] != false { "for pyOpenSSL" } else { "for Patroni" };
-        return Ok(fail(
-            PATRONI_ETCD,
-            format!("missing python module {module} {why}: apt-get install {}", python_package(module)),
-        ));
+        // A virtual environment (scripts/install-deps) has its own modules, none from Debian
+        // (no pyOpenSSL there: its dnspython needs idna itself).
+        let venv = python.parent().and_then(Path::parent).filter(|d| d.join("pyvenv.cfg").is_file());
+        let pyopenssl = match venv {
+            Some(_) => answer["pyopenssl"] == true,
+            None => answer["pyopenssl"] != false,
+        };
+        let why = if module == "idna" && pyopenssl { "for pyOpenSSL" } else { "for Patroni" };
+        let fix = match venv {
+            Some(dir) => format!("scripts/install-deps makes {} again", dir.display()),
+            None => format!("apt-get install {}", python_package(module)),
+        };
+        return Ok(fail(PATRONI_ETCD, format!("missing python module {module} {why}: {fix}")));
     }
     let about = format!(
         "Patroni {} on {} (urllib3 {}{via})",

@@ -1,10 +1,11 @@
 //! pgplane's benchmarks. They print figures; nothing here asserts a timing.
 //!
 //! `cargo run --release -p pgplane-bench -- api [--duration 10 --connections 64 ...]`
-//! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate`
+//! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit`
 
 mod api;
 mod client;
+mod commit;
 mod controlpg;
 mod cpu;
 mod dcs;
@@ -50,6 +51,9 @@ enum Bench {
     Switchover(switchover::Args),
     /// Starter → Business → Starter plan changes: until done and answering on the same URL.
     Migrate(migrate::Args),
+    /// Single-row INSERT commits through the gateway, synchronous replication on vs off:
+    /// commits/s and latency p50 / p99 at 1 and 4 clients (pgbench).
+    Commit(commit::Args),
 }
 
 #[tokio::main]
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Failover(args) => failover::run(args).await,
         Bench::Switchover(args) => switchover::run(args).await,
         Bench::Migrate(args) => migrate::run(args).await,
+        Bench::Commit(args) => commit::run(args).await,
     }
 }
 

@@ -241,6 +241,11 @@ impl Platform {
     }
 
     /// The last lines of every service's log.
+    /// The benchmark's scratch folder (removed at the end).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn logs(&self) -> String {
         self.services.iter().map(|s| format!("--- {} ({}):\n{}", s.name, s.log.display(), s.tail(15))).collect()
     }

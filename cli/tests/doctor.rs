@@ -1,6 +1,7 @@
 //! `pgplane doctor` on this machine, with the real programs: every check passes here, and with
 //! the `idna` module hidden from Patroni's Python (as on a host with python3-openssl but without
-//! python3-idna) it names the missing module and what to install, and exits non-zero.
+//! python3-idna) or, for the Patroni of scripts/install-deps, a module of its virtual
+//! environment hidden, it names the missing module and what to do, and exits non-zero.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -30,16 +31,29 @@ fn doctor_checks_this_machine_and_names_a_missing_python_module() {
     assert!(out.contains("ok    haproxy → TLS check: ") && out.contains("marked it UP"), "{out}");
     assert!(state.is_dir(), "the state folder is made as the agent would");
 
-    // Patroni's Python (run as the postgres user) must be able to read the stand-in module.
-    let shim = dir.join("no-idna");
-    std::fs::create_dir_all(&shim).unwrap();
-    std::fs::write(shim.join("idna.py"), "raise ModuleNotFoundError(\"No module named 'idna'\", name='idna')\n")
-        .unwrap();
-    for p in [&dir, &shim, &shim.join("idna.py")] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let (ok, broken) = doctor(&state, Some(&shim));
-    if out.contains("through pyOpenSSL") {
+    // Patroni's Python (run as the postgres user) must be able to read the stand-in modules.
+    let hide = |module: &str| {
+        let shim = dir.join(format!("no-{module}"));
+        std::fs::create_dir_all(&shim).unwrap();
+        let stub = format!("raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n");
+        std::fs::write(shim.join(format!("{module}.py")), stub).unwrap();
+        for p in [&dir, &shim, &shim.join(format!("{module}.py"))] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        doctor(&state, Some(&shim))
+    };
+    let (ok, broken) = hide("idna");
+    if out.contains("on /opt/pgplane/patroni/bin/python") {
+        // The virtual environment's dnspython (python-etcd's) needs idna: a pinned module.
+        assert!(!ok, "{broken}");
+        assert!(
+            broken.contains(
+                "FAIL  patroni → etcd over https: missing python module idna for Patroni: scripts/install-deps makes \
+                 /opt/pgplane/patroni again"
+            ),
+            "{broken}"
+        );
+    } else if out.contains("through pyOpenSSL") {
         assert!(!ok, "{broken}");
         assert!(
             broken.contains(
@@ -50,6 +64,19 @@ fn doctor_checks_this_machine_and_names_a_missing_python_module() {
     } else {
         // Without pyOpenSSL, urllib3 never imports idna: the host works either way.
         assert!(ok, "{broken}");
+    }
+    // A module Patroni's etcd3 driver imports (python-etcd), missing from Patroni's virtual
+    // environment: the fix is to make that environment again, not a Debian package.
+    if out.contains("on /opt/pgplane/patroni/bin/python") {
+        let (ok, broken) = hide("etcd");
+        assert!(!ok, "{broken}");
+        assert!(
+            broken.contains(
+                "FAIL  patroni → etcd over https: missing python module etcd for Patroni: scripts/install-deps makes \
+                 /opt/pgplane/patroni again"
+            ),
+            "{broken}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -183,6 +183,10 @@ pub struct MemberSpec {
     pub sizing: PgSizing,
     /// `hostssl` instead of `host` for client connections.
     pub force_tls: bool,
+    /// Patroni's non-strict synchronous mode in the configuration a new cluster starts with
+    /// (later changes go through Patroni's `/config`).
+    #[serde(default)]
+    pub synchronous_mode: bool,
 }
 
 /// A backend of a gateway: one member's PostgreSQL and Patroni REST ports.

@@ -20,7 +20,20 @@ use crate::queue::JobError;
 use crate::workflows::{agent_job, observed_leader, retry, Workflows};
 
 impl Workflows {
+    /// Gaining or losing a follower turns synchronous replication on or off (the operation's
+    /// `synchronous_replication`): Patroni's non-strict mode first, which keeps writing while the
+    /// new follower is cloned, then the plan itself (`plan`).
     pub(crate) async fn change_plan(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+        let Some(on) = st.operation.params["synchronous_replication"].as_bool() else {
+            return self.change_plan_size(tx, st).await;
+        };
+        let patch = serde_json::json!({ "synchronous_mode": on });
+        self.enqueue_patch_config(tx, st, patch, ("sync", "plan")).await?;
+        let what = if on { "turning synchronous replication on" } else { "turning synchronous replication off" };
+        operation_progress_in(tx, st.operation.id, 5, what).await.map_err(retry)
+    }
+
+    pub(crate) async fn change_plan_size(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let resized: bool = sqlx::query_scalar(
             "SELECT COALESCE(bool_or(memory_mb <> $2), false) FROM database_members WHERE database_id = $1",
         )

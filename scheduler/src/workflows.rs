@@ -198,6 +198,7 @@ impl Workflows {
                 (OperationKind::Create, "start") => self.place(&mut tx, &st).await?,
                 (OperationKind::Create, "gateways") => self.gateways(&mut tx, &st).await?,
                 (OperationKind::ChangePlan, "start") => self.change_plan(&mut tx, &st).await?,
+                (OperationKind::ChangePlan, "plan") => self.change_plan_size(&mut tx, &st).await?,
                 (OperationKind::ChangePlan, "resize") => self.reshape(&mut tx, &st, true).await?,
                 (OperationKind::ChangePlan, "shrink") => self.shrink(&mut tx, &st).await?,
                 (OperationKind::ChangePlan, "gateways") => self.gateways(&mut tx, &st).await?,
@@ -386,6 +387,7 @@ impl Workflows {
                 secrets: secrets.secrets.clone(),
                 sizing: sizing(&st.plan),
                 force_tls: st.force_tls,
+                synchronous_mode: st.synchronous_replication,
             };
             job_enqueue_in(tx, &agent_job(m.agent_id, st, step, next, &AgentTask::EnsureMember { spec })?)
                 .await

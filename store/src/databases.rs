@@ -210,8 +210,8 @@ impl Store {
         addon_switch_period(&mut tx, addon, Some(new.plan)).await?;
         let row: DatabaseRow = sqlx::query_as(&format!(
             "INSERT INTO databases AS d (id, tenant_id, app_id, addon_id, name, plan_id, version, status, \
-                force_tls, internet_exposure, backup_hour, allowed_cidrs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11) RETURNING {DB_COLUMNS}"
+                force_tls, internet_exposure, backup_hour, allowed_cidrs, synchronous_replication) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11, $12) RETURNING {DB_COLUMNS}"
         ))
         .bind(DatabaseId::new())
         .bind(new.tenant_id)
@@ -224,6 +224,9 @@ impl Store {
         .bind(new.settings.internet_exposure)
         .bind(new.settings.backup_hour)
         .bind(&new.settings.allowed_cidrs)
+        // A plan with a follower starts with synchronous replication (no acknowledged write is
+        // lost in a failover); the tenant may turn it off.
+        .bind(new.plan.data_nodes >= 2)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -302,21 +305,28 @@ impl Store {
         if db.plan == plan.id {
             return Err(Error::conflict("same_plan", format!("the database is already on plan {:?}", plan.id)));
         }
-        let op = operation_insert(
-            &mut tx,
-            actor,
-            db.tenant_id,
-            id,
-            OperationKind::ChangePlan,
-            json!({ "from_plan": db.plan, "to_plan": plan.id }),
-        )
-        .await?;
+        // Gaining a follower turns synchronous replication on, as for a new database with one;
+        // losing it turns it off (a plan without a follower cannot have it). The change plan
+        // workflow applies it first (`synchronous_replication` in its parameters).
+        let from = self.plan_get(&db.plan).await?;
+        let synchronous = match (from.data_nodes >= 2, plan.data_nodes >= 2) {
+            (false, true) => Some(true),
+            (true, false) => Some(false),
+            _ => None,
+        };
+        let mut params = json!({ "from_plan": db.plan, "to_plan": plan.id });
+        if let Some(on) = synchronous {
+            params["synchronous_replication"] = json!(on);
+        }
+        let op = operation_insert(&mut tx, actor, db.tenant_id, id, OperationKind::ChangePlan, params).await?;
         sqlx::query(
-            "UPDATE databases SET plan_id = $2, status = 'changing_plan', generation = generation + 1, updated_at = now() \
+            "UPDATE databases SET plan_id = $2, status = 'changing_plan', generation = generation + 1, \
+                synchronous_replication = COALESCE($3, synchronous_replication), updated_at = now() \
              WHERE id = $1",
         )
         .bind(id)
         .bind(&plan.id)
+        .bind(synchronous)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;

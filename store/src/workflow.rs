@@ -17,6 +17,8 @@ pub struct OperationState {
     pub version: String,
     pub plan: Plan,
     pub force_tls: bool,
+    /// Patroni's (non-strict) synchronous mode, as the tenant wants it.
+    pub synchronous_replication: bool,
     /// The gateways bind their hosts' public addresses.
     pub internet_exposure: bool,
     /// The networks the public addresses admit; empty admits every address.
@@ -56,17 +58,26 @@ pub struct StoredSecrets {
 
 /// Locks an operation and its database for a workflow step.
 pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: OperationId) -> Result<OperationState> {
-    type Row = (DatabaseId, i64, String, String, bool, bool, Vec<String>);
+    type Row = (DatabaseId, i64, String, String, bool, bool, Vec<String>, bool);
     let row: Option<Row> = sqlx::query_as(
-        "SELECT d.id, d.generation, d.version, d.plan_id, d.force_tls, d.internet_exposure, d.allowed_cidrs \
+        "SELECT d.id, d.generation, d.version, d.plan_id, d.force_tls, d.internet_exposure, d.allowed_cidrs, \
+            d.synchronous_replication \
          FROM operations o JOIN databases d ON d.id = o.database_id WHERE o.id = $1 FOR UPDATE OF o, d",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
-    let (database_id, generation, version, plan_id, force_tls, internet_exposure, allowed_cidrs) =
-        row.ok_or(Error::not_found("operation"))?;
+    let (
+        database_id,
+        generation,
+        version,
+        plan_id,
+        force_tls,
+        internet_exposure,
+        allowed_cidrs,
+        synchronous_replication,
+    ) = row.ok_or(Error::not_found("operation"))?;
     let operation = store.operation_by_id_in(conn, id).await?;
     let plan = store.plan_get(&plan_id).await?;
     Ok(OperationState {
@@ -76,6 +87,7 @@ pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: Opera
         version,
         plan,
         force_tls,
+        synchronous_replication,
         internet_exposure,
         allowed_cidrs,
     })
