@@ -168,6 +168,7 @@ impl Database {
     /// every gateway takes a write on that leader; returns the leader's host address.
     async fn wait_whole(&self, plane: &Plane, within: Duration) -> Result<String> {
         let deadline = Instant::now() + within;
+        let mut last_served = String::new();
         loop {
             let members = self.cluster(plane).await.unwrap_or_default();
             let leaders: Vec<_> = members.iter().filter(|m| m.1 == "leader" && m.2 == "running").collect();
@@ -176,17 +177,17 @@ impl Database {
                 .filter(|m| m.1 != "leader" && m.2 == "streaming" && m.3 == Some(0) && m.4 == leaders.first().and_then(|l| l.4))
                 .count();
             if leaders.len() == 1 && members.len() > 1 && replicas == members.len() - 1 {
-                let mut all = true;
+                let mut served = Vec::new();
                 for url in &self.gateway_urls {
-                    let served = psql(url, "SELECT inet_server_addr()::text || ' ' || pg_is_in_recovery()").await;
-                    all &= served.as_deref() == Ok(format!("{}/32 f", leaders[0].0).as_str());
+                    served.push(psql(url, "SELECT host(inet_server_addr()) || ' ' || pg_is_in_recovery()").await);
                 }
-                if all {
+                last_served = format!("{served:?}");
+                if served.iter().all(|s| s.as_deref() == Ok(format!("{} false", leaders[0].0).as_str())) {
                     return Ok(leaders[0].0.clone());
                 }
             }
             if Instant::now() > deadline {
-                bail!("not whole again within {within:?}: Patroni shows {members:?}");
+                bail!("not whole again within {within:?}: Patroni shows {members:?}, the gateways {last_served}");
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -265,8 +266,7 @@ pub async fn run(
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     let lost_acked = acked.iter().filter(|a| !present.contains(&a.id)).count();
-    // Who acknowledged, in order: runs of (member, acks). A write acknowledged by one member that
-    // started after another member had acknowledged one (since the fault): two members accepted.
+    // Who acknowledged, in order: runs of (member, acks).
     let mut ack_runs: Vec<(String, usize)> = Vec::new();
     for a in &acked {
         let by = a.acked_by.clone().unwrap_or_default();
@@ -275,9 +275,16 @@ pub async fn run(
             _ => ack_runs.push((by, 1)),
         }
     }
+    // Two members accepting writes: a write acknowledged by X that started after another member
+    // Y had acknowledged one that started after X's first acknowledgement (X, then Y, then X
+    // again, each strictly after the other; in-flight overlaps at a handover do not count).
+    let first_end = |m: &Option<String>| acked.iter().filter(|c| c.acked_by == *m).map(|c| c.end).min();
     let acked_by_two_leaders = acked
         .iter()
-        .filter(|a| acked.iter().any(|b| b.acked_by != a.acked_by && b.end > fault_at && b.end < a.start))
+        .filter(|a| {
+            let Some(x_first) = first_end(&a.acked_by) else { return false };
+            acked.iter().any(|b| b.acked_by != a.acked_by && b.start > x_first && b.end < a.start)
+        })
         .count();
     // The member that was cut off (or lost) is a streaming replica of the leader again, or leads.
     let members = db.cluster(plane).await?;
