@@ -1,7 +1,7 @@
 //! pgplane's benchmarks. They print figures; nothing here asserts a timing.
 //!
 //! `cargo run --release -p pgplane-bench -- api [--duration 10 --connections 64 ...]`
-//! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate`
+//! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | lab`
 
 mod api;
 mod client;
@@ -12,6 +12,7 @@ mod failover;
 mod figures;
 mod fixture;
 mod ha;
+mod lab;
 mod loadgen;
 mod migrate;
 mod minimal;
@@ -50,6 +51,9 @@ enum Bench {
     Switchover(switchover::Args),
     /// Starter → Business → Starter plan changes: until done and answering on the same URL.
     Migrate(migrate::Args),
+    /// The partition lab (root): each scenario `--runs` times on network-namespace hosts; write
+    /// gap, failed writes, acknowledged writes lost, time until whole again.
+    Lab(lab::Args),
 }
 
 #[tokio::main]
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Failover(args) => failover::run(args).await,
         Bench::Switchover(args) => switchover::run(args).await,
         Bench::Migrate(args) => migrate::run(args).await,
+        Bench::Lab(args) => lab::run(args).await,
     }
 }
 

@@ -25,12 +25,14 @@ pub struct Options {
     pub repeats: usize,
     /// How long each fault lasts.
     pub hold: Duration,
-    /// Called with each run's report as it ends.
+    /// Print the tails of every process's log at the end even when all runs succeeded (they are
+    /// printed when a run fails).
     pub keep_logs: bool,
 }
 
 /// Makes the lab, runs `repeats` × each scenario in order (all runs of the first, then the next),
-/// and removes the lab. Stops at the first run that fails; its error names the logs (kept then).
+/// calling `on_report` after each run, and removes the lab. Stops at the first run that fails
+/// (after printing the tails of the processes' logs).
 pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'static) -> Result<Vec<RunReport>> {
     let net = net::Net::create().context("making the lab's namespaces")?;
     let dir = std::env::temp_dir().join(format!("pgplane-lab-{}", net.prefix.rsplit('.').next().unwrap()));
