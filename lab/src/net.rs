@@ -87,7 +87,10 @@ impl Host {
         if self.exec("tc", &netem).is_ok() {
             return Ok(format!("netem delay {delay} loss {loss}"));
         }
-        self.exec("tc", &["qdisc", "add", "dev", &self.dev, "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms"])?;
+        self.exec(
+            "tc",
+            &["qdisc", "add", "dev", &self.dev, "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms"],
+        )?;
         let rules = format!(
             "table inet labloss {{\n chain input {{ type filter hook input priority 0; numgen random mod 100 < {loss_percent} drop; }}\n \
              chain output {{ type filter hook output priority 0; numgen random mod 100 < {loss_percent} drop; }}\n}}\n"

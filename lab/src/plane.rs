@@ -259,8 +259,13 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let res: Value =
-            http.post(format!("{base}/v1/auth/token")).json(&json!({ "api_token": api_token })).send().await?.json().await?;
+        let res: Value = http
+            .post(format!("{base}/v1/auth/token"))
+            .json(&json!({ "api_token": api_token }))
+            .send()
+            .await?
+            .json()
+            .await?;
         let bearer = res["access_token"].as_str().context("an access token")?.to_string();
         Ok(Api { http, base: base.to_string(), bearer })
     }

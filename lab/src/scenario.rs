@@ -129,18 +129,16 @@ impl Database {
         Ok(Database { id, gateway_urls, next_id: 1 })
     }
 
-    /// Patroni's own view (`GET /cluster` on the first member that answers): (host, role, state,
-    /// lag in bytes, timeline) per member. Roles are `leader`, `replica` or `sync_standby`.
-    async fn cluster(&self, plane: &Plane) -> Result<Vec<(String, String, String, Option<i64>, Option<i64>)>> {
-        let rest: Vec<(String, i32)> =
-            sqlx::query_as("SELECT host, patroni_port FROM database_members WHERE database_id = $1::uuid ORDER BY name")
-                .bind(&self.id)
-                .fetch_all(&plane.pool)
-                .await?;
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(2))
-            .build()?;
+    /// Patroni's own view: `GET /cluster` on the first member that answers.
+    async fn cluster(&self, plane: &Plane) -> Result<Vec<ClusterMember>> {
+        let rest: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT host, patroni_port FROM database_members WHERE database_id = $1::uuid ORDER BY name",
+        )
+        .bind(&self.id)
+        .fetch_all(&plane.pool)
+        .await?;
+        let http =
+            reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(2)).build()?;
         for (host, port) in rest {
             let Ok(res) = http.get(format!("https://{host}:{port}/cluster")).send().await else { continue };
             let Ok(body) = res.json::<Value>().await else { continue };
@@ -149,7 +147,13 @@ impl Database {
                 .iter()
                 .map(|m| {
                     let s = |k: &str| m[k].as_str().unwrap_or_default().to_string();
-                    (s("host"), s("role"), s("state"), m["lag"].as_i64(), m["timeline"].as_i64())
+                    ClusterMember {
+                        host: s("host"),
+                        role: s("role"),
+                        state: s("state"),
+                        lag: m["lag"].as_i64(),
+                        timeline: m["timeline"].as_i64(),
+                    }
                 })
                 .collect());
         }
@@ -159,8 +163,8 @@ impl Database {
     /// (leader host, other member hosts) by Patroni, once the database is whole.
     async fn roles(&self, plane: &Plane) -> Result<(String, String)> {
         let members = self.cluster(plane).await?;
-        let leader = members.iter().find(|m| m.1 == "leader").context("a leader")?.0.clone();
-        let follower = members.iter().find(|m| m.1 != "leader").context("a replica")?.0.clone();
+        let leader = members.iter().find(|m| m.role == "leader").context("a leader")?.host.clone();
+        let follower = members.iter().find(|m| m.role != "leader").context("a replica")?.host.clone();
         Ok((leader, follower))
     }
 
@@ -171,10 +175,15 @@ impl Database {
         let mut last_served = String::new();
         loop {
             let members = self.cluster(plane).await.unwrap_or_default();
-            let leaders: Vec<_> = members.iter().filter(|m| m.1 == "leader" && m.2 == "running").collect();
+            let leaders: Vec<_> = members.iter().filter(|m| m.role == "leader" && m.state == "running").collect();
             let replicas = members
                 .iter()
-                .filter(|m| m.1 != "leader" && m.2 == "streaming" && m.3 == Some(0) && m.4 == leaders.first().and_then(|l| l.4))
+                .filter(|m| {
+                    m.role != "leader"
+                        && m.state == "streaming"
+                        && m.lag == Some(0)
+                        && m.timeline == leaders.first().and_then(|l| l.timeline)
+                })
                 .count();
             if leaders.len() == 1 && members.len() > 1 && replicas == members.len() - 1 {
                 let mut served = Vec::new();
@@ -182,8 +191,8 @@ impl Database {
                     served.push(psql(url, "SELECT host(inet_server_addr()) || ' ' || pg_is_in_recovery()").await);
                 }
                 last_served = format!("{served:?}");
-                if served.iter().all(|s| s.as_deref() == Ok(format!("{} false", leaders[0].0).as_str())) {
-                    return Ok(leaders[0].0.clone());
+                if served.iter().all(|s| s.as_deref() == Ok(format!("{} false", leaders[0].host).as_str())) {
+                    return Ok(leaders[0].host.clone());
                 }
             }
             if Instant::now() > deadline {
@@ -212,6 +221,18 @@ impl Database {
             .collect();
         leaders == [leader.to_string()]
     }
+}
+
+/// One member as Patroni's `/cluster` lists it.
+#[derive(Debug)]
+struct ClusterMember {
+    host: String,
+    /// `leader`, `replica` or `sync_standby`.
+    role: String,
+    state: String,
+    /// Bytes behind the leader (absent for the leader, or when unknown).
+    lag: Option<i64>,
+    timeline: Option<i64>,
 }
 
 /// Runs one scenario on a whole database: fault for `hold`, heal, wait until whole, check.
@@ -290,7 +311,7 @@ pub async fn run(
     let members = db.cluster(plane).await?;
     let cut = if scenario == Scenario::FollowerPartitioned { &follower.addr } else { &leader.addr };
     let old_leader_rejoined =
-        new_leader == *cut || members.iter().any(|m| m.0 == *cut && m.1 != "leader" && m.2 == "streaming");
+        new_leader == *cut || members.iter().any(|m| m.host == *cut && m.role != "leader" && m.state == "streaming");
     let api_agrees = db.api_agrees(plane, &new_leader).await;
     Ok(RunReport {
         scenario,
