@@ -168,8 +168,9 @@ impl Database {
         Ok((leader, follower))
     }
 
-    /// Waits until Patroni shows one running leader and streaming replicas without lag, and
-    /// every gateway takes a write on that leader; returns the leader's host address.
+    /// Waits until Patroni shows one running leader and replicas without lag on its timeline
+    /// (`streaming`; Patroni 3.0 says `running`), and every gateway takes a write on that
+    /// leader; returns the leader's host address.
     async fn wait_whole(&self, plane: &Plane, within: Duration) -> Result<String> {
         let deadline = Instant::now() + within;
         let mut last_served = String::new();
@@ -180,7 +181,7 @@ impl Database {
                 .iter()
                 .filter(|m| {
                     m.role != "leader"
-                        && m.state == "streaming"
+                        && matches!(m.state.as_str(), "streaming" | "running")
                         && m.lag == Some(0)
                         && m.timeline == leaders.first().and_then(|l| l.timeline)
                 })
@@ -310,8 +311,10 @@ pub async fn run(
     // The member that was cut off (or lost) is a streaming replica of the leader again, or leads.
     let members = db.cluster(plane).await?;
     let cut = if scenario == Scenario::FollowerPartitioned { &follower.addr } else { &leader.addr };
-    let old_leader_rejoined =
-        new_leader == *cut || members.iter().any(|m| m.host == *cut && m.role != "leader" && m.state == "streaming");
+    let old_leader_rejoined = new_leader == *cut
+        || members
+            .iter()
+            .any(|m| m.host == *cut && m.role != "leader" && matches!(m.state.as_str(), "streaming" | "running"));
     let api_agrees = db.api_agrees(plane, &new_leader).await;
     Ok(RunReport {
         scenario,
