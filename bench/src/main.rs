@@ -1,7 +1,7 @@
 //! pgplane's benchmarks. They print figures; nothing here asserts a timing.
 //!
 //! `cargo run --release -p pgplane-bench -- api [--duration 10 --connections 64 ...]`
-//! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit`
+//! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit | lab`
 
 mod api;
 mod client;
@@ -13,6 +13,7 @@ mod failover;
 mod figures;
 mod fixture;
 mod ha;
+mod lab;
 mod loadgen;
 mod migrate;
 mod minimal;
@@ -54,6 +55,9 @@ enum Bench {
     /// Single-row INSERT commits through the gateway, synchronous replication on vs off:
     /// commits/s and latency p50 / p99 at 1 and 4 clients (pgbench).
     Commit(commit::Args),
+    /// The partition lab (root): each scenario `--runs` times on network-namespace hosts; write
+    /// gap, failed writes, acknowledged writes lost, time until whole again.
+    Lab(lab::Args),
 }
 
 #[tokio::main]
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Switchover(args) => switchover::run(args).await,
         Bench::Migrate(args) => migrate::run(args).await,
         Bench::Commit(args) => commit::run(args).await,
+        Bench::Lab(args) => lab::run(args).await,
     }
 }
 

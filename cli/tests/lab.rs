@@ -1,0 +1,31 @@
+//! The partition lab, each scenario once, one after another on one Business database with
+//! synchronous replication: the leader's host partitioned, cut from etcd and the follower only,
+//! the follower's host partitioned, the leader's host lost and brought back, a slow link to the
+//! leader. After each: no acknowledged write lost, no two members acknowledging writes at once,
+//! the cut-off member a replica again. Needs root (network namespaces); skipped otherwise.
+//! `PGPLANE_LAB_PATRONI` picks the agents' Patroni; `PGPLANE_LAB_HOLD_SECONDS` each fault's length.
+
+use pgplane_lab::{Options, Programs, Scenario};
+use std::time::Duration;
+
+#[test]
+fn lab_partitions_lose_no_acknowledged_write() {
+    if !pgplane_lab::is_root() {
+        eprintln!("skipped: the partition lab needs root (network namespaces, nftables)");
+        return;
+    }
+    let hold = std::env::var("PGPLANE_LAB_HOLD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let options = Options {
+        programs: Programs::new(env!("CARGO_BIN_EXE_pgplane")),
+        scenarios: Scenario::ALL.to_vec(),
+        repeats: 1,
+        hold: Duration::from_secs(hold),
+        keep_logs: std::env::var_os("PGPLANE_TEST_LOGS").is_some(),
+    };
+    let reports = pgplane_lab::run(options, |r| eprintln!("{r:?}")).expect("the lab's scenarios ran");
+    for r in &reports {
+        assert_eq!(r.lost_acked, 0, "{}: acknowledged writes lost: {r:?}", r.scenario.name());
+        assert_eq!(r.acked_by_two_leaders, 0, "{}: two members acknowledged writes: {r:?}", r.scenario.name());
+        assert!(r.old_leader_rejoined, "{}: the cut-off member is no replica again: {r:?}", r.scenario.name());
+    }
+}

@@ -1,0 +1,333 @@
+//! The scenarios: a fault on the Business database's leader or follower host under writes through
+//! every gateway, then healing, then the checks: every acknowledged id is on the leader, no two
+//! members acknowledged writes at once, the old leader is a replica again. Each run yields a
+//! `RunReport` (write gap, failed writes, lost acknowledged writes, time until whole again).
+
+use anyhow::{bail, Context, Result};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::net::Net;
+use crate::plane::Plane;
+use crate::writer::{longest_gap, psql, Writers};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// The leader's host cut off entirely (nftables drop of everything but loopback).
+    LeaderPartitioned,
+    /// The leader's host cut off from etcd and from the follower, still reachable by clients.
+    LeaderCutFromEtcdAndFollower,
+    /// The follower's host cut off entirely.
+    FollowerPartitioned,
+    /// Every process of the leader's host killed (-9), then its agent started again.
+    LeaderLost,
+    /// 200 ms delay and 5% loss on the leader's link.
+    SlowLink,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::LeaderPartitioned,
+        Scenario::LeaderCutFromEtcdAndFollower,
+        Scenario::FollowerPartitioned,
+        Scenario::LeaderLost,
+        Scenario::SlowLink,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::LeaderPartitioned => "leader-partitioned",
+            Scenario::LeaderCutFromEtcdAndFollower => "leader-cut-from-etcd-and-follower",
+            Scenario::FollowerPartitioned => "follower-partitioned",
+            Scenario::LeaderLost => "leader-lost",
+            Scenario::SlowLink => "slow-link",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What one run of a scenario measured.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub scenario: Scenario,
+    /// The longest time without an acknowledged write, from the fault until whole again.
+    pub write_gap: Duration,
+    pub attempts: usize,
+    pub failed_writes: usize,
+    /// Acknowledged ids missing from the leader once whole again.
+    pub lost_acked: usize,
+    /// Writes acknowledged by another member after the final leader had started acknowledging.
+    pub acked_by_two_leaders: usize,
+    /// From healing (or the lost host's agent starting again) until one leader, one streaming
+    /// replica and a write through every gateway.
+    pub until_whole: Duration,
+    /// The old leader (or the partitioned follower) is a replica of the leader again.
+    pub old_leader_rejoined: bool,
+    pub leader_changed: bool,
+    /// The API's members name the same leader as Patroni once whole.
+    pub api_agrees: bool,
+    /// Who acknowledged the writes, in order: (member address, consecutive acks).
+    pub ack_runs: Vec<(String, usize)>,
+    /// For the slow link: what was applied.
+    pub link: String,
+}
+
+/// The Business database the scenarios act on.
+pub struct Database {
+    pub id: String,
+    /// A psql URL through each gateway (TLS checked against the database's CA).
+    pub gateway_urls: Vec<String>,
+    next_id: i64,
+}
+
+impl Database {
+    /// Creates a Business database with synchronous replication and the writers' table.
+    pub async fn create(plane: &Plane, dir: &Path) -> Result<Database> {
+        let api = &plane.api;
+        let tenant = api.ok(Method::POST, "/v1/tenants", Some(json!({ "name": "Lab" }))).await?;
+        let tenant = tenant["id"].as_str().context("tenant id")?;
+        let app = api.ok(Method::POST, &format!("/v1/tenants/{tenant}/apps"), Some(json!({ "name": "lab" }))).await?;
+        let app = app["id"].as_str().context("app id")?;
+        let body = json!({ "name": "lab", "plan": "business-1" });
+        let op = api.ok(Method::POST, &format!("/v1/apps/{app}/databases"), Some(body)).await?;
+        let id = op["database_id"].as_str().context("database id")?.to_string();
+        api.wait_done(&op, Duration::from_secs(180)).await?;
+        let patch = json!({ "synchronous_replication": true });
+        let op = api.ok(Method::PATCH, &format!("/v1/databases/{id}/configuration"), Some(patch)).await?;
+        if op.get("id").is_some() && op.get("status").is_some() {
+            api.wait_done(&op, Duration::from_secs(120)).await?;
+        }
+        let conn = api.ok(Method::GET, &format!("/v1/databases/{id}/connection"), None).await?;
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, conn["ca_pem"].as_str().context("ca_pem")?)?;
+        let url = conn["url"].as_str().context("url")?.to_string();
+        let (host, port) = (conn["host"].as_str().context("host")?, conn["port"].as_i64().context("port")?);
+        let gateways: Vec<(String, i32)> =
+            sqlx::query_as("SELECT host, port FROM database_gateways WHERE database_id = $1::uuid ORDER BY name")
+                .bind(&id)
+                .fetch_all(&plane.pool)
+                .await?;
+        let gateway_urls = gateways
+            .iter()
+            .map(|(h, p)| {
+                url.replace(&format!("@{host}:{port}/"), &format!("@{h}:{p}/"))
+                    .replace("sslmode=verify-full", &format!("sslmode=verify-ca&sslrootcert={}", ca.display()))
+            })
+            .collect::<Vec<_>>();
+        if gateway_urls.is_empty() {
+            bail!("the database has no gateways");
+        }
+        psql(&gateway_urls[0], "CREATE TABLE lab (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the writers' table: {e}"))?;
+        Ok(Database { id, gateway_urls, next_id: 1 })
+    }
+
+    /// Patroni's own view: `GET /cluster` on the first member that answers.
+    async fn cluster(&self, plane: &Plane) -> Result<Vec<ClusterMember>> {
+        let rest: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT host, patroni_port FROM database_members WHERE database_id = $1::uuid ORDER BY name",
+        )
+        .bind(&self.id)
+        .fetch_all(&plane.pool)
+        .await?;
+        let http =
+            reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(Duration::from_secs(2)).build()?;
+        for (host, port) in rest {
+            let Ok(res) = http.get(format!("https://{host}:{port}/cluster")).send().await else { continue };
+            let Ok(body) = res.json::<Value>().await else { continue };
+            let members = body["members"].as_array().cloned().unwrap_or_default();
+            return Ok(members
+                .iter()
+                .map(|m| {
+                    let s = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+                    ClusterMember {
+                        host: s("host"),
+                        role: s("role"),
+                        state: s("state"),
+                        lag: m["lag"].as_i64(),
+                        timeline: m["timeline"].as_i64(),
+                    }
+                })
+                .collect());
+        }
+        bail!("no member's Patroni answered")
+    }
+
+    /// (leader host, other member hosts) by Patroni, once the database is whole.
+    async fn roles(&self, plane: &Plane) -> Result<(String, String)> {
+        let members = self.cluster(plane).await?;
+        let leader = members.iter().find(|m| m.role == "leader").context("a leader")?.host.clone();
+        let follower = members.iter().find(|m| m.role != "leader").context("a replica")?.host.clone();
+        Ok((leader, follower))
+    }
+
+    /// Waits until Patroni shows one running leader and replicas without lag on its timeline
+    /// (`streaming`; Patroni 3.0 says `running`), and every gateway takes a write on that
+    /// leader; returns the leader's host address.
+    async fn wait_whole(&self, plane: &Plane, within: Duration) -> Result<String> {
+        let deadline = Instant::now() + within;
+        let mut last_served = String::new();
+        loop {
+            let members = self.cluster(plane).await.unwrap_or_default();
+            let leaders: Vec<_> = members.iter().filter(|m| m.role == "leader" && m.state == "running").collect();
+            let replicas = members
+                .iter()
+                .filter(|m| {
+                    m.role != "leader"
+                        && matches!(m.state.as_str(), "streaming" | "running")
+                        && m.lag == Some(0)
+                        && m.timeline == leaders.first().and_then(|l| l.timeline)
+                })
+                .count();
+            if leaders.len() == 1 && members.len() > 1 && replicas == members.len() - 1 {
+                let mut served = Vec::new();
+                for url in &self.gateway_urls {
+                    served.push(psql(url, "SELECT host(inet_server_addr()) || ' ' || pg_is_in_recovery()").await);
+                }
+                last_served = format!("{served:?}");
+                if served.iter().all(|s| s.as_deref() == Ok(format!("{} false", leaders[0].host).as_str())) {
+                    return Ok(leaders[0].host.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("not whole again within {within:?}: Patroni shows {members:?}, the gateways {last_served}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Whether the API's members agree with Patroni on who leads.
+    async fn api_agrees(&self, plane: &Plane, leader: &str) -> bool {
+        let Ok(list) = plane.api.ok(Method::GET, &format!("/v1/databases/{}/members", self.id), None).await else {
+            return false;
+        };
+        let hosts: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, host FROM database_members WHERE database_id = $1::uuid")
+                .bind(&self.id)
+                .fetch_all(&plane.pool)
+                .await
+                .unwrap_or_default();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let leaders: Vec<String> = items
+            .iter()
+            .filter(|m| m["role"] == "leader")
+            .filter_map(|m| hosts.iter().find(|(n, _)| m["name"] == n.as_str()).map(|(_, h)| h.clone()))
+            .collect();
+        leaders == [leader.to_string()]
+    }
+}
+
+/// One member as Patroni's `/cluster` lists it.
+#[derive(Debug)]
+struct ClusterMember {
+    host: String,
+    /// `leader`, `replica` or `sync_standby`.
+    role: String,
+    state: String,
+    /// Bytes behind the leader (absent for the leader, or when unknown).
+    lag: Option<i64>,
+    timeline: Option<i64>,
+}
+
+/// Runs one scenario on a whole database: fault for `hold`, heal, wait until whole, check.
+pub async fn run(
+    scenario: Scenario,
+    net: &Net,
+    plane: &mut Plane,
+    db: &mut Database,
+    hold: Duration,
+) -> Result<RunReport> {
+    db.wait_whole(plane, Duration::from_secs(120)).await.context("whole before the fault")?;
+    let (leader_addr, follower_addr) = db.roles(plane).await?;
+    let leader = net.host(&leader_addr).context("the leader's host")?.clone();
+    let follower = net.host(&follower_addr).context("the follower's host")?.clone();
+    let writers = Writers::start(&db.gateway_urls, db.next_id);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fault_at = Instant::now();
+    let mut link = String::new();
+    let leader_index = net.hosts.iter().position(|h| h.addr == leader.addr).unwrap();
+    match scenario {
+        Scenario::LeaderPartitioned => leader.partition_all()?,
+        Scenario::LeaderCutFromEtcdAndFollower => leader.partition_from(&[&net.etcd_addr, &follower.addr])?,
+        Scenario::FollowerPartitioned => follower.partition_all()?,
+        Scenario::LeaderLost => {
+            leader.kill_all();
+        }
+        Scenario::SlowLink => {
+            link = leader.slow_link(200, 5)?;
+        }
+    }
+    tokio::time::sleep(hold).await;
+    match scenario {
+        Scenario::LeaderLost => plane.restart_agent(leader_index)?,
+        Scenario::SlowLink => leader.fast_link(),
+        _ => {
+            leader.heal();
+            follower.heal();
+        }
+    }
+    let healed_at = Instant::now();
+    let whole = db.wait_whole(plane, Duration::from_secs(180)).await;
+    let until_whole = healed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = writers.stop().await;
+    db.next_id = attempts.iter().map(|a| a.id).max().unwrap_or(0) + 100;
+    let new_leader = whole?;
+    let acked: Vec<_> = attempts.iter().filter(|a| a.acked_by.is_some()).collect();
+    let present: HashSet<i64> = psql(&db.gateway_urls[0], "SELECT id FROM lab")
+        .await
+        .map_err(|e| anyhow::anyhow!("reading back: {e}"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost_acked = acked.iter().filter(|a| !present.contains(&a.id)).count();
+    // Who acknowledged, in order: runs of (member, acks).
+    let mut ack_runs: Vec<(String, usize)> = Vec::new();
+    for a in &acked {
+        let by = a.acked_by.clone().unwrap_or_default();
+        match ack_runs.last_mut() {
+            Some((m, n)) if *m == by => *n += 1,
+            _ => ack_runs.push((by, 1)),
+        }
+    }
+    // Two members accepting writes: a write acknowledged by X that started after another member
+    // Y had acknowledged one that started after X's first acknowledgement (X, then Y, then X
+    // again, each strictly after the other; in-flight overlaps at a handover do not count).
+    let first_end = |m: &Option<String>| acked.iter().filter(|c| c.acked_by == *m).map(|c| c.end).min();
+    let acked_by_two_leaders = acked
+        .iter()
+        .filter(|a| {
+            let Some(x_first) = first_end(&a.acked_by) else { return false };
+            acked.iter().any(|b| b.acked_by != a.acked_by && b.start > x_first && b.end < a.start)
+        })
+        .count();
+    // The member that was cut off (or lost) is a streaming replica of the leader again, or leads.
+    let members = db.cluster(plane).await?;
+    let cut = if scenario == Scenario::FollowerPartitioned { &follower.addr } else { &leader.addr };
+    let old_leader_rejoined = new_leader == *cut
+        || members
+            .iter()
+            .any(|m| m.host == *cut && m.role != "leader" && matches!(m.state.as_str(), "streaming" | "running"));
+    let api_agrees = db.api_agrees(plane, &new_leader).await;
+    Ok(RunReport {
+        scenario,
+        write_gap: longest_gap(&attempts, fault_at),
+        attempts: attempts.len(),
+        failed_writes: attempts.len() - acked.len(),
+        lost_acked,
+        acked_by_two_leaders,
+        until_whole,
+        old_leader_rejoined,
+        leader_changed: new_leader != leader.addr,
+        api_agrees,
+        ack_runs,
+        link,
+    })
+}
