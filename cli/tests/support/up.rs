@@ -13,6 +13,25 @@ pub struct Up {
     pub child: Child,
     pub output: Vec<String>,
     pub log: PathBuf,
+    state: PathBuf,
+}
+
+/// A test that fails leaves nothing running: `up` gets Ctrl-C (it stops what it started), and
+/// whatever still names the state folder after that is killed (the data plane outlives a killed
+/// `up` by design, and would hold ports the next test's `up` hands out again).
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        super::procs::kill_all_under(&self.state);
+    }
 }
 
 /// A fresh state folder per test (the tests of one file run at once in one process).
@@ -59,7 +78,7 @@ pub fn start(state: &Path, port: u16) -> Up {
             }
         }
     }
-    Up { child, output, log: log_path }
+    Up { child, output, log: log_path, state: state.to_path_buf() }
 }
 
 /// Ctrl-C, then wait for a clean exit.
