@@ -260,7 +260,8 @@ async fn job_report(
                     tracing::error!(job = %id, %error, "agent job died");
                     if let Some(op) = job.operation_id {
                         let mut conn = state.store.pool().acquire().await.map_err(pgplane_store::db_error)?;
-                        operation_finish_in(&mut conn, op, Some(&error)).await?;
+                        let tenant = crate::queue::tenant_error(job.payload["task"]["kind"].as_str(), id);
+                        operation_finish_in(&mut conn, op, Some(&tenant)).await?;
                     }
                 }
             }

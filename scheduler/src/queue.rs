@@ -28,6 +28,27 @@ pub enum JobError {
     Refused { tenant: String, operator: String },
 }
 
+/// What a tenant reads when a job of their operation died: which part of the work failed and
+/// that the operators have the rest (the job's `last_error`, the logs). Never the job's own
+/// error, which names host paths and ends with log tails.
+pub fn tenant_error(task_kind: Option<&str>, job: pgplane_core::ids::JobId) -> String {
+    let what = match task_kind {
+        Some("ensure_member") => "starting or updating a PostgreSQL member",
+        Some("ensure_gateway") => "starting or updating a gateway",
+        Some("remove_database") => "removing the database's processes and data",
+        Some("restart_member") => "restarting a member",
+        Some("patch_config") => "applying the configuration",
+        Some("switchover") => "moving the leader",
+        Some("drain_member") => "draining a member in the gateways",
+        Some("reinit_member") => "re-cloning a replica",
+        _ => "a step of the operation",
+    };
+    format!(
+        "{what} failed on the platform's side, not because of your request; the platform's operators \
+         have the details (job {job}). Try again later, or contact support with the job id."
+    )
+}
+
 /// How a job succeeded.
 #[derive(Debug)]
 pub enum Done {

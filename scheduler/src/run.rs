@@ -74,9 +74,11 @@ async fn sweep_dead_operations(store: Store, mut shutdown: watch::Receiver<bool>
 
 async fn sweep_once(store: &Store) -> pgplane_store::Result<()> {
     let mut conn = store.pool().acquire().await.map_err(pgplane_store::db_error)?;
-    for (op, error) in pgplane_store::workflow::operations_with_dead_jobs_in(&mut conn).await? {
-        tracing::error!(operation = %op, %error, "operation failed: one of its jobs died");
-        pgplane_store::workflow::operation_finish_in(&mut conn, op, Some(&error)).await?;
+    for dead in pgplane_store::workflow::operations_with_dead_jobs_in(&mut conn).await? {
+        let (op, job, error) = (dead.operation_id, dead.job_id, &dead.error);
+        tracing::error!(operation = %op, %job, %error, "operation failed: one of its jobs died");
+        let tenant = crate::queue::tenant_error(dead.task_kind.as_deref(), job);
+        pgplane_store::workflow::operation_finish_in(&mut conn, op, Some(&tenant)).await?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! also completes the step's job, so a step's effects happen exactly once.
 
 use pgplane_core::agent::{AgentId, DatabaseSecrets};
-use pgplane_core::ids::{DatabaseId, OperationId};
+use pgplane_core::ids::{DatabaseId, JobId, OperationId};
 use pgplane_core::model::{Operation, OperationKind, OperationStatus, Plan};
 use sqlx::{FromRow, PgConnection};
 
@@ -283,10 +283,21 @@ pub async fn step_jobs_left_in(conn: &mut PgConnection, op: OperationId, step: &
     .map_err(db_error)
 }
 
+/// A dead job of an unfinished operation: `task_kind` for agent jobs (`ensure_member`, …),
+/// `error` the detail for operators.
+#[derive(Debug, Clone, FromRow)]
+pub struct DeadJob {
+    pub operation_id: OperationId,
+    pub job_id: JobId,
+    pub task_kind: Option<String>,
+    pub error: String,
+}
+
 /// Operations still running whose jobs died: they end in `error` with the job's last error.
-pub async fn operations_with_dead_jobs_in(conn: &mut PgConnection) -> Result<Vec<(OperationId, String)>> {
+pub async fn operations_with_dead_jobs_in(conn: &mut PgConnection) -> Result<Vec<DeadJob>> {
     sqlx::query_as(
-        "SELECT DISTINCT ON (o.id) o.id, COALESCE(j.last_error, 'a job of this operation died') FROM operations o \
+        "SELECT DISTINCT ON (o.id) o.id AS operation_id, j.id AS job_id, j.payload->'task'->>'kind' AS task_kind, \
+            COALESCE(j.last_error, 'a job of this operation died') AS error FROM operations o \
          JOIN jobs j ON j.operation_id = o.id WHERE o.status IN ('pending', 'running') AND j.status = 'dead' \
          ORDER BY o.id, j.updated_at DESC",
     )
