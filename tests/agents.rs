@@ -2,8 +2,8 @@
 //! `GET /v1/agents`, and used by placement, which ends an operation no host can run in `error`
 //! at once (a message the tenant can act on; the detail in the job for operators).
 
-use pgplane_core::agent::{AgentRegistration, Capabilities, Check, CheckStatus, EtcdAccess};
-use pgplane_tests::{spawn_app, AGENT_BOOTSTRAP_TOKEN};
+use pgplane_core::agent::{AgentRegistration, Capabilities, Check, CheckStatus};
+use pgplane_tests::{spawn_app, unused_etcd, AGENT_BOOTSTRAP_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -47,20 +47,10 @@ async fn register(agent_api: &str, name: &str, capabilities: Capabilities) -> St
     body["agent_id"].as_str().unwrap().to_string()
 }
 
-fn etcd() -> EtcdAccess {
-    EtcdAccess {
-        endpoints: vec!["127.0.0.1:2379".into()],
-        protocol: "http".into(),
-        ca_pem: None,
-        username: None,
-        password: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_what_each_agents_host_can_do() {
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd()).await;
+    let agent_api = app.start_scheduler(unused_etcd()).await;
     let able = register(&agent_api, "host-a", capabilities(&["15"], true)).await;
     register(&agent_api, "host-b", capabilities(&["15"], false)).await;
     let operator = app.operator();
@@ -96,7 +86,7 @@ async fn operators_see_what_each_agents_host_can_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_no_host_can_run_ends_in_error_at_once() {
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd()).await;
+    let agent_api = app.start_scheduler(unused_etcd()).await;
     // One host without PostgreSQL 15, one whose Patroni cannot reach etcd over https.
     register(&agent_api, "host-old", capabilities(&["14"], true)).await;
     register(&agent_api, "host-no-idna", capabilities(&["15"], false)).await;

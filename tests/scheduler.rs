@@ -1,22 +1,12 @@
 //! Workflows through the scheduler and its agent API, with fake agents that speak the real
 //! protocol over HTTP (fast; the real agent has its own end-to-end test).
 
-use pgplane_core::agent::{AgentJob, AgentTask, EtcdAccess};
-use pgplane_tests::{spawn_app, Client, AGENT_BOOTSTRAP_TOKEN};
+use pgplane_core::agent::{AgentJob, AgentTask};
+use pgplane_tests::{register_fake_agent, spawn_app, unused_etcd, Client, AGENT_BOOTSTRAP_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn etcd() -> EtcdAccess {
-    EtcdAccess {
-        endpoints: vec!["127.0.0.1:2379".into()],
-        protocol: "http".into(),
-        ca_pem: None,
-        username: None,
-        password: None,
-    }
-}
 
 /// How a fake agent answers.
 #[derive(Clone, Copy)]
@@ -45,19 +35,7 @@ async fn fake_agent(agent_api: &str, name: &str, behaviour: Behaviour) -> FakeAg
 /// A fake agent whose host has the private address `host`.
 async fn fake_agent_on(agent_api: &str, name: &str, host: &str, behaviour: Behaviour) -> FakeAgent {
     let http = reqwest::Client::new();
-    let reg: Value = http
-        .post(format!("{agent_api}/agent/v1/register"))
-        .json(&json!({
-            "bootstrap_token": AGENT_BOOTSTRAP_TOKEN, "name": name, "host": host,
-            "memory_mb": 8192, "disk_gb": 500, "port_min": 20000, "port_max": 20100
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let credential = reg["credential"].as_str().expect("credential").to_string();
+    let credential = register_fake_agent(&http, agent_api, name, host).await;
     let credential_copy = credential.clone();
     let tasks = Arc::new(Mutex::new(Vec::new()));
     let seen = tasks.clone();
@@ -99,7 +77,7 @@ async fn order(client: &Client, app: &str, name: &str, plan: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_then_delete_a_starter_database() {
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd()).await;
+    let agent_api = app.start_scheduler(unused_etcd()).await;
     let agent = fake_agent(&agent_api, "host-a", Behaviour::Succeed).await;
     let owner = app.user("owner@a.test").await;
     let (_, app_id) = app.tenant_with_app(&owner, "A").await;
@@ -192,7 +170,7 @@ async fn provision_then_delete_a_starter_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn business_members_go_on_distinct_agents_and_wait_for_capacity() {
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd()).await;
+    let agent_api = app.start_scheduler(unused_etcd()).await;
     let first = fake_agent(&agent_api, "host-a", Behaviour::Succeed).await;
     let owner = app.user("owner@a.test").await;
     let (_, app_id) = app.tenant_with_app(&owner, "A").await;
@@ -307,7 +285,7 @@ async fn business_members_go_on_distinct_agents_and_wait_for_capacity() {
 async fn gateways_on_two_hosts_share_a_vip_from_the_pool() {
     let mut app = spawn_app().await;
     let pool = "10.213.7.100-10.213.7.101".parse().unwrap();
-    let agent_api = app.start_scheduler_with(etcd(), Some(pool)).await;
+    let agent_api = app.start_scheduler_with(unused_etcd(), Some(pool)).await;
     let agents = [
         fake_agent_on(&agent_api, "host-a", "10.0.0.1", Behaviour::Succeed).await,
         fake_agent_on(&agent_api, "host-b", "10.0.0.2", Behaviour::Succeed).await,
@@ -387,7 +365,7 @@ fn openssl_text(pem: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_agent_failure_ends_the_operation_in_error() {
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd()).await;
+    let agent_api = app.start_scheduler(unused_etcd()).await;
     let _agent = fake_agent(&agent_api, "host-a", Behaviour::FailFatally).await;
     let owner = app.user("owner@a.test").await;
     let (_, app_id) = app.tenant_with_app(&owner, "A").await;
@@ -410,13 +388,13 @@ async fn a_fatal_agent_failure_ends_the_operation_in_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_schedulers_do_each_step_once() {
     let mut app = spawn_app().await;
-    let first = app.start_scheduler(etcd()).await;
+    let first = app.start_scheduler(unused_etcd()).await;
     // A second scheduler process on the same database (its own listener and workers).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = format!("http://{}", listener.local_addr().unwrap());
     let (stop_second, stopped) = tokio::sync::watch::channel(false);
     let config = pgplane_scheduler::config::SchedulerConfig {
-        etcd: etcd(),
+        etcd: unused_etcd(),
         bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
         gateway_vips: None,
     };

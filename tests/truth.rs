@@ -8,7 +8,7 @@
 use pgplane_agent::LocalEtcd;
 use pgplane_core::agent::{AgentJob, AgentTask};
 use pgplane_etcd::Client as Etcd;
-use pgplane_tests::{spawn_app, Client, AGENT_BOOTSTRAP_TOKEN};
+use pgplane_tests::{register_fake_agent, spawn_app, Client};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -42,19 +42,7 @@ impl Drop for FakeAgent {
 
 async fn fake_agent(agent_api: &str, name: &str) -> FakeAgent {
     let http = reqwest::Client::new();
-    let reg: Value = http
-        .post(format!("{agent_api}/agent/v1/register"))
-        .json(&json!({
-            "bootstrap_token": AGENT_BOOTSTRAP_TOKEN, "name": name, "host": "127.0.0.1",
-            "memory_mb": 8192, "disk_gb": 500, "port_min": 20000, "port_max": 20100
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let credential = reg["credential"].as_str().expect("credential").to_string();
+    let credential = register_fake_agent(&http, agent_api, name, "127.0.0.1").await;
     let tasks: Arc<Mutex<Vec<AgentTask>>> = Arc::default();
     let (claims, silent) = (Arc::<Mutex<Vec<Value>>>::default(), Arc::new(Mutex::new(false)));
     let (seen, base, cred, h) = (Arc::clone(&tasks), agent_api.to_string(), credential.clone(), http.clone());

@@ -327,3 +327,32 @@ pub fn port_window(size: i32) -> (i32, i32) {
     let min = 20_000 + (std::process::id() % 24) as i32 * 500 + offset;
     (min, min + size - 1)
 }
+
+/// etcd settings for scheduler tests whose fake agents never reach etcd.
+pub fn unused_etcd() -> pgplane_core::agent::EtcdAccess {
+    pgplane_core::agent::EtcdAccess {
+        endpoints: vec!["127.0.0.1:2379".into()],
+        protocol: "http".into(),
+        ca_pem: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// Registers a fake agent on `host` with the scheduler's agent API (no capabilities: placement
+/// takes it as able); returns its credential.
+pub async fn register_fake_agent(http: &reqwest::Client, agent_api: &str, name: &str, host: &str) -> String {
+    let reg: Value = http
+        .post(format!("{agent_api}/agent/v1/register"))
+        .json(&serde_json::json!({
+            "bootstrap_token": AGENT_BOOTSTRAP_TOKEN, "name": name, "host": host,
+            "memory_mb": 8192, "disk_gb": 500, "port_min": 20000, "port_max": 20100
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reg["credential"].as_str().expect("credential").to_string()
+}
