@@ -93,14 +93,22 @@ pub async fn run_with(config: AgentConfig, shutdown: watch::Receiver<bool>, on_e
     result
 }
 
-/// `pgplane doctor`'s checks of this host, logged one line each.
+/// `pgplane doctor`'s checks of this host, logged one line each. They run once per process:
+/// the agents of one process (`pgplane up`'s three, a test's) share one host, and each run
+/// starts an etcd and an HAProxy for a moment.
 async fn check_host(config: &AgentConfig) -> Capabilities {
+    static CHECKED: tokio::sync::OnceCell<Capabilities> = tokio::sync::OnceCell::const_new();
     let options = crate::doctor::Options { state_dir: config.root.clone(), versions: Vec::new(), exercise: true };
     let started = std::time::Instant::now();
-    let capabilities = tokio::task::spawn_blocking(move || crate::doctor::run(&options)).await.unwrap_or_else(|e| {
-        let check = crate::doctor::fail("doctor", format!("the checks panicked: {e}"));
-        Capabilities { checks: vec![check], ..Capabilities::default() }
-    });
+    let capabilities = CHECKED
+        .get_or_init(|| async move {
+            tokio::task::spawn_blocking(move || crate::doctor::run(&options)).await.unwrap_or_else(|e| {
+                let check = crate::doctor::fail("doctor", format!("the checks panicked: {e}"));
+                Capabilities { checks: vec![check], ..Capabilities::default() }
+            })
+        })
+        .await
+        .clone();
     tracing::info!(
         postgres = ?capabilities.postgres_versions, patroni = capabilities.patroni, haproxy = capabilities.haproxy,
         pgbackrest = ?capabilities.pgbackrest, ms = started.elapsed().as_millis() as u64, "checked this host"
