@@ -22,6 +22,7 @@ fn capabilities(versions: &[&str], patroni: bool) -> Capabilities {
         postgres_versions: versions.iter().map(|v| v.to_string()).collect(),
         patroni,
         haproxy: true,
+        keepalived: true,
         pgbackrest: Some("2.45".into()),
         checks: vec![Check { name: "postgres 15".into(), status: CheckStatus::Ok, detail: "15.18".into() }, etcd],
     }
@@ -29,10 +30,15 @@ fn capabilities(versions: &[&str], patroni: bool) -> Capabilities {
 
 /// Registers an agent the way `pgplane agent` does; returns its id.
 async fn register(agent_api: &str, name: &str, capabilities: Capabilities) -> String {
+    register_on(agent_api, name, "127.0.0.1", capabilities).await
+}
+
+/// `register` for a host at `host`.
+async fn register_on(agent_api: &str, name: &str, host: &str, capabilities: Capabilities) -> String {
     let registration = AgentRegistration {
         bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
         name: name.into(),
-        host: "127.0.0.1".into(),
+        host: host.into(),
         public_host: None,
         memory_mb: 8192,
         disk_gb: 500,
@@ -119,4 +125,56 @@ async fn a_database_no_host_can_run_ends_in_error_at_once() {
     let members: i64 =
         sqlx::query_scalar("SELECT count(*) FROM database_members").fetch_one(app.store.pool()).await.unwrap();
     assert_eq!(members, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_that_carry_a_vip_go_only_to_hosts_that_run_keepalived() {
+    let mut app = spawn_app().await;
+    let pool = "10.213.9.100-10.213.9.101".parse().unwrap();
+    let agent_api = app.start_scheduler_with(unused_etcd(), Some(pool)).await;
+    let no_keepalived = Capabilities { keepalived: false, ..capabilities(&["15"], true) };
+    register_on(&agent_api, "host-a", "10.0.0.1", capabilities(&["15"], true)).await;
+    let without = register_on(&agent_api, "host-b", "10.0.0.2", no_keepalived).await;
+    let owner = app.user("owner@a.test").await;
+    let (_, app_id) = app.tenant_with_app(&owner, "A").await;
+    let order = |name: &'static str| {
+        let (owner, app_id) = (&owner, &app_id);
+        async move {
+            let (s, op) = owner
+                .post(&format!("/v1/apps/{app_id}/databases"), &json!({ "name": name, "plan": "business-1" }))
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+            op
+        }
+    };
+
+    // Two hosts live, one can carry the VIP: a Business database is refused at once.
+    let op = order("one").await;
+    let done = app.wait_operation(&owner, op["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let (_, dead) = app.operator().get("/v1/jobs?status=dead").await;
+    let last_error = dead["items"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("host-b") && last_error.contains("keepalived"), "{dead}");
+
+    // A third host with keepalived: the members (and so the gateways) go to the two that have it.
+    register_on(&agent_api, "host-c", "10.0.0.3", capabilities(&["15"], true)).await;
+    let op = order("two").await;
+    let db = uuid::Uuid::parse_str(op["database_id"].as_str().unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let placed: Vec<uuid::Uuid> = loop {
+        let agents: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT agent_id FROM database_gateways WHERE database_id = $1 ORDER BY name")
+                .bind(db)
+                .fetch_all(app.store.pool())
+                .await
+                .unwrap();
+        if agents.len() == 2 {
+            break agents;
+        }
+        assert!(std::time::Instant::now() < deadline, "the database was not placed: {agents:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let without = uuid::Uuid::parse_str(&without).unwrap();
+    assert!(!placed.contains(&without), "a gateway went to the host without keepalived: {placed:?}");
+    assert_ne!(placed[0], placed[1], "the gateways are on two hosts");
 }

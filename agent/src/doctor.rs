@@ -1,6 +1,7 @@
 //! The checks of a database host, for `pgplane doctor` and for an agent as it starts: every
 //! external program the agent drives (PostgreSQL per version, Patroni, etcd, HAProxy,
-//! pgBackRest) with its version, the state folder and the kernel setting the agent sets, and the
+//! keepalived, pgBackRest) with its version, the state folder and the kernel settings the agent
+//! sets (`tcp_migrate_req`, and `ip_nonlocal_bind` for virtual IPs), and the
 //! paths that broke before, exercised for real: Patroni's own Python reaching a short-lived etcd
 //! over https, and HAProxy checking a short-lived TLS server against a CA. Each check ends in
 //! one line: the version found, or what to install or change. Blocking; everything it starts is
@@ -45,14 +46,19 @@ pub fn run(opts: &Options) -> Capabilities {
     let etcd = program("etcd", "PGPLANE_ETCD", &["--version"], "etcd-server", false);
     let haproxy = program("haproxy", "PGPLANE_HAPROXY", &["-v"], "haproxy", true);
     let pgbackrest = program("pgbackrest", "PGPLANE_PGBACKREST", &["version"], "pgbackrest", false);
+    // Only databases whose gateways span hosts need it (a platform with a VIP pool).
+    let keepalived = keepalived_check();
+    let nonlocal_bind = nonlocal_bind();
     // Both run as the postgres OS user.
     let mut patroni_ok = patroni.status == CheckStatus::Ok && runas.is_ok();
     let mut haproxy_ok = haproxy.status == CheckStatus::Ok && runas.is_ok();
     let pgbackrest_version = (pgbackrest.status == CheckStatus::Ok).then(|| pgbackrest.detail.clone());
     let etcd_ok = etcd.status == CheckStatus::Ok;
-    checks.extend([patroni, etcd, haproxy, pgbackrest]);
+    let keepalived_ok = haproxy_ok && keepalived.status == CheckStatus::Ok && nonlocal_bind.status == CheckStatus::Ok;
+    checks.extend([patroni, etcd, haproxy, keepalived, pgbackrest]);
     checks.push(state_dir(&opts.state_dir));
     checks.push(migrate_req());
+    checks.push(nonlocal_bind);
     if opts.exercise {
         let runas = runas.as_ref().ok();
         let check = match (patroni_ok, runas) {
@@ -73,6 +79,7 @@ pub fn run(opts: &Options) -> Capabilities {
         postgres_versions: versions,
         patroni: patroni_ok,
         haproxy: haproxy_ok,
+        keepalived: keepalived_ok && haproxy_ok,
         pgbackrest: pgbackrest_version,
         checks,
     }
@@ -287,6 +294,74 @@ fn migrate_req() -> Check {
     }
 }
 
+/// keepalived, which carries a database's virtual IP between gateway hosts: found, its version
+/// (it prints it on stderr), and run as root (it adds the address to an interface). Optional:
+/// a warning when missing, and the host then gets no gateway of a database with a VIP.
+fn keepalived_check() -> Check {
+    let name = "keepalived";
+    let path = match find_program(name, "PGPLANE_KEEPALIVED") {
+        Ok(path) => path,
+        Err(_) => {
+            return warn(
+                name,
+                "not installed (needed for a database's virtual IP across hosts): apt-get install keepalived",
+            )
+        }
+    };
+    let out = match Command::new(&path).arg("--version").stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            return fail(
+                name,
+                format!("{} --version failed ({}): apt-get install --reinstall keepalived", path.display(), out.status),
+            )
+        }
+        Err(e) => {
+            return fail(
+                name,
+                format!("{} --version failed ({e}): apt-get install --reinstall keepalived", path.display()),
+            )
+        }
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let version = keepalived_version(&text);
+    if !is_root() {
+        return warn(
+            name,
+            format!("{version}: keepalived adds a virtual IP to an interface, which needs root: run the agent as root"),
+        );
+    }
+    ok(name, version)
+}
+
+/// `Keepalived v2.2.7 (01/16,2022)` → `2.2.7`.
+fn keepalived_version(text: &str) -> String {
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v').filter(|v| v.starts_with(|c: char| c.is_ascii_digit())))
+        .map(str::to_string)
+        .unwrap_or_else(|| version_line("keepalived", first))
+}
+
+/// `net.ipv4.ip_nonlocal_bind`, which the agent sets (as root) so that every gateway host of a
+/// database binds its virtual IP while keepalived gives it to one of them only.
+fn nonlocal_bind() -> Check {
+    let name = "sysctl net.ipv4.ip_nonlocal_bind";
+    match std::fs::read_to_string(crate::lifecycle::IP_NONLOCAL_BIND).map(|v| v.trim().to_string()) {
+        Ok(v) if v == "1" => ok(name, "1"),
+        Ok(v) if is_root() => ok(name, format!("{v}, the agent sets it to 1 when it starts (as root)")),
+        Ok(v) => warn(
+            name,
+            format!(
+                "{v}: a gateway cannot bind its database's virtual IP while another host holds it; \
+                 sysctl -w net.ipv4.ip_nonlocal_bind=1"
+            ),
+        ),
+        Err(_) => warn(name, "not in this kernel: gateways cannot bind a virtual IP"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +375,31 @@ mod tests {
             "2.6.12-1+deb12u1"
         );
         assert_eq!(version_line("pgbackrest", "pgBackRest 2.45\n"), "2.45");
+    }
+
+    #[test]
+    fn keepalived_says_its_version_on_stderr() {
+        assert_eq!(keepalived_version("Keepalived v2.2.7 (01/16,2022)\n\nCopyright(C) 2001-2022\n"), "2.2.7");
+        assert_eq!(keepalived_version("\nKeepalived v2.3.1 (05/24,2024)\n"), "2.3.1");
+    }
+
+    #[test]
+    fn the_vip_checks_run_and_say_what_they_found() {
+        // Whatever this host has, each check is there with a version or what to do.
+        let caps = run(&Options { state_dir: std::env::temp_dir(), versions: Vec::new(), exercise: false });
+        let keepalived = caps.checks.iter().find(|c| c.name == "keepalived").expect("a keepalived check");
+        let sysctl = caps.checks.iter().find(|c| c.name == "sysctl net.ipv4.ip_nonlocal_bind").expect("a sysctl check");
+        let installed = find_program("keepalived", "PGPLANE_KEEPALIVED").is_ok();
+        if installed && is_root() && caps.haproxy {
+            assert_eq!(keepalived.status, CheckStatus::Ok, "{keepalived:?}");
+            assert!(keepalived.detail.starts_with(|c: char| c.is_ascii_digit()), "{keepalived:?}");
+            assert_eq!(sysctl.status, CheckStatus::Ok, "{sysctl:?}");
+            assert!(caps.keepalived, "{caps:?}");
+        }
+        if !installed {
+            assert!(keepalived.detail.contains("apt-get install keepalived"), "{keepalived:?}");
+            assert!(!caps.keepalived);
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn check_host(config: &AgentConfig) -> Capabilities {
         .clone();
     tracing::info!(
         postgres = ?capabilities.postgres_versions, patroni = capabilities.patroni, haproxy = capabilities.haproxy,
-        pgbackrest = ?capabilities.pgbackrest, ms = started.elapsed().as_millis() as u64, "checked this host"
+        keepalived = capabilities.keepalived, pgbackrest = ?capabilities.pgbackrest, ms = started.elapsed().as_millis() as u64, "checked this host"
     );
     for problem in capabilities.problems() {
         tracing::warn!("host check: {problem}");
@@ -123,7 +123,9 @@ async fn check_host(config: &AgentConfig) -> Capabilities {
 fn cannot_do(capabilities: &Capabilities, task: &AgentTask) -> Option<String> {
     match task {
         AgentTask::EnsureMember { spec } => capabilities.cannot_run_member(&spec.version),
-        AgentTask::EnsureGateway { .. } => capabilities.cannot_run_gateway(),
+        AgentTask::EnsureGateway { spec } => capabilities
+            .cannot_run_gateway()
+            .or_else(|| spec.vip.as_ref().and_then(|_| capabilities.cannot_carry_vip())),
         _ => None,
     }
 }
@@ -333,7 +335,12 @@ mod tests {
 
     #[test]
     fn a_host_refuses_only_what_it_cannot_do() {
-        let caps = Capabilities { postgres_versions: vec!["15".into()], patroni: true, ..Capabilities::default() };
+        let caps = Capabilities {
+            postgres_versions: vec!["15".into()],
+            patroni: true,
+            haproxy: true,
+            ..Capabilities::default()
+        };
         let remove = AgentTask::RemoveDatabase { database_id: DatabaseId::new(), generation: 1 };
         assert_eq!(cannot_do(&caps, &remove), None);
         let drain = AgentTask::DrainMember {
@@ -344,7 +351,7 @@ mod tests {
             for_secs: 5,
         };
         assert_eq!(cannot_do(&caps, &drain), None);
-        let no_haproxy = serde_json::from_value::<AgentTask>(json!({
+        let gateway = serde_json::from_value::<AgentTask>(json!({
             "kind": "ensure_gateway",
             "spec": {
                 "database_id": DatabaseId::new(), "generation": 1, "name": "g0", "listen_host": "127.0.0.1",
@@ -352,6 +359,20 @@ mod tests {
             }
         }))
         .unwrap();
-        assert!(cannot_do(&caps, &no_haproxy).unwrap().contains("HAProxy"));
+        assert_eq!(cannot_do(&caps, &gateway), None);
+        let AgentTask::EnsureGateway { mut spec } = gateway.clone() else { unreachable!() };
+        spec.vip = Some(pgplane_core::agent::GatewayVip {
+            address: "10.213.7.100".into(),
+            port: 25000,
+            router_id: 1,
+            priority: 150,
+            peers: vec!["10.213.7.2".into()],
+        });
+        let with_vip = AgentTask::EnsureGateway { spec };
+        assert!(cannot_do(&caps, &with_vip).unwrap().contains("keepalived"));
+        let caps_vip = Capabilities { keepalived: true, ..caps.clone() };
+        assert_eq!(cannot_do(&caps_vip, &with_vip), None);
+        let no_haproxy_caps = Capabilities { haproxy: false, ..caps };
+        assert!(cannot_do(&no_haproxy_caps, &gateway).unwrap().contains("HAProxy"));
     }
 }

@@ -41,6 +41,13 @@ pub struct Capabilities {
     pub patroni: bool,
     /// HAProxy runs here and checks a TLS endpoint against a CA.
     pub haproxy: bool,
+    /// The host can carry a database's virtual IP: keepalived runs here, as root (it adds the
+    /// address), and gateways may bind an address the host does not have yet
+    /// (`net.ipv4.ip_nonlocal_bind` is on, or the agent turns it on as root). Absent from
+    /// agents older than this check: then false, and such an agent gets no gateway of a
+    /// database whose gateways span hosts while the platform has a VIP pool.
+    #[serde(default)]
+    pub keepalived: bool,
     /// pgBackRest's version, when installed.
     pub pgbackrest: Option<String>,
     /// Every check, in the order it ran.
@@ -71,6 +78,16 @@ impl Capabilities {
     /// Why this host cannot run a gateway, if it cannot.
     pub fn cannot_run_gateway(&self) -> Option<String> {
         (!self.haproxy).then(|| "HAProxy cannot check members over TLS on this host".into())
+    }
+
+    /// Why this host cannot carry a database's virtual IP (keepalived and a gateway bound to
+    /// the VIP), if it cannot.
+    pub fn cannot_carry_vip(&self) -> Option<String> {
+        (!self.keepalived).then(|| {
+            "keepalived cannot carry a virtual IP on this host (not installed, not root, or \
+             net.ipv4.ip_nonlocal_bind off)"
+                .into()
+        })
     }
 }
 
@@ -400,15 +417,30 @@ mod tests {
             postgres_versions: vec!["15".into()],
             patroni: true,
             haproxy: true,
+            keepalived: true,
             pgbackrest: None,
             checks: vec![check(CheckStatus::Ok)],
         };
         assert_eq!((able.cannot_run_member("15"), able.cannot_run_gateway()), (None, None));
+        assert_eq!(able.cannot_carry_vip(), None);
         assert!(able.problems().is_empty());
         assert!(able.cannot_run_member("16").unwrap().contains("PostgreSQL 16"));
-        let broken = Capabilities { patroni: false, haproxy: false, checks: vec![check(CheckStatus::Fail)], ..able };
+        let broken = Capabilities {
+            patroni: false,
+            haproxy: false,
+            keepalived: false,
+            checks: vec![check(CheckStatus::Fail)],
+            ..able
+        };
         assert!(broken.cannot_run_member("15").unwrap().contains("Patroni"));
         assert!(broken.cannot_run_gateway().is_some());
+        assert!(broken.cannot_carry_vip().unwrap().contains("keepalived"));
+        // Capabilities reported before the keepalived check: no VIP.
+        let earlier: Capabilities = serde_json::from_value(serde_json::json!({
+            "postgres_versions": ["15"], "patroni": true, "haproxy": true, "pgbackrest": null, "checks": []
+        }))
+        .unwrap();
+        assert!(earlier.cannot_carry_vip().is_some());
         assert_eq!(broken.problems(), vec!["haproxy → TLS check: d".to_string()]);
         // Agents older than the checks register without them.
         let old: AgentRegistration = serde_json::from_value(serde_json::json!({

@@ -95,7 +95,8 @@ impl Workflows {
             .filter(|a| !taken.contains(&a.agent.id))
             .collect();
         let what = format!("plan {}", st.plan.id);
-        let candidates: Vec<_> = crate::workflows::able_agents(live, &st.version, wanted - members.len(), &what)?
+        let vip = self.needs_vip(&st.plan);
+        let candidates: Vec<_> = crate::workflows::able_agents(live, &st.version, wanted - members.len(), &what, vip)?
             .into_iter()
             .filter(|a| {
                 a.free_memory_mb >= i64::from(st.plan.memory_mb) && a.free_disk_gb >= i64::from(st.plan.disk_gb)

@@ -5,6 +5,7 @@
 //! gateways share their address and port (SO_REUSEPORT) as before.
 
 use pgplane_core::agent::GatewayVip;
+use pgplane_core::model::Plan;
 use pgplane_store::vips::{vip_allocate_in, vip_release_in, VipRow};
 use pgplane_store::workflow::{gateways_of_in, GatewayRow, OperationState};
 use sqlx::PgConnection;
@@ -16,6 +17,13 @@ use crate::workflows::{retry, Workflows};
 const TOP_PRIORITY: u8 = 150;
 
 impl Workflows {
+    /// Whether the gateways of a database on `plan` carry a VIP when placed on distinct hosts:
+    /// the platform has a pool and the plan has two or more members and gateways. Placement
+    /// then takes only agents whose hosts can run keepalived.
+    pub(crate) fn needs_vip(&self, plan: &Plan) -> bool {
+        self.config.gateway_vips.is_some() && plan.data_nodes >= 2 && plan.gateways >= 2
+    }
+
     /// Gives the database a VIP when its gateways are on two or more hosts and the platform has
     /// a pool, and gives it back otherwise (gateways on one host again, or no pool any more).
     pub(crate) async fn assign_vip(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {

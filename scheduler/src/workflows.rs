@@ -148,21 +148,28 @@ impl Handler for Workflows {
     }
 }
 
-/// Agents able to run a member of PostgreSQL `version` and a gateway, or why the operation must
-/// be refused: at least `needed` agents are live but fewer than `needed` are able (no host can
-/// do it, and waiting will not change that until an operator acts). Fewer live agents than
-/// `needed`: waiting for agents to register, as for capacity.
+/// Agents able to run a member of PostgreSQL `version` and a gateway (one that carries a
+/// virtual IP with keepalived when `vip`), or why the operation must be refused: at least
+/// `needed` agents are live but fewer than `needed` are able (no host can do it, and waiting
+/// will not change that until an operator acts). Fewer live agents than `needed`: waiting for
+/// agents to register, as for capacity.
 pub(crate) fn able_agents(
     live: Vec<agents::AgentCapacity>,
     version: &str,
     needed: usize,
     what: &str,
+    vip: bool,
 ) -> Result<Vec<agents::AgentCapacity>, JobError> {
     let total = live.len();
     let mut reasons = Vec::new();
+    let cannot = |a: &agents::Agent| {
+        a.cannot_run_member(version)
+            .or_else(|| a.cannot_run_gateway())
+            .or_else(|| vip.then(|| a.cannot_carry_vip()).flatten())
+    };
     let able: Vec<_> = live
         .into_iter()
-        .filter(|a| match a.agent.cannot_run_member(version).or_else(|| a.agent.cannot_run_gateway()) {
+        .filter(|a| match cannot(&a.agent) {
             Some(why) => {
                 reasons.push(format!("agent {} ({}): {why}", a.agent.name, a.agent.id));
                 false
@@ -177,8 +184,9 @@ pub(crate) fn able_agents(
                  changed; choose another version, or contact the platform's support"
             ),
             operator: format!(
-                "{needed} agent(s) able to run PostgreSQL {version} with Patroni and HAProxy needed for {what}, {} of \
-                 {total} live are: {}",
+                "{needed} agent(s) able to run PostgreSQL {version} with Patroni and HAProxy{} needed for {what}, {} \
+                 of {total} live are: {}",
+                if vip { " and keepalived" } else { "" },
                 able.len(),
                 reasons.join("; ")
             ),
@@ -263,7 +271,7 @@ impl Workflows {
         let plan = &st.plan;
         let live = agents::agent_capacity_in(tx).await.map_err(retry)?;
         let what = format!("a {} database", plan.id);
-        let candidates: Vec<_> = able_agents(live, &st.version, plan.data_nodes as usize, &what)?
+        let candidates: Vec<_> = able_agents(live, &st.version, plan.data_nodes as usize, &what, self.needs_vip(plan))?
             .into_iter()
             .filter(|a| a.free_memory_mb >= i64::from(plan.memory_mb) && a.free_disk_gb >= i64::from(plan.disk_gb))
             .take(plan.data_nodes as usize)

@@ -42,6 +42,11 @@ impl Agent {
     pub fn cannot_run_gateway(&self) -> Option<String> {
         self.capabilities.as_ref().and_then(|c| c.cannot_run_gateway())
     }
+
+    /// Why this agent cannot carry a database's virtual IP (keepalived), if it cannot.
+    pub fn cannot_carry_vip(&self) -> Option<String> {
+        self.capabilities.as_ref().and_then(|c| c.cannot_carry_vip())
+    }
 }
 
 /// An agent with what is left of it.
