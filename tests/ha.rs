@@ -1,10 +1,13 @@
 //! Business databases with real parts: two members on two agents, two gateways sharing one
 //! port; configuration through Patroni, synchronous replication, a planned switchover, and
 //! an unplanned failover (kill -9 of the leader's Patroni and PostgreSQL) while a client
-//! writes continuously: no acknowledged write is lost and the new leader takes writes.
+//! writes continuously: no acknowledged write is lost and the new leader takes writes. And a
+//! replica whose replication breaks: shown `not_streaming` (never the synchronous standby),
+//! re-cloned, streaming again.
 
 use pgplane_agent::runtime::AgentConfig;
 use pgplane_agent::LocalEtcd;
+use pgplane_scheduler::config::SchedulerConfig;
 use pgplane_tests::data_plane::{eventually, find_file, pids_mentioning, postmaster, psql, TempDir};
 use pgplane_tests::{spawn_app, Client, TestApp, AGENT_BOOTSTRAP_TOKEN};
 use reqwest::StatusCode;
@@ -61,13 +64,19 @@ impl Drop for Platform {
 }
 
 async fn platform(agents: usize) -> Platform {
+    platform_with(agents, pgplane_scheduler::truth::NOT_STREAMING_GRACE).await
+}
+
+/// `platform` whose scheduler re-clones a replica that does not stream after `not_streaming_grace`.
+async fn platform_with(agents: usize, not_streaming_grace: Duration) -> Platform {
     let etcd_dir = TempDir::new("e");
     let etcd = {
         let dir = etcd_dir.0.clone();
         tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await.unwrap().expect("etcd")
     };
     let mut app = spawn_app().await;
-    let agent_api = app.start_scheduler(etcd.admin()).await;
+    let config = SchedulerConfig { not_streaming_grace, ..pgplane_tests::scheduler_config(etcd.admin()) };
+    let agent_api = app.start_scheduler_config(config).await;
     let mut dirs = vec![etcd_dir];
     let mut started = Vec::new();
     let mut roots = Vec::new();
@@ -394,4 +403,105 @@ async fn starter_to_business_and_back_keeps_data_and_url() {
     let (_, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
     p.run(&del, Duration::from_secs(90)).await;
     p.stop_agents().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_stops_streaming_is_shown_so_and_recloned() {
+    let mut p = platform_with(2, Duration::from_secs(5)).await;
+    let (s, op) =
+        p.owner.post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "rs", "plan": "business-1" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    p.run(&op, Duration::from_secs(180)).await;
+    let db = op["database_id"].as_str().unwrap().to_string();
+    let url = p.url(&db).await;
+    eventually(&url, "CREATE TABLE IF NOT EXISTS w (id int PRIMARY KEY); SELECT 'ok'", "ok", Duration::from_secs(60))
+        .await;
+    // Business databases start with synchronous replication: the replica is the standby.
+    let members = member_list_until(&p, &db, "a streaming synchronous replica", |items| {
+        items.iter().any(|m| m["role"] == "replica" && m["state"] == "streaming" && m["synchronous"] == true)
+    })
+    .await;
+    let name = |role: &str| members.iter().find(|m| m["role"] == role).unwrap()["name"].as_str().unwrap().to_string();
+    let (leader, replica) = (name("leader"), name("replica"));
+
+    // The leader refuses the replication user from now on (as a changed password or pg_hba
+    // would) and its WAL senders are cut: the replica keeps running, streaming nothing.
+    let spec: pgplane_core::agent::MemberSpec =
+        serde_json::from_str(&std::fs::read_to_string(p.member_dir(&db, &leader).join("spec.json")).unwrap()).unwrap();
+    let superuser = format!(
+        "postgres://postgres:{}@{}:{}/postgres?sslmode=require",
+        spec.secrets.superuser_password, spec.host, spec.pg_port
+    );
+    let replica_dir = p.member_dir(&db, &replica);
+    let before = postmaster(&replica_dir).expect("the replica's postmaster");
+    psql(&superuser, "ALTER ROLE replicator NOLOGIN").await.expect("the leader takes the superuser's SQL");
+    psql(&superuser, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication").await.unwrap();
+
+    // Shown `not_streaming` once the grace passed, and never as the synchronous standby then;
+    // the scheduler asks its agent for a re-clone (an event says so).
+    let shown = member_list_until(&p, &db, "the replica shown not streaming", |items| {
+        let r = items.iter().find(|m| m["name"] == replica.as_str());
+        assert!(
+            r.is_none_or(|r| r["state"] != "not_streaming" || r["synchronous"] == false),
+            "a replica that does not stream is shown synchronous: {items:?}"
+        );
+        r.is_some_and(|r| r["state"] == "not_streaming")
+    })
+    .await;
+    assert!(shown.iter().any(|m| m["name"] == leader.as_str() && m["role"] == "leader"), "{shown:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, events) = p.owner.get(&format!("/v1/databases/{db}/events")).await;
+        let reinit = events["items"].as_array().unwrap().iter().find(|e| e["kind"] == "reinitialize").cloned();
+        if let Some(e) = reinit {
+            assert_eq!(e["detail"]["member"], replica.as_str(), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no re-clone asked for: {events}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Writes go on meanwhile (non-strict synchronous mode: the leader writes alone).
+    eventually(&url, "INSERT INTO w VALUES (1) RETURNING id", "1", Duration::from_secs(30)).await;
+
+    // Replication works again: the replica is cloned afresh (a new PostgreSQL on a new data
+    // folder), streams, and is the synchronous standby again, holding what the leader wrote.
+    psql(&superuser, "ALTER ROLE replicator LOGIN").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while postmaster(&replica_dir).is_none_or(|pid| pid == before) {
+        assert!(Instant::now() < deadline, "the replica was not re-cloned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    member_list_until(&p, &db, "the re-cloned replica streaming and synchronous", |items| {
+        items.iter().any(|m| m["name"] == replica.as_str() && m["state"] == "streaming" && m["synchronous"] == true)
+    })
+    .await;
+    let replica_spec: pgplane_core::agent::MemberSpec =
+        serde_json::from_str(&std::fs::read_to_string(replica_dir.join("spec.json")).unwrap()).unwrap();
+    let on_replica = format!(
+        "postgres://postgres:{}@{}:{}/{}?sslmode=require",
+        replica_spec.secrets.superuser_password,
+        replica_spec.host,
+        replica_spec.pg_port,
+        replica_spec.secrets.app_database
+    );
+    eventually(&on_replica, "SELECT count(*) FROM w WHERE id = 1", "1", Duration::from_secs(30)).await;
+
+    let (s, del) = p.owner.delete(&format!("/v1/databases/{db}")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    p.run(&del, Duration::from_secs(90)).await;
+    p.stop_agents().await;
+}
+
+/// Polls the database's members until `check` holds of them (at most 120 s); returns them.
+async fn member_list_until(p: &Platform, db: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+        let items = members["items"].as_array().cloned().unwrap_or_default();
+        if check(&items) {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{what}: members are {members}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

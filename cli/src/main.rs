@@ -111,6 +111,10 @@ pub struct SchedulerArgs {
     /// it. Without it, that URL names the database's first gateway host.
     #[arg(long, env = "PGPLANE_GATEWAY_VIPS")]
     gateway_vips: Option<pgplane_scheduler::config::VipPool>,
+    /// Seconds a running replica may not stream from its leader before it is shown
+    /// `not_streaming` and re-cloned.
+    #[arg(long, env = "PGPLANE_NOT_STREAMING_GRACE_SECS", default_value_t = pgplane_scheduler::truth::NOT_STREAMING_GRACE.as_secs())]
+    not_streaming_grace_secs: u64,
 }
 
 impl SchedulerArgs {
@@ -131,6 +135,7 @@ async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
         etcd: args.etcd()?,
         bootstrap_token: args.agent_bootstrap_token.expose_secret().to_string(),
         gateway_vips: args.gateway_vips.clone(),
+        not_streaming_grace: std::time::Duration::from_secs(args.not_streaming_grace_secs),
     };
     let listener = tokio::net::TcpListener::bind(args.agent_listen)
         .await

@@ -124,6 +124,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         etcd: etcd.admin(),
         bootstrap_token: bootstrap_token.clone(),
         gateway_vips: None,
+        not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
     };
     let scheduler =
         tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped.clone()));

@@ -39,7 +39,8 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
     if !config.etcd.endpoints.is_empty() {
         match pgplane_etcd::Client::with_timeout(&config.etcd, crate::truth::ETCD_TIMEOUT) {
             Ok(reader) => {
-                tasks.spawn(crate::truth::run_truth(store.clone(), reader, shutdown.clone()));
+                let grace = config.not_streaming_grace;
+                tasks.spawn(crate::truth::run_truth(store.clone(), reader, grace, shutdown.clone()));
             }
             Err(e) => tracing::error!(error = %e, "cannot read etcd: roles come from the agents' reports"),
         }

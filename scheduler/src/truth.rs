@@ -21,10 +21,11 @@ pub const TRUTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a replica must look diverged before it is shown so and re-cloned (a rejoining
 /// former leader is rewound by Patroni within seconds; etcd's member keys lag by a loop).
 pub const DIVERGED_GRACE_SECS: f64 = 10.0;
-/// How long a running replica may not stream before it is shown so and re-cloned. A replica
-/// that does not stream acknowledges no commit (Patroni's non-strict synchronous mode drops
-/// it), so the leader holds everything it has: re-cloning it loses nothing.
-pub const NOT_STREAMING_GRACE_SECS: f64 = 30.0;
+/// How long a running replica may not stream before it is shown so and re-cloned, unless the
+/// scheduler's configuration says otherwise (`SchedulerConfig::not_streaming_grace`). A
+/// replica that does not stream acknowledges no commit (Patroni's non-strict synchronous mode
+/// drops it), so the leader holds everything it has: re-cloning it loses nothing.
+pub const NOT_STREAMING_GRACE: Duration = Duration::from_secs(30);
 
 /// etcd's answer is awaited this long per endpoint (the database's row is locked meanwhile).
 pub const ETCD_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -52,13 +53,18 @@ impl From<pgplane_store::Error> for TruthError {
 }
 
 /// Reads etcd and records what it says until `shutdown`.
-pub async fn run_truth(store: Store, etcd: pgplane_etcd::Client, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_truth(
+    store: Store,
+    etcd: pgplane_etcd::Client,
+    not_streaming_grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut etcd_down = false;
     loop {
         match store.truth_databases().await {
             Ok(dbs) => {
                 for db in dbs {
-                    match reconcile(&store, &etcd, db).await {
+                    match reconcile(&store, &etcd, db, not_streaming_grace).await {
                         Ok(()) => etcd_down = false,
                         Err(TruthError::Etcd(e)) => {
                             if !etcd_down {
@@ -82,7 +88,12 @@ pub async fn run_truth(store: Store, etcd: pgplane_etcd::Client, mut shutdown: w
 
 /// One database: lock its row, read etcd, record. The read happens under the lock so that two
 /// schedulers (or a switchover's last step) cannot record an older holder after a newer one.
-pub async fn reconcile(store: &Store, etcd: &pgplane_etcd::Client, db: DatabaseId) -> Result<(), TruthError> {
+pub async fn reconcile(
+    store: &Store,
+    etcd: &pgplane_etcd::Client,
+    db: DatabaseId,
+    not_streaming_grace: Duration,
+) -> Result<(), TruthError> {
     let mut tx = store.pool().begin().await?;
     let Some(before) = truth_lock_in(&mut tx, db).await? else { return Ok(()) };
     let prefix = pgplane_etcd::scope_prefix(&db.to_string());
@@ -109,7 +120,7 @@ pub async fn reconcile(store: &Store, etcd: &pgplane_etcd::Client, db: DatabaseI
                 Some(Suspicion { health: "diverged".into(), grace_secs: DIVERGED_GRACE_SECS, why })
             }
             Some(Suspect::NotStreaming(why)) => {
-                Some(Suspicion { health: "not_streaming".into(), grace_secs: NOT_STREAMING_GRACE_SECS, why })
+                Some(Suspicion { health: "not_streaming".into(), grace_secs: not_streaming_grace.as_secs_f64(), why })
             }
             None => None,
         };

@@ -131,14 +131,18 @@ impl TestApp {
         etcd: pgplane_core::agent::EtcdAccess,
         gateway_vips: Option<pgplane_scheduler::config::VipPool>,
     ) -> String {
+        self.start_scheduler_config(pgplane_scheduler::config::SchedulerConfig {
+            gateway_vips,
+            ..scheduler_config(etcd)
+        })
+        .await
+    }
+
+    /// `start_scheduler` with a configuration of the test's own (see `scheduler_config`).
+    pub async fn start_scheduler_config(&mut self, config: pgplane_scheduler::config::SchedulerConfig) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind agent API");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let config = pgplane_scheduler::config::SchedulerConfig {
-            etcd,
-            bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
-            gateway_vips,
-        };
         tokio::spawn(pgplane_scheduler::run::run(self.store.clone(), config, listener, rx));
         self.scheduler_stop = Some(tx);
         base
@@ -341,6 +345,17 @@ pub fn unused_etcd() -> pgplane_core::agent::EtcdAccess {
 
 /// Registers a fake agent on `host` with the scheduler's agent API (no capabilities: placement
 /// takes it as able); returns its credential.
+/// The scheduler's configuration as tests run it: `etcd`, the tests' bootstrap token, no VIP
+/// pool, the platform's graces.
+pub fn scheduler_config(etcd: pgplane_core::agent::EtcdAccess) -> pgplane_scheduler::config::SchedulerConfig {
+    pgplane_scheduler::config::SchedulerConfig {
+        etcd,
+        bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
+        gateway_vips: None,
+        not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
+    }
+}
+
 pub async fn register_fake_agent(http: &reqwest::Client, agent_api: &str, name: &str, host: &str) -> String {
     let reg: Value = http
         .post(format!("{agent_api}/agent/v1/register"))
