@@ -3,8 +3,6 @@
 //! document is generated from the handlers' annotations (`openapi()`).
 
 pub mod auth;
-pub mod error;
-pub mod extract;
 mod idempotency;
 pub mod openapi;
 pub mod ratelimit;
@@ -25,8 +23,8 @@ pub use auth::JwtKeys;
 pub use openapi::openapi;
 use ratelimit::RateLimiter;
 
-/// Largest accepted request body.
-pub const BODY_LIMIT: usize = 64 * 1024;
+/// problem+json errors and extractors, shared with the scheduler's agent API.
+pub use pgplane_http::{error, extract, BODY_LIMIT};
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// Tunables of the API process.

@@ -7,11 +7,11 @@ use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use pgplane_api::error::{ApiError, ApiResult};
-use pgplane_api::extract::{Json, Path, Query};
 use pgplane_core::agent::{AgentJob, AgentRegistration, AgentTask, JobOutcome, JobReport, Observation};
 use pgplane_core::ids::{JobId, LeaseId};
 use pgplane_core::Error;
+use pgplane_http::error::{ApiError, ApiResult};
+use pgplane_http::extract::{Json, Path, Query};
 use pgplane_store::agents::Agent;
 use pgplane_store::jobs::{job_complete_in, job_enqueue_in, AfterFailure};
 use pgplane_store::workflow::{operation_finish_in, step_jobs_left_in};
@@ -57,7 +57,7 @@ pub fn app(state: AgentApiState) -> axum::Router {
     let (router, doc) = router().split_for_parts();
     router
         .route("/agent/v1/openapi.json", axum::routing::get(move || async move { axum::Json(doc.clone()) }))
-        .fallback(pgplane_api::error::not_found_fallback)
+        .fallback(pgplane_http::error::not_found_fallback)
         .with_state(state)
 }
 

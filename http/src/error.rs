@@ -1,5 +1,5 @@
-//! The one mapping from the domain error to HTTP: problem+json (RFC 9457) with a stable
-//! `type` per kind. Internal detail is logged here and never sent.
+//! The one mapping from the domain error to HTTP, for the public API and the agent API alike:
+//! problem+json (RFC 9457) with a stable `type` per kind. Internal detail is logged here and never sent.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
