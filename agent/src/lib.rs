@@ -1,29 +1,27 @@
 //! The node agent: drives the real processes of the databases placed on this host (PostgreSQL
-//! through Patroni, HAProxy gateways), which outlive it and are re-adopted (`reconcile`), and for
-//! `pgplane up` and tests a local etcd. `Node` is the entry point; `runtime` the agent's loop.
+//! through Patroni, HAProxy gateways, keepalived for virtual IPs), which outlive it and are
+//! re-adopted (`reconcile`), and for `pgplane up` and tests a local etcd. The programs' drivers
+//! are in `drivers/`; the rest is the agent's machinery. `Node` is the entry point; `runtime`
+//! the agent's loop; `doctor` the host's checks.
 
-pub mod control;
-mod dcs;
 pub mod doctor;
-mod drain;
-pub mod etcd;
+pub mod drivers;
 mod fence;
 mod files;
-pub mod haproxy;
-pub mod keepalived;
 pub mod lifecycle;
 pub mod node;
 pub mod observe;
-pub mod patroni;
 mod probes;
 pub mod process;
 mod reaper;
 pub mod reconcile;
 mod removal;
-pub mod restart;
 pub mod runtime;
 mod specs;
-mod tenant;
+
+// The drivers by their short names, as the rest of the agent and other crates call them.
+pub use drivers::{control, etcd, haproxy, keepalived, patroni, restart};
+pub(crate) use drivers::{dcs, tenant};
 
 pub use etcd::LocalEtcd;
 pub use node::{MemberStatus, Node, NodeError};
