@@ -12,7 +12,7 @@ use crate::lifecycle::{Lifecycle, OnExit};
 use crate::node::Node;
 
 /// How an agent finds the scheduler and describes its host.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Base URL of the scheduler's agent API, e.g. `http://127.0.0.1:8081`.
     pub scheduler_url: String,
@@ -30,6 +30,8 @@ pub struct AgentConfig {
     /// Where databases' files live on this host.
     pub root: PathBuf,
 }
+
+pgplane_core::redacted_debug!(AgentConfig { scheduler_url, name, host, public_host, memory_mb, disk_gb, port_min, port_max, root } secret { bootstrap_token });
 
 struct Session {
     http: reqwest::Client,

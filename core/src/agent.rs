@@ -133,7 +133,7 @@ impl std::fmt::Debug for AgentRegistration {
 }
 
 /// Where the platform's etcd is and how one database's Patroni reaches it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EtcdAccess {
     /// `host:port` of each etcd member.
     pub endpoints: Vec<String>,
@@ -146,16 +146,20 @@ pub struct EtcdAccess {
     pub password: Option<String>,
 }
 
+crate::redacted_debug!(EtcdAccess { endpoints, protocol, ca_pem, username } secret { password });
+
 /// TLS material of one member: the database's CA and a server certificate for the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TlsBundle {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
 }
 
+crate::redacted_debug!(TlsBundle { ca_pem, cert_pem } secret { key_pem });
+
 /// Generated credentials of one database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DatabaseSecrets {
     /// PostgreSQL superuser (`postgres`); never given to tenants.
     pub superuser_password: String,
@@ -168,6 +172,8 @@ pub struct DatabaseSecrets {
     pub app_password: String,
     pub app_database: String,
 }
+
+crate::redacted_debug!(DatabaseSecrets { app_user, app_database } secret { superuser_password, replication_password, restapi_password, app_password });
 
 /// PostgreSQL settings derived from the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -259,13 +265,15 @@ pub struct GatewayVip {
 
 /// Where a member's Patroni REST API answers (https, its certificate signed by the database's
 /// CA) and how to authenticate to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PatroniApi {
     pub host: String,
     pub patroni_port: u16,
     pub ca_pem: String,
     pub restapi_password: String,
 }
+
+crate::redacted_debug!(PatroniApi { host, patroni_port, ca_pem } secret { restapi_password });
 
 /// What an agent is asked to do. (A wire type, built once per job: the size of its largest
 /// variant does not matter.)

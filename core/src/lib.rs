@@ -1,6 +1,7 @@
 //! pgplane's domain vocabulary: typed ids, roles, plans, the resources the API shows, input
-//! validation and the one error type every layer speaks. Nothing here performs I/O, so the
-//! agent, the CLI and the API can share these types without pulling in a database driver.
+//! validation, the one error type every layer speaks, and a `Debug` that hides secrets
+//! (`redact`). Nothing here performs I/O, so the agent, the CLI and the API can share these
+//! types without pulling in a database driver.
 
 pub mod agent;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod ids;
 pub mod model;
 pub mod page;
 pub mod params;
+pub mod redact;
 pub mod validate;
 
 pub use error::{Error, FieldError};

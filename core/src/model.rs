@@ -208,21 +208,25 @@ pub struct CreateApiToken {
 }
 
 /// The answer to a token creation: the only time the secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedApiToken {
     pub token: ApiToken,
     /// The secret. Store it now: it cannot be shown again.
     pub secret: String,
 }
 
+crate::redacted_debug!(CreatedApiToken { token } secret { secret });
+
 /// Exchange of a long-lived API token for a short-lived access token (JWT).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenExchange {
     pub api_token: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+crate::redacted_debug!(TokenExchange {  } secret { api_token });
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct AccessToken {
     /// Send as `Authorization: Bearer <access_token>`.
     pub access_token: String,
@@ -232,6 +236,8 @@ pub struct AccessToken {
     pub expires_in: i64,
     pub expires_at: DateTime<Utc>,
 }
+
+crate::redacted_debug!(AccessToken { token_type, expires_in, expires_at } secret { access_token });
 
 /// A tenant (account).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -461,7 +467,7 @@ pub struct DatabaseMemberList {
 /// How to connect to a database, once provisioned. The URL embeds the tenant user's password.
 /// Clients check the server against the database's own CA: save `ca_pem` (or
 /// `GET /v1/databases/{id}/ca.pem`) to a file and add `&sslrootcert=<that file>` to the URL.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionInfo {
     /// `postgres://user:password@host:port/database?sslmode=verify-full`, for clients on the
     /// platform's private network; append `&sslrootcert=<file holding ca_pem>`.
@@ -484,6 +490,8 @@ pub struct ConnectionInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
 }
+
+crate::redacted_debug!(ConnectionInfo { host, port, user, database, sslmode, ca_pem, public_host } secret { url, password, public_url });
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -57,7 +57,7 @@ impl EtcdFiles {
 }
 
 /// What `prepare` found or made.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Prepared {
     pub files: EtcdFiles,
     /// The CA's certificate, PEM.
@@ -68,6 +68,8 @@ pub struct Prepared {
     /// True when this call made root's password.
     pub made_password: bool,
 }
+
+pgplane_core::redacted_debug!(Prepared { files, ca_pem, made_tls, made_password } secret { root_password });
 
 /// Makes what is missing of `dir`'s files: the CA and a server certificate for `names` (IP
 /// addresses or DNS names by which clients reach etcd), and root's password.

@@ -81,12 +81,14 @@ impl FromRequestParts<AgentApiState> for AgentAuth {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct Registered {
     pub agent_id: uuid::Uuid,
     /// Send as `Authorization: Bearer <credential>`; shown once.
     pub credential: String,
 }
+
+pgplane_core::redacted_debug!(Registered { agent_id } secret { credential });
 
 /// Registers an agent.
 #[utoipa::path(

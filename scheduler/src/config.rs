@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SchedulerConfig {
     /// The platform's etcd as the control plane administers it: endpoints and CA as Patroni
     /// reaches them, with root's credentials, from which each database gets a user of its own
@@ -21,6 +21,8 @@ pub struct SchedulerConfig {
     /// re-cloned (`truth::NOT_STREAMING_GRACE`; tests shorten it).
     pub not_streaming_grace: Duration,
 }
+
+pgplane_core::redacted_debug!(SchedulerConfig { etcd, gateway_vips, not_streaming_grace } secret { bootstrap_token });
 
 /// A range of IPv4 addresses on the gateway hosts' private network, reserved for databases'
 /// virtual IPs (`first-last`, or one address), at most 255 (one VRRP router id each).

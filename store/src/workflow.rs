@@ -47,7 +47,7 @@ pub struct GatewayRow {
 }
 
 /// The database's generated credentials and CA.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoredSecrets {
     pub secrets: DatabaseSecrets,
     pub ca_cert_pem: String,
@@ -55,6 +55,8 @@ pub struct StoredSecrets {
     /// The password of the database's etcd user (none for databases placed before etcd users).
     pub etcd_password: Option<String>,
 }
+
+pgplane_core::redacted_debug!(StoredSecrets { secrets, ca_cert_pem } secret { ca_key_pem, etcd_password });
 
 /// Locks an operation and its database for a workflow step.
 pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: OperationId) -> Result<OperationState> {
