@@ -1,6 +1,7 @@
 //! pgplane's public REST API. Handlers are thin: they authenticate, validate, check the
-//! caller's role and call the store; errors become problem+json in `error`. The OpenAPI
-//! document is generated from the handlers' annotations (`openapi()`).
+//! caller's role and call the store; errors become problem+json in `error` (from
+//! `pgplane-http`, which the scheduler's agent API shares). The OpenAPI document is generated
+//! from the handlers' annotations (`openapi()`).
 
 pub mod auth;
 mod idempotency;

@@ -116,21 +116,9 @@ pub struct AgentRegistration {
     pub capabilities: Option<Capabilities>,
 }
 
-impl std::fmt::Debug for AgentRegistration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentRegistration")
-            .field("bootstrap_token", &"<redacted>")
-            .field("name", &self.name)
-            .field("host", &self.host)
-            .field("public_host", &self.public_host)
-            .field("memory_mb", &self.memory_mb)
-            .field("disk_gb", &self.disk_gb)
-            .field("port_min", &self.port_min)
-            .field("port_max", &self.port_max)
-            .field("capabilities", &self.capabilities)
-            .finish()
-    }
-}
+crate::redacted_debug!(AgentRegistration {
+    name, host, public_host, memory_mb, disk_gb, port_min, port_max, capabilities
+} secret { bootstrap_token });
 
 /// Where the platform's etcd is and how one database's Patroni reaches it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
