@@ -47,10 +47,11 @@ impl Cluster {
             && (!sync || self.sync_standby.as_ref().is_some_and(|s| s != leader))
     }
 
-    /// `ttl/loop_wait/retry_timeout` of the dynamic configuration.
-    pub fn timings(&self) -> Option<(i64, i64, i64)> {
+    /// `ttl/loop_wait/retry_timeout` of the dynamic configuration (retry_timeout may be a
+    /// fraction of a second).
+    pub fn timings(&self) -> Option<(f64, f64, f64)> {
         let c = self.config.as_ref()?;
-        Some((c["ttl"].as_i64()?, c["loop_wait"].as_i64()?, c["retry_timeout"].as_i64()?))
+        Some((c["ttl"].as_f64()?, c["loop_wait"].as_f64()?, c["retry_timeout"].as_f64()?))
     }
 }
 

@@ -144,12 +144,14 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
         "etcd3": etcd3,
         "bootstrap": {
             "dcs": {
-                // A lost leader is replaced within `ttl` (p50 of the whole write gap ~4.5 s,
-                // see bench failover); a leader cut from etcd or PostgreSQL for `retry_timeout`
-                // steps down, unless failsafe mode finds every member still answering it.
-                "ttl": 5,
+                // A lost leader's key expires 3.4–4.2 s after its host is lost, and writes
+                // resume ~0.4 s later (write gap p50 4.56 s, `bench failover`; 5.3 s with ttl
+                // 5 / retry_timeout 2); a leader cut from etcd or PostgreSQL for
+                // `retry_timeout` steps down, unless failsafe mode finds every member still
+                // answering it. The fraction of retry_timeout needs the launcher (below).
+                "ttl": 4,
                 "loop_wait": 1,
-                "retry_timeout": 2,
+                "retry_timeout": 1.5,
                 // A leader cut off from its synchronous standby waits for its WAL sender while
                 // it stops: Patroni 4.x hung 20–45 s demoting until this bound was set.
                 "primary_stop_timeout": 2,
@@ -246,6 +248,16 @@ pub fn start(paths: &MemberPaths, runas: &RunAs, applied: &str) -> Result<Manage
 /// more second. The launcher runs the same Patroni with that interval shortened.
 const STOP_POLLING_SECS: f64 = 0.05;
 
+/// The shortest ttl the launcher lets Patroni take (whole seconds: etcd leases are).
+const MIN_TTL: u32 = 4;
+
+/// The shortest retry_timeout the launcher lets Patroni take, in seconds. Patroni's etcd3 driver
+/// refreshes its lease and then needs 1 s of the retry budget left to write the leader key
+/// (`ensure_deadline(1)` whenever it takes or retakes the key), so at 1 s no member ever takes
+/// it: the failover never came (120 s), and a leader whose lease changed kept leading without
+/// a key, on failsafe mode alone. 1.5 s leaves the lease refresh 0.5 s.
+const MIN_RETRY_TIMEOUT: f64 = 1.5;
+
 /// Where `scripts/install-deps` puts the pinned Patroni (a virtual environment of its own).
 pub const VENV_PATRONI: &str = "/opt/pgplane/patroni/bin/patroni";
 
@@ -271,15 +283,19 @@ pub(crate) fn python_of(program: &Path) -> Option<PathBuf> {
     interpreter.rsplit('/').next()?.starts_with("python").then(|| PathBuf::from(interpreter))
 }
 
-/// The launcher's Python (`PROGRAM` and `STOP_SECS` are filled in). Two changes to Patroni, each
-/// made only where the attribute it replaces exists (a Patroni without it runs unchanged):
+/// The launcher's Python (`PROGRAM`, `STOP_SECS`, `MIN_TTL` and `MIN_RETRY` are filled in).
+/// Three changes to Patroni, each made only where the attribute it replaces exists (a Patroni
+/// without it runs unchanged):
 /// - the stop polling interval (above);
 /// - Patroni 4.x's timing floors: `Config._validate_and_adjust_timeouts` raises ttl to ≥ 20 and
 ///   retry_timeout to ≥ 3 at start and on every `/config` change, which made a lost host's
 ///   failover 20.5 s instead of 5.5 s. The replacement keeps Patroni's rule (loop_wait +
-///   2 × retry_timeout ≤ ttl, loop_wait ≥ 1) with the floors measured here instead: ttl ≥ 5 and
-///   retry_timeout ≥ 2 (at retry_timeout 1 a leader cannot keep its lease over TLS).
-const LAUNCHER: &str = r#"# Written by pgplane: runs PROGRAM with a shorter stop polling interval and pgplane's timing floors.
+///   2 × retry_timeout ≤ ttl, loop_wait ≥ 1) with the floors measured here instead (`MIN_TTL`,
+///   `MIN_RETRY_TIMEOUT`);
+/// - whole seconds: `Config._build_effective_configuration` casts the DCS's timings to `int`,
+///   so a retry_timeout of 1.5 ran as 1 (see `MIN_RETRY_TIMEOUT`); the wrapper puts the
+///   fraction back. ttl and loop_wait stay whole (etcd leases and Patroni's loop are).
+const LAUNCHER: &str = r#"# Written by pgplane: runs PROGRAM with a shorter stop polling interval and pgplane's timings.
 import runpy, sys
 try:
     import patroni.postgresql as _pg
@@ -292,20 +308,31 @@ try:
     if callable(getattr(getattr(_cf, 'Config', None), '_validate_and_adjust_timeouts', None)):
         def _adjust_timeouts(self, config):
             defaults = getattr(self, '_Config__DEFAULT_CONFIG', None) or {}
-            def value(param, floor, fallback):
-                v = int(config.get(param, defaults.get(param, fallback)))
+            def value(param, floor, fallback, kind=int):
+                v = kind(config.get(param, defaults.get(param, fallback)))
                 if v < floor:
                     v = config[param] = floor
                 return v
             loop_wait = value('loop_wait', 1, 10)
-            retry_timeout = value('retry_timeout', 2, 10)
-            ttl = value('ttl', 5, 30)
+            retry_timeout = value('retry_timeout', MIN_RETRY, 10, float)
+            ttl = value('ttl', MIN_TTL, 30)
             if 1 + 2 * retry_timeout > ttl:
                 config['loop_wait'] = 1
-                config['retry_timeout'] = (ttl - 1) // 2
+                config['retry_timeout'] = (ttl - 1) / 2
             elif loop_wait + 2 * retry_timeout > ttl:
-                config['loop_wait'] = ttl - 2 * retry_timeout
+                config['loop_wait'] = int(ttl - 2 * retry_timeout)
         _cf.Config._validate_and_adjust_timeouts = _adjust_timeouts
+    build = getattr(getattr(_cf, 'Config', None), '_build_effective_configuration', None)
+    if callable(build):
+        def _build_effective_configuration(self, dynamic_configuration, local_configuration):
+            config = build(self, dynamic_configuration, local_configuration)
+            retry_timeout = (dynamic_configuration or {}).get('retry_timeout')
+            if isinstance(retry_timeout, float) and 'retry_timeout' in config:
+                config['retry_timeout'] = retry_timeout
+                if isinstance(config.get('postgresql'), dict) and 'retry_timeout' in config['postgresql']:
+                    config['postgresql']['retry_timeout'] = retry_timeout
+            return config
+        _cf.Config._build_effective_configuration = _build_effective_configuration
 except ImportError:
     pass
 sys.argv[0] = PROGRAM
@@ -316,7 +343,11 @@ runpy.run_path(PROGRAM, run_name='__main__')
 /// `patroni`, in the member's folder, so the process still reads as Patroni (see `adopt`).
 fn launcher_script(program: &Path) -> String {
     let program = serde_json::to_string(&program.to_string_lossy()).expect("a string serializes");
-    LAUNCHER.replace("PROGRAM", &program).replace("STOP_SECS", &STOP_POLLING_SECS.to_string())
+    LAUNCHER
+        .replace("PROGRAM", &program)
+        .replace("STOP_SECS", &STOP_POLLING_SECS.to_string())
+        .replace("MIN_TTL", &MIN_TTL.to_string())
+        .replace("MIN_RETRY", &MIN_RETRY_TIMEOUT.to_string())
 }
 
 /// The Patroni already running this member's configuration, if any (not `patronictl`).
@@ -481,8 +512,8 @@ mod tests {
         assert_eq!(c["etcd3"]["hosts"][1], "10.0.0.2:2379");
         let dcs = &c["bootstrap"]["dcs"];
         assert_eq!(
-            (dcs["ttl"].as_i64(), dcs["loop_wait"].as_i64(), dcs["retry_timeout"].as_i64()),
-            (Some(5), Some(1), Some(2))
+            (dcs["ttl"].as_i64(), dcs["loop_wait"].as_i64(), dcs["retry_timeout"].as_f64()),
+            (Some(4), Some(1), Some(1.5))
         );
         assert_eq!((&dcs["primary_stop_timeout"], &dcs["synchronous_mode"]), (&json!(2), &json!(true)));
         assert_eq!(dcs["postgresql"]["use_pg_rewind"], true);
@@ -515,5 +546,44 @@ mod tests {
         ))
         .unwrap();
         assert!(c["etcd3"].get("cacert").is_none() && c["etcd3"].get("username").is_none());
+    }
+
+    /// The launcher with the pinned Patroni (skipped where it is not installed): Patroni's own
+    /// `Config` takes pgplane's timings as they are, a fraction of a second of retry_timeout
+    /// included (Patroni alone truncates it to whole seconds, and raises ttl to 20).
+    #[test]
+    fn the_launcher_keeps_pgplanes_timings() {
+        let python = Path::new(VENV_PATRONI).with_file_name("python");
+        if !python.exists() {
+            eprintln!("skipped: no {}", python.display());
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("pgplane-launcher-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("patroni.yml");
+        let local = json!({
+            "scope": "s", "name": "m0",
+            "restapi": { "listen": "127.0.0.1:1", "connect_address": "127.0.0.1:1" },
+            "postgresql": { "data_dir": dir.join("data"), "listen": "127.0.0.1:2", "connect_address": "127.0.0.1:2" },
+        });
+        std::fs::write(&config, local.to_string()).unwrap();
+        let probe = dir.join("probe.py");
+        let script = format!(
+            "import json\nfrom patroni.config import Config\nc = Config({config:?}, validator=None)\nout = []\n\
+             for dcs in ({{'ttl': 4, 'loop_wait': 1, 'retry_timeout': 1.5}}, {{'ttl': 5, 'loop_wait': 1, 'retry_timeout': 2}},\n\
+             \x20           {{'ttl': 3, 'loop_wait': 1, 'retry_timeout': 1}}):\n\
+             \x20   c.set_dynamic_configuration(dcs)\n\
+             \x20   out.append([c['ttl'], c['loop_wait'], c['retry_timeout']])\n\
+             print(json.dumps(out))\n",
+            config = config.display().to_string()
+        );
+        std::fs::write(&probe, script).unwrap();
+        let launcher = dir.join("patroni");
+        std::fs::write(&launcher, launcher_script(&probe)).unwrap();
+        let out = std::process::Command::new(&python).arg(&launcher).output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let seen: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        assert_eq!(seen, json!([[4, 1, 1.5], [5, 1, 2], [4, 1, 1.5]]), "ttl, loop_wait, retry_timeout");
     }
 }
