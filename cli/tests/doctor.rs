@@ -24,7 +24,14 @@ fn doctor_checks_this_machine_and_names_a_missing_python_module() {
     let state = dir.join("state");
     let (ok, out) = doctor(&state, None);
     assert!(ok, "{out}");
-    for line in ["ok    postgres 15: ", "ok    patroni: ", "ok    haproxy: ", "ok    state folder: "] {
+    for line in [
+        "ok    postgres 15: ",
+        "ok    patroni: ",
+        "ok    haproxy: ",
+        "ok    keepalived: ",
+        "ok    state folder: ",
+        "ok    sysctl net.ipv4.ip_nonlocal_bind: ",
+    ] {
         assert!(out.contains(line), "no {line:?} in\n{out}");
     }
     assert!(out.contains("ok    patroni → etcd over https: ") && out.contains("reached etcd over https"), "{out}");
