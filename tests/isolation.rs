@@ -80,6 +80,7 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("GET /v1/jobs/{job_id}", PlatformOnly, None),
         ("GET /v1/agents", PlatformOnly, None),
         ("GET /v1/agents/{agent_id}", PlatformOnly, None),
+        ("GET /v1/timers", PlatformOnly, None),
     ]
 }
 

@@ -8,6 +8,7 @@ pub mod ids;
 pub mod model;
 pub mod page;
 pub mod params;
+pub mod timer;
 pub mod validate;
 
 pub use error::{Error, FieldError};
