@@ -15,4 +15,5 @@ mod queue;
 mod scheduler;
 mod settings;
 mod tenants;
+mod timers;
 mod truth;

@@ -83,7 +83,8 @@ impl Schedule {
 
 /// `now`'s day at `hour`:00:00.
 fn at_hour(now: DateTime<Utc>, hour: u8) -> DateTime<Utc> {
-    let midnight = now - Duration::seconds(i64::from(now.num_seconds_from_midnight()))
+    let midnight = now
+        - Duration::seconds(i64::from(now.num_seconds_from_midnight()))
         - Duration::nanoseconds(i64::from(now.nanosecond()));
     midnight + Duration::hours(i64::from(hour.min(23)))
 }

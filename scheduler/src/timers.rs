@@ -100,11 +100,8 @@ pub async fn run<C: Clock>(
     name: String,
     shutdown: watch::Receiver<bool>,
 ) {
-    let retention = NewTimer::new(
-        RETENTION_TIMER,
-        Schedule::Every { minutes: config.retention_every_minutes },
-        RETENTION_JOB,
-    );
+    let retention =
+        NewTimer::new(RETENTION_TIMER, Schedule::Every { minutes: config.retention_every_minutes }, RETENTION_JOB);
     // A scheduler starting while the database is away keeps trying: the sweep is not urgent.
     let mut shutdown_wait = shutdown.clone();
     while let Err(e) = store.timer_upsert(&retention, clock.now()).await {
@@ -165,7 +162,9 @@ impl<C: Clock> Handler for TimerJobs<C> {
                     .map_err(|e| JobError::Retryable(e.to_string()))?;
                 if swept != Default::default() {
                     tracing::info!(
-                        jobs = swept.jobs, attempts = swept.job_attempts, idempotency_keys = swept.idempotency_keys,
+                        jobs = swept.jobs,
+                        attempts = swept.job_attempts,
+                        idempotency_keys = swept.idempotency_keys,
                         "retention sweep"
                     );
                 }

@@ -121,11 +121,8 @@ impl Store {
 
     /// Removes a timer; false when there was none of that name.
     pub async fn timer_remove(&self, name: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM timers WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let done =
+            sqlx::query("DELETE FROM timers WHERE name = $1").bind(name).execute(&self.pool).await.map_err(db_error)?;
         Ok(done.rows_affected() == 1)
     }
 
