@@ -11,6 +11,7 @@ mod isolation;
 mod limits;
 mod node;
 mod openapi;
+mod operators;
 mod queue;
 mod scheduler;
 mod settings;

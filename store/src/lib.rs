@@ -3,6 +3,7 @@
 //! membership into the query itself, so another tenant's row is simply not found.
 
 pub mod accounts;
+pub mod agent_retire;
 pub mod agents;
 pub mod apps;
 pub mod billing;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod databases;
 mod error;
 pub mod idempotency;
+pub mod job_admin;
 pub mod jobs;
 pub mod plans;
 pub mod retention;
