@@ -179,7 +179,7 @@ async fn measure(args: &Args, pg: &ControlPg) -> Result<Vec<Phase>> {
     let access: Value =
         http.post(format!("{api}/v1/auth/token")).json(&json!({ "api_token": token })).send().await?.json().await?;
     let bearer = access["access_token"].as_str().context("access token")?.to_string();
-    let client = Api { http: http.clone(), base: api.clone(), bearer };
+    let client = Api { http: http.clone(), base: api.clone(), bearer, unavailable: Arc::default() };
     let tenant = client.call("POST", "/v1/tenants", Some(json!({ "name": "bench" }))).await?;
     let tenant = tenant["id"].as_str().context("tenant id")?.to_string();
     let app = client.call("POST", &format!("/v1/tenants/{tenant}/apps"), Some(json!({ "name": "web" }))).await?;
@@ -225,6 +225,7 @@ async fn phase(
 ) -> Result<(Phase, Vec<Value>)> {
     heartbeats.lock().unwrap().clear();
     let lost_before = lease_lost.load(Ordering::SeqCst);
+    let unavailable_before = client.unavailable.load(Ordering::SeqCst);
     let started = Instant::now();
     let calls = requests.iter().map(|(path, body)| client.call(method, path, body.clone()));
     let answers = futures_join_all(calls).await;
@@ -252,6 +253,7 @@ async fn phase(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = started.elapsed().as_secs_f64();
+    let unavailable = client.unavailable.load(Ordering::SeqCst) - unavailable_before;
     let statuses: Vec<(String, Option<String>, Option<String>)> =
         sqlx::query_as("SELECT status, step, error FROM operations WHERE id = ANY($1)")
             .bind(&ids)
@@ -278,6 +280,25 @@ async fn phase(
     .fetch_all(admin.pool())
     .await?;
     let of = |o: &str| attempts.iter().filter(|(x, _)| x.as_deref() == Some(o)).map(|(_, n)| n).sum::<i64>();
+    // Where the slowest steps spent their time: waiting to be claimed, or running.
+    let slow: Vec<(String, Option<String>, f64, f64, i32)> = sqlx::query_as(
+        "SELECT j.kind, j.payload->>'step', EXTRACT(EPOCH FROM a.started_at - j.created_at)::float8, \
+            EXTRACT(EPOCH FROM j.finished_at - a.started_at)::float8, j.attempts \
+         FROM jobs j JOIN job_attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
+         WHERE j.operation_id = ANY($1) AND j.status = 'done' AND j.queue NOT LIKE 'agent:%' \
+         ORDER BY j.finished_at - j.created_at DESC LIMIT 3",
+    )
+    .bind(&ids)
+    .fetch_all(admin.pool())
+    .await?;
+    for (kind, step, waited, ran, attempts) in slow {
+        notes.push(format!(
+            "a slow step: {kind} {:?}, waited {} to be claimed, then ran {} (attempt {attempts})",
+            step.unwrap_or_else(|| "start".into()),
+            ms(waited),
+            ms(ran)
+        ));
+    }
     let errors: Vec<(String,)> = sqlx::query_as(
         "SELECT DISTINCT a.error FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
          WHERE j.operation_id = ANY($1) AND a.error IS NOT NULL LIMIT 5",
@@ -287,6 +308,11 @@ async fn phase(
     .await?;
     for (e,) in errors {
         notes.push(format!("a failed attempt: {e}"));
+    }
+    if unavailable > 0 {
+        notes.push(format!(
+            "{unavailable} request(s) answered 503 (the API's pool timed out after 5 s) and were sent again"
+        ));
     }
     let lost = lease_lost.load(Ordering::SeqCst) - lost_before;
     if lost > 0 {
@@ -325,6 +351,8 @@ struct Api {
     http: reqwest::Client,
     base: String,
     bearer: String,
+    /// 503 answers (the API's pool timed out), retried.
+    unavailable: Arc<AtomicUsize>,
 }
 
 impl Api {
@@ -338,17 +366,26 @@ impl Api {
         let (method, path) = (method.to_string(), path.to_string());
         async move {
             let method: reqwest::Method = method.parse()?;
-            let mut rb = me.http.request(method, format!("{}{path}", me.base)).bearer_auth(&me.bearer);
-            if let Some(b) = body {
-                rb = rb.json(&b);
+            // A 503 says "retry shortly": a client does, and the phase counts it.
+            for _ in 0..20 {
+                let mut rb = me.http.request(method.clone(), format!("{}{path}", me.base)).bearer_auth(&me.bearer);
+                if let Some(b) = &body {
+                    rb = rb.json(b);
+                }
+                let res = rb.send().await?;
+                let status = res.status();
+                let answer: Value = res.json().await.unwrap_or(Value::Null);
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    me.unavailable.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                if !status.is_success() {
+                    bail!("{path}: {status} {answer}");
+                }
+                return Ok(answer);
             }
-            let res = rb.send().await?;
-            let status = res.status();
-            let body: Value = res.json().await.unwrap_or(Value::Null);
-            if !status.is_success() {
-                bail!("{path}: {status} {body}");
-            }
-            Ok(body)
+            bail!("{path}: 503 twenty times")
         }
     }
 }
