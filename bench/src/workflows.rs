@@ -37,6 +37,9 @@ pub struct Args {
     /// How long a fake agent works on each task before it reports.
     #[arg(long, default_value_t = 100)]
     task_ms: u64,
+    /// Tasks a fake agent runs at once (the agent runs one at a time).
+    #[arg(long, default_value_t = 1)]
+    agent_concurrency: usize,
     /// Connections of the scheduler's pool (`pgplane scheduler` opens 8).
     #[arg(long, default_value_t = 8)]
     scheduler_pool: u32,
@@ -62,10 +65,11 @@ pub async fn run(args: Args) -> Result<()> {
     println!();
     println!(
         "control plane: {}; API and scheduler (pool of {} connections, default worker) in this process; fake \
-         agents answer each task after {} ms, several tasks at once, heartbeat every second",
+         agents answer each task after {} ms, {} task(s) at once each, heartbeat every second",
         pg.describe(),
         args.scheduler_pool,
-        args.task_ms
+        args.task_ms,
+        args.agent_concurrency
     );
     let mut t = Table::new(&[
         "phase",
@@ -166,9 +170,9 @@ async fn measure(args: &Args, pg: &ControlPg) -> Result<Vec<Phase>> {
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let heartbeats = Arc::new(Mutex::new(Vec::new()));
-    let lease_lost = Arc::new(AtomicUsize::new(0));
+    let counters = Counters::default();
     for i in 0..args.agents {
-        start_fake_agent(&http, &agent_api, i, args, heartbeats.clone(), lease_lost.clone(), stopped.clone()).await?;
+        start_fake_agent(&http, &agent_api, i, args, heartbeats.clone(), counters.clone(), stopped.clone()).await?;
     }
 
     // A tenant's owner with an app.
@@ -190,7 +194,7 @@ async fn measure(args: &Args, pg: &ControlPg) -> Result<Vec<Phase>> {
     let create: Vec<(String, Option<Value>)> = (0..args.databases)
         .map(|i| (format!("/v1/apps/{app}/databases"), Some(json!({ "name": format!("db{i:03}"), "plan": args.plan }))))
         .collect();
-    let (created, ops) = phase(&admin, &client, "create", "POST", create, args, &heartbeats, &lease_lost).await?;
+    let (created, ops) = phase(&admin, &client, "create", "POST", create, args, &heartbeats, &counters).await?;
     for op in &ops {
         databases.push(op["database_id"].as_str().context("database id")?.to_string());
     }
@@ -200,9 +204,9 @@ async fn measure(args: &Args, pg: &ControlPg) -> Result<Vec<Phase>> {
         .map(|d| (format!("/v1/databases/{d}/change-plan"), Some(json!({ "plan": args.to_plan }))))
         .collect();
     let name = format!("change plan → {}", args.to_plan);
-    phases.push(phase(&admin, &client, &name, "POST", change, args, &heartbeats, &lease_lost).await?.0);
+    phases.push(phase(&admin, &client, &name, "POST", change, args, &heartbeats, &counters).await?.0);
     let delete: Vec<_> = databases.iter().map(|d| (format!("/v1/databases/{d}"), None)).collect();
-    phases.push(phase(&admin, &client, "delete", "DELETE", delete, args, &heartbeats, &lease_lost).await?.0);
+    phases.push(phase(&admin, &client, "delete", "DELETE", delete, args, &heartbeats, &counters).await?.0);
 
     let _ = stop.send(true);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -221,10 +225,11 @@ async fn phase(
     requests: Vec<(String, Option<Value>)>,
     args: &Args,
     heartbeats: &Mutex<Vec<f64>>,
-    lease_lost: &AtomicUsize,
+    counters: &Counters,
 ) -> Result<(Phase, Vec<Value>)> {
     heartbeats.lock().unwrap().clear();
-    let lost_before = lease_lost.load(Ordering::SeqCst);
+    let lost_before = counters.lease_lost.load(Ordering::SeqCst);
+    let refused_before = counters.reports_refused.load(Ordering::SeqCst);
     let unavailable_before = client.unavailable.load(Ordering::SeqCst);
     let started = Instant::now();
     let calls = requests.iter().map(|(path, body)| client.call(method, path, body.clone()));
@@ -314,9 +319,13 @@ async fn phase(
             "{unavailable} request(s) answered 503 (the API's pool timed out after 5 s) and were sent again"
         ));
     }
-    let lost = lease_lost.load(Ordering::SeqCst) - lost_before;
+    let lost = counters.lease_lost.load(Ordering::SeqCst) - lost_before;
     if lost > 0 {
         notes.push(format!("{lost} agent report(s) answered 409 lease lost"));
+    }
+    let refused = counters.reports_refused.load(Ordering::SeqCst) - refused_before;
+    if refused > 0 {
+        notes.push(format!("{refused} agent report(s) failed (not 409) and were sent again a second later"));
     }
     let phase = Phase {
         name: name.to_string(),
@@ -390,6 +399,15 @@ impl Api {
     }
 }
 
+/// What the fake agents count.
+#[derive(Clone, Default)]
+struct Counters {
+    /// Reports answered 409 (lease lost).
+    lease_lost: Arc<AtomicUsize>,
+    /// Reports that failed otherwise (and were sent again).
+    reports_refused: Arc<AtomicUsize>,
+}
+
 /// Registers fake agent `i` and starts its pollers (tasks of several databases at once, as a
 /// real agent runs them) and its heartbeat, until `stop`.
 async fn start_fake_agent(
@@ -398,9 +416,10 @@ async fn start_fake_agent(
     i: usize,
     args: &Args,
     heartbeats: Arc<Mutex<Vec<f64>>>,
-    lease_lost: Arc<AtomicUsize>,
+    counters: Counters,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    let lease_lost = counters.lease_lost.clone();
     let reg: Value = http
         .post(format!("{agent_api}/agent/v1/register"))
         .json(&json!({
@@ -413,9 +432,10 @@ async fn start_fake_agent(
         .await?;
     let credential = reg["credential"].as_str().with_context(|| format!("registering: {reg}"))?.to_string();
     let task = Duration::from_millis(args.task_ms);
-    for _ in 0..8 {
+    for _ in 0..args.agent_concurrency {
         let (http, base, credential, lease_lost, stop) =
             (http.clone(), agent_api.to_string(), credential.clone(), lease_lost.clone(), stop.clone());
+        let reports_refused = counters.reports_refused.clone();
         tokio::spawn(async move {
             while !*stop.borrow() {
                 let res =
@@ -431,15 +451,26 @@ async fn start_fake_agent(
                 }
                 let Ok(job) = res.json::<AgentJob>().await else { continue };
                 tokio::time::sleep(task).await;
+                // As the agent does: up to 10 tries, a second apart; 409 is a lost lease.
                 let report = json!({ "lease_id": job.lease_id, "outcome": "succeeded", "result": {} });
-                let answer = http
-                    .post(format!("{base}/agent/v1/jobs/{}/report", job.job_id))
-                    .bearer_auth(&credential)
-                    .json(&report)
-                    .send()
-                    .await;
-                if matches!(&answer, Ok(r) if r.status() == reqwest::StatusCode::CONFLICT) {
-                    lease_lost.fetch_add(1, Ordering::SeqCst);
+                for _ in 0..10 {
+                    let answer = http
+                        .post(format!("{base}/agent/v1/jobs/{}/report", job.job_id))
+                        .bearer_auth(&credential)
+                        .json(&report)
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(r) if r.status().is_success() => break,
+                        Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                            lease_lost.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        _ => {
+                            reports_refused.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
                 }
             }
         });
