@@ -168,6 +168,9 @@ async fn retiring_a_lost_agent() {
     let back = fake_agent(&agent_api, "host-a").await;
     let b = agent_id(&operator, "host-a").await;
     assert_ne!(a, b, "a new agent");
+    // A live agent that registers again (a restart) keeps its identity.
+    register_fake_agent(&reqwest::Client::new(), &agent_api, "host-a", "127.0.0.1").await;
+    assert_eq!(agent_id(&operator, "host-a").await, b);
     // New databases go on live agents only, never the retired one.
     let done = order(&app, &owner, &app_id, "second").await;
     assert_eq!(done["status"], "done", "{done}");
