@@ -180,7 +180,7 @@ async fn retiring_a_lost_agent() {
             .fetch_all(app.store.pool())
             .await
             .unwrap();
-    assert_eq!(placed, [b.clone()]);
+    assert_eq!(placed, vec![b.clone()]);
     let (s, _) = operator.post(&format!("/v1/agents/{}/retire", uuid::Uuid::now_v7()), &json!({})).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     drop(back);
