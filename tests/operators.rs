@@ -168,9 +168,6 @@ async fn retiring_a_lost_agent() {
     let back = fake_agent(&agent_api, "host-a").await;
     let b = agent_id(&operator, "host-a").await;
     assert_ne!(a, b, "a new agent");
-    // A live agent that registers again (a restart) keeps its identity.
-    register_fake_agent(&reqwest::Client::new(), &agent_api, "host-a", "127.0.0.1").await;
-    assert_eq!(agent_id(&operator, "host-a").await, b);
     // New databases go on live agents only, never the retired one.
     let done = order(&app, &owner, &app_id, "second").await;
     assert_eq!(done["status"], "done", "{done}");
@@ -181,6 +178,17 @@ async fn retiring_a_lost_agent() {
             .await
             .unwrap();
     assert_eq!(placed, vec![b.clone()]);
+    // The restart's job died with its agent: retrying it there is refused.
+    let dead: uuid::Uuid = sqlx::query_scalar("SELECT id FROM jobs WHERE operation_id = $1::uuid AND status = 'dead'")
+        .bind(restart["id"].as_str().unwrap())
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    let (s, body) = operator.post(&format!("/v1/jobs/{dead}/retry"), &json!({})).await;
+    conflict(s, &body, "agent_retired");
+    // A live agent that registers again (a restart) keeps its identity.
+    register_fake_agent(&reqwest::Client::new(), &agent_api, "host-a", "127.0.0.1").await;
+    assert_eq!(agent_id(&operator, "host-a").await, b);
     let (s, _) = operator.post(&format!("/v1/agents/{}/retire", uuid::Uuid::now_v7()), &json!({})).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     drop(back);

@@ -226,7 +226,7 @@ async fn the_retention_timer_sweeps_old_jobs_attempts_and_idempotency_keys() {
     let sweep = result.expect("the retention sweep ran");
     let swept: serde_json::Value =
         sqlx::query_scalar("SELECT result FROM jobs WHERE id = $1").bind(sweep).fetch_one(&pool).await.unwrap();
-    assert_eq!(swept, json!({ "jobs": 2, "job_attempts": 2, "idempotency_keys": 1 }));
+    assert_eq!(swept, json!({ "jobs": 2, "job_attempts": 2, "idempotency_keys": 1, "timers": 0 }));
     let left: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM jobs WHERE queue = 'q' ORDER BY id").fetch_all(&pool).await.unwrap();
     let mut kept = vec![ids[2].as_uuid(), ids[3].as_uuid()];
@@ -275,4 +275,16 @@ async fn daily_backup_timers_and_the_operators_list() {
     assert!(app.store.timer_set_daily_backup(db, None, now).await.unwrap().is_none());
     let (_, page) = operator.get("/v1/timers").await;
     assert_eq!(page["items"], json!([]));
+
+    // A deleted database's timer never fires, and the retention sweep removes it.
+    app.store.timer_set_daily_backup(db, Some(3), now).await.unwrap();
+    sqlx::query("UPDATE databases SET status = 'deleted' WHERE id = $1")
+        .bind(db)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(app.store.timer_fire_due(now + Days::days(2), 10).await.unwrap(), vec![]);
+    let swept = app.store.retention_sweep(now, &Retention::default()).await.unwrap();
+    assert_eq!(swept.timers, 1);
+    assert!(app.store.timer_get(&format!("backup:{db}")).await.is_err());
 }

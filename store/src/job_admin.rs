@@ -16,17 +16,25 @@ impl Store {
     /// Puts a dead job back in its queue (see the module).
     pub async fn job_retry(&self, id: JobId) -> Result<Job> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let row: Option<(String, Option<OperationId>)> =
-            sqlx::query_as("SELECT status, operation_id FROM jobs WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let (status, operation) = row.ok_or(Error::not_found("job"))?;
+        let row: Option<(String, Option<OperationId>, bool)> = sqlx::query_as(
+            "SELECT j.status, j.operation_id, EXISTS (SELECT 1 FROM agents a WHERE j.queue = 'agent:' || a.id::text \
+                AND a.retired_at IS NOT NULL) FROM jobs j WHERE j.id = $1 FOR UPDATE OF j",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let (status, operation, agent_retired) = row.ok_or(Error::not_found("job"))?;
         if status != "dead" {
             return Err(Error::conflict(
                 "job_not_dead",
                 format!("only a dead job can be retried; this one is {status}"),
+            ));
+        }
+        if agent_retired {
+            return Err(Error::conflict(
+                "agent_retired",
+                "the agent that must run this job was retired; ask for a new operation instead",
             ));
         }
         if let Some(op) = operation {

@@ -1,6 +1,7 @@
 //! The retention sweep: finished jobs (with their attempts) and idempotency keys older than
 //! their retention are deleted, in batches so that no sweep holds many row locks at once.
-//! Jobs of an operation still in flight are kept whatever their age.
+//! Jobs of an operation still in flight are kept whatever their age. Timers of deleted
+//! databases go too.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -33,6 +34,7 @@ pub struct Swept {
     pub jobs: u64,
     pub job_attempts: u64,
     pub idempotency_keys: u64,
+    pub timers: u64,
 }
 
 /// Rows deleted per statement.
@@ -96,6 +98,12 @@ impl Store {
                 break;
             }
         }
+        let timers =
+            sqlx::query("DELETE FROM timers t USING databases d WHERE t.database_id = d.id AND d.status = 'deleted'")
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
+        swept.timers = timers.rows_affected();
         Ok(swept)
     }
 }

@@ -150,12 +150,14 @@ impl Store {
     }
 
     /// Fires up to `limit` timers due at `now`: each enqueues its job and moves to its next due
-    /// time after `now`, in one transaction. Rows another scheduler is firing are skipped.
+    /// time after `now`, in one transaction. Rows another scheduler is firing are skipped, and so
+    /// are the timers of deleted databases (the retention sweep removes them).
     pub async fn timer_fire_due(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<Fired>> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let due: Vec<TimerRow> = sqlx::query_as(&format!(
-            "SELECT {TIMER_COLUMNS} FROM timers WHERE next_fire_at <= $1 ORDER BY next_fire_at, id LIMIT $2 \
-             FOR UPDATE SKIP LOCKED"
+            "SELECT {TIMER_COLUMNS} FROM timers t WHERE next_fire_at <= $1 \
+               AND NOT EXISTS (SELECT 1 FROM databases d WHERE d.id = t.database_id AND d.status = 'deleted') \
+             ORDER BY next_fire_at, id LIMIT $2 FOR UPDATE OF t SKIP LOCKED"
         ))
         .bind(now)
         .bind(limit)
