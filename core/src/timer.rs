@@ -3,7 +3,7 @@
 //! fires, never from the slot it missed, so a scheduler that was down for three days fires a
 //! daily timer once when it comes back, not three times.
 
-use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -20,7 +20,8 @@ pub enum Schedule {
     Weekly { weekday: u8, hour: u8 },
     /// Once, at `at`.
     Once { at: DateTime<Utc> },
-    /// Every `minutes` minutes, on the multiples of that period since the Unix epoch.
+    /// Every `minutes` minutes after the last firing (the first, that long after the timer
+    /// was made).
     Every { minutes: u32 },
 }
 
@@ -72,11 +73,7 @@ impl Schedule {
                 Some(if slot > now { slot } else { slot + Duration::days(7) })
             }
             Schedule::Once { .. } => None,
-            Schedule::Every { minutes } => {
-                let period = i64::from(minutes.max(1)) * 60;
-                let next = (now.timestamp().div_euclid(period) + 1) * period;
-                Utc.timestamp_opt(next, 0).single()
-            }
+            Schedule::Every { minutes } => Some(now + Duration::minutes(i64::from(minutes.max(1)))),
         }
     }
 }
@@ -137,8 +134,9 @@ mod tests {
         let m = Schedule::Weekly { weekday: 0, hour: 13 };
         assert_eq!(m.after(t("2026-11-30T12:00:00Z")), Some(t("2026-11-30T13:00:00Z")));
         let e = Schedule::Every { minutes: 15 };
-        assert_eq!(e.after(t("2026-11-30T12:07:00Z")), Some(t("2026-11-30T12:15:00Z")));
-        assert_eq!(e.after(t("2026-11-30T12:15:00Z")), Some(t("2026-11-30T12:30:00Z")));
+        assert_eq!(e.first(t("2026-11-30T12:07:00Z")), Some(t("2026-11-30T12:22:00Z")));
+        // Late by an hour: the next one a period after this firing, not the four missed.
+        assert_eq!(e.after(t("2026-11-30T13:22:30Z")), Some(t("2026-11-30T13:37:30Z")));
         let o = Schedule::Once { at: t("2026-11-30T12:00:00Z") };
         assert_eq!(o.first(t("2026-12-01T00:00:00Z")), Some(t("2026-11-30T12:00:00Z")));
         assert_eq!(o.after(t("2026-12-01T00:00:00Z")), None);

@@ -32,16 +32,7 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
     tasks.spawn(wakers.clone().listen(store.clone(), shutdown.clone()));
     tasks.spawn(run_reaper(store.clone(), Duration::from_secs(2), shutdown.clone()));
     tasks.spawn(sweep_dead_operations(store.clone(), shutdown.clone()));
-    let timers = crate::timers::TimersConfig::from_env();
-    let clock = Arc::new(crate::timers::SystemClock);
-    tasks.spawn(crate::timers::run(
-        store.clone(),
-        clock,
-        timers,
-        wakers.clone(),
-        worker.name.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(crate::timers::run_default(store.clone(), wakers.clone(), worker.name.clone(), shutdown.clone()));
     let etcd = match crate::etcd_users::admin_client(&config.etcd) {
         Ok(etcd) => etcd,
         Err(e) => return tracing::error!(error = %e, "the etcd access of the configuration is unusable"),

@@ -90,6 +90,11 @@ impl TimersConfig {
     }
 }
 
+/// `run` on the system's clock, with the settings of the environment (`TimersConfig::from_env`).
+pub async fn run_default(store: Store, wakers: Wakers, name: String, shutdown: watch::Receiver<bool>) {
+    run(store, Arc::new(SystemClock), TimersConfig::from_env(), wakers, name, shutdown).await
+}
+
 /// Runs the timers until `shutdown`: makes the scheduler's own timers, then fires due timers
 /// every tick and runs the timer queue's jobs.
 pub async fn run<C: Clock>(
