@@ -141,6 +141,17 @@ async fn racing_firings_never_enqueue_twice() {
         fired += x.unwrap().len() + y.unwrap().len();
     }
     assert_eq!(fired, 20 * 30);
+    // A `once` timer fires once, late or not, and then never again.
+    let mut once = daily("once", 0);
+    once.schedule = Schedule::Once { at: start + Days::minutes(1) };
+    a.timer_upsert(&once, start).await.unwrap();
+    let later = start + Days::days(1);
+    let (x, y) = tokio::join!(a.timer_fire_due(later, 100), b.timer_fire_due(later, 100));
+    let names: Vec<String> = x.unwrap().into_iter().chain(y.unwrap()).map(|f| f.name).filter(|n| n == "once").collect();
+    assert_eq!(names, ["once"]);
+    assert_eq!(a.timer_get("once").await.unwrap().next_fire_at, None);
+    let again = a.timer_fire_due(later + Days::days(1), 100).await.unwrap();
+    assert!(again.iter().all(|f| f.name != "once"), "{again:?}");
     let duplicates: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM jobs GROUP BY payload->>'timer', payload->>'due_at' HAVING count(*) > 1) d",
     )
