@@ -78,8 +78,12 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("GET /v1/billing/periods", PlatformOnly, None),
         ("GET /v1/jobs", PlatformOnly, None),
         ("GET /v1/jobs/{job_id}", PlatformOnly, None),
+        ("POST /v1/jobs/{job_id}/retry", PlatformOnly, None),
+        ("POST /v1/jobs/{job_id}/fail", PlatformOnly, None),
         ("GET /v1/agents", PlatformOnly, None),
         ("GET /v1/agents/{agent_id}", PlatformOnly, None),
+        ("POST /v1/agents/{agent_id}/retire", PlatformOnly, None),
+        ("GET /v1/timers", PlatformOnly, None),
     ]
 }
 

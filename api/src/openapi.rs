@@ -33,6 +33,7 @@ use crate::error::{Problem, PROBLEM_JSON};
         (name = "billing", description = "Plan periods for the billing service"),
         (name = "jobs", description = "The job queue (operators)"),
         (name = "agents", description = "Node agents and what their hosts can do (operators)"),
+        (name = "timers", description = "What a clock starts: retention sweeps, daily backups (operators)"),
     )
 )]
 pub struct ApiDoc;

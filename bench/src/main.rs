@@ -2,6 +2,7 @@
 //!
 //! `cargo run --release -p pgplane-bench -- api [--duration 10 --connections 64 ...]`
 //! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit | lab`
+//! `cargo run --release -p pgplane-bench -- workflows --databases 50`
 
 mod api;
 mod client;
@@ -24,6 +25,7 @@ mod queue;
 mod report;
 mod servers;
 mod switchover;
+mod workflows;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +60,9 @@ enum Bench {
     /// The partition lab (root): each scenario `--runs` times on network-namespace hosts; write
     /// gap, failed writes, acknowledged writes lost, time until whole again.
     Lab(lab::Args),
+    /// Many operations at once on fake agents: databases created, changed and deleted together;
+    /// operations done, step latency p50 / p99, retried and lease-expired attempts, heartbeats.
+    Workflows(workflows::Args),
 }
 
 #[tokio::main]
@@ -72,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Migrate(args) => migrate::run(args).await,
         Bench::Commit(args) => commit::run(args).await,
         Bench::Lab(args) => lab::run(args).await,
+        Bench::Workflows(args) => workflows::run(args).await,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod model;
 pub mod page;
 pub mod params;
 pub mod redact;
+pub mod timer;
 pub mod validate;
 
 pub use error::{Error, FieldError};

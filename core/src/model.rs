@@ -672,9 +672,22 @@ pub struct Agent {
     pub port_max: i32,
     pub registered_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
-    /// Heard from within the last 30 s: placement considers it.
+    /// Heard from within the last 30 s and not retired: placement considers it.
     pub live: bool,
+    /// When an operator retired it: never placed on again, its credential refused.
+    pub retired_at: Option<DateTime<Utc>>,
     /// What the host can do; absent for agents older than these checks.
     pub capabilities: Option<crate::agent::Capabilities>,
 }
 page_of!(AgentPage, Agent);
+
+/// What retiring an agent did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentRetirement {
+    pub agent: Agent,
+    /// Databases whose members or gateways were on it: its members are now `lost`, the ports
+    /// they held released (empty unless forced).
+    pub databases: Vec<DatabaseId>,
+    /// Jobs of its queue that were waiting or running and died with the retirement.
+    pub jobs_killed: i64,
+}

@@ -8,6 +8,7 @@ mod etcd_users;
 mod plan_change;
 pub mod queue;
 pub mod run;
+pub mod timers;
 mod tls;
 pub mod truth;
 mod vip;

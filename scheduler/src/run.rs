@@ -1,6 +1,6 @@
 //! Everything a scheduler process runs: the NOTIFY listener, the workflow worker, the lease
 //! reaper, the sweep that fails operations whose jobs died, the reading of each database's leader
-//! from etcd (`truth`), and the agent API. Several
+//! from etcd (`truth`), the timers (`timers`), and the agent API. Several
 //! schedulers may run against one database: the queue's leases keep them from double work.
 
 use pgplane_store::Store;
@@ -32,6 +32,7 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
     tasks.spawn(wakers.clone().listen(store.clone(), shutdown.clone()));
     tasks.spawn(run_reaper(store.clone(), Duration::from_secs(2), shutdown.clone()));
     tasks.spawn(sweep_dead_operations(store.clone(), shutdown.clone()));
+    tasks.spawn(crate::timers::run_default(store.clone(), wakers.clone(), worker.name.clone(), shutdown.clone()));
     let etcd = match crate::etcd_users::admin_client(&config.etcd) {
         Ok(etcd) => etcd,
         Err(e) => return tracing::error!(error = %e, "the etcd access of the configuration is unusable"),

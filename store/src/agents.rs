@@ -73,7 +73,7 @@ impl Store {
         let id: AgentId = sqlx::query_scalar(
             "INSERT INTO agents (id, name, host, credential_hash, memory_mb, disk_gb, port_min, port_max, capabilities, public_host) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, public_host = EXCLUDED.public_host, credential_hash = EXCLUDED.credential_hash, \
+             ON CONFLICT (name) WHERE retired_at IS NULL DO UPDATE SET host = EXCLUDED.host, public_host = EXCLUDED.public_host, credential_hash = EXCLUDED.credential_hash, \
                 memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, port_min = EXCLUDED.port_min, \
                 port_max = EXCLUDED.port_max, capabilities = EXCLUDED.capabilities, last_seen_at = now() \
              RETURNING id",
@@ -96,13 +96,26 @@ impl Store {
 
     /// The agent holding this credential.
     pub async fn agent_authenticate(&self, credential: &str) -> Result<Agent> {
-        let row: Option<Agent> =
-            sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents a WHERE a.credential_hash = $1"))
-                .bind(hash(credential))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-        row.ok_or_else(|| Error::unauthorized("unknown agent credential; register again"))
+        #[derive(FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            agent: Agent,
+            retired: bool,
+        }
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {AGENT_COLUMNS}, a.retired_at IS NOT NULL AS retired FROM agents a WHERE a.credential_hash = $1"
+        ))
+        .bind(hash(credential))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        match row {
+            None => Err(Error::unauthorized("unknown agent credential; register again")),
+            Some(r) if r.retired => {
+                Err(Error::unauthorized("an operator retired this agent; register again, as a new agent"))
+            }
+            Some(r) => Ok(r.agent),
+        }
     }
 
     /// Records that the agent is alive and, when it says, what it observes of its members.
@@ -183,7 +196,8 @@ impl Store {
 
 /// An agent with its free capacity and whether it is live (`$2`: seconds a heartbeat counts).
 const AGENT_VIEW: &str = "a.id, a.name, a.host, COALESCE(a.public_host, a.host) AS public_host, a.memory_mb, a.disk_gb, a.port_min, a.port_max, a.last_seen_at, \
-    a.capabilities, a.registered_at, a.last_seen_at > now() - make_interval(secs => $2) AS live, \
+    a.capabilities, a.registered_at, a.retired_at, \
+    a.last_seen_at > now() - make_interval(secs => $2) AND a.retired_at IS NULL AS live, \
     a.memory_mb - COALESCE(SUM(m.memory_mb), 0) AS free_memory_mb, a.disk_gb - COALESCE(SUM(m.disk_gb), 0) AS free_disk_gb \
     FROM agents a LEFT JOIN database_members m ON m.agent_id = a.id";
 
@@ -192,6 +206,7 @@ struct AgentRow {
     #[sqlx(flatten)]
     capacity: AgentCapacity,
     registered_at: DateTime<Utc>,
+    retired_at: Option<DateTime<Utc>>,
     live: bool,
 }
 
@@ -212,6 +227,7 @@ impl AgentRow {
             registered_at: self.registered_at,
             last_seen_at: a.last_seen_at,
             live: self.live,
+            retired_at: self.retired_at,
             capabilities: a.capabilities.map(|c| c.0),
         }
     }
@@ -223,7 +239,7 @@ pub async fn agent_capacity_in(conn: &mut PgConnection) -> Result<Vec<AgentCapac
         "SELECT {AGENT_COLUMNS}, a.memory_mb - COALESCE(SUM(m.memory_mb), 0) AS free_memory_mb, \
             a.disk_gb - COALESCE(SUM(m.disk_gb), 0) AS free_disk_gb \
          FROM agents a LEFT JOIN database_members m ON m.agent_id = a.id \
-         WHERE a.last_seen_at > now() - make_interval(secs => $1) \
+         WHERE a.last_seen_at > now() - make_interval(secs => $1) AND a.retired_at IS NULL \
          GROUP BY a.id ORDER BY free_memory_mb DESC, a.name"
     ))
     .bind(f64::from(LIVE_WITHIN_SECS))

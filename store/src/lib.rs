@@ -3,6 +3,7 @@
 //! membership into the query itself, so another tenant's row is simply not found.
 
 pub mod accounts;
+pub mod agent_retire;
 pub mod agents;
 pub mod apps;
 pub mod billing;
@@ -10,9 +11,12 @@ pub mod config;
 pub mod databases;
 mod error;
 pub mod idempotency;
+pub mod job_admin;
 pub mod jobs;
 pub mod plans;
+pub mod retention;
 pub mod tenants;
+pub mod timers;
 pub mod tokens;
 pub mod truth;
 pub mod vips;

@@ -1,4 +1,5 @@
-//! The job queue as platform operators see it: dead jobs and any job by id.
+//! The job queue as platform operators see it: dead jobs and any job by id; retrying a dead
+//! job, or failing one that hangs.
 
 use axum::extract::State;
 use pgplane_core::ids::JobId;
@@ -15,7 +16,11 @@ use crate::openapi::Errors;
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(job_list)).routes(routes!(job_get))
+    OpenApiRouter::new()
+        .routes(routes!(job_list))
+        .routes(routes!(job_get))
+        .routes(routes!(job_retry))
+        .routes(routes!(job_fail))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -54,4 +59,28 @@ async fn job_list(
 async fn job_get(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<JobId>) -> ApiResult<Json<Job>> {
     require_platform(&actor, PlatformRole::Operator)?;
     Ok(Json(state.store.job_get(id).await?))
+}
+
+/// Puts a dead job back in its queue with its attempts counted from zero, with the other dead
+/// jobs of its operation; an operation the job had ended in `error` runs again (409 when another
+/// operation of the database came since) (operators).
+#[utoipa::path(
+    post, path = "/v1/jobs/{job_id}/retry", tag = "jobs", security(("bearer" = [])),
+    params(("job_id" = JobId, Path)), responses((status = 200, body = Job), Errors)
+)]
+async fn job_retry(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<JobId>) -> ApiResult<Json<Job>> {
+    require_platform(&actor, PlatformRole::Operator)?;
+    Ok(Json(state.store.job_retry(id).await?))
+}
+
+/// Kills a job that is waiting or running (one that hangs on a lost host, say): it becomes
+/// `dead`, and its operation ends in `error` within seconds, as when a job dies by itself
+/// (operators).
+#[utoipa::path(
+    post, path = "/v1/jobs/{job_id}/fail", tag = "jobs", security(("bearer" = [])),
+    params(("job_id" = JobId, Path)), responses((status = 200, body = Job), Errors)
+)]
+async fn job_fail(State(state): State<AppState>, Auth(actor): Auth, Path(id): Path<JobId>) -> ApiResult<Json<Job>> {
+    require_platform(&actor, PlatformRole::Operator)?;
+    Ok(Json(state.store.job_fail_now(id).await?))
 }

@@ -11,6 +11,7 @@ mod plans;
 mod session;
 mod system;
 mod tenants;
+mod timers;
 mod users;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -35,7 +36,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(config::router())
         .merge(billing::router())
         .merge(jobs::router())
-        .merge(agents::router());
+        .merge(agents::router())
+        .merge(timers::router());
     crate::openapi::declare_body_limit(router.get_openapi_mut());
     router
 }
