@@ -397,6 +397,7 @@ async fn two_schedulers_do_each_step_once() {
         etcd: unused_etcd(),
         bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
         gateway_vips: None,
+        agent_lost_after: pgplane_tests::AGENT_LOST_AFTER,
     };
     tokio::spawn(pgplane_scheduler::run::run(app.store.clone(), config, listener, stopped));
     // One agent talks to each scheduler.

@@ -125,12 +125,13 @@ impl SchedulerArgs {
 }
 
 async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
-    let store = Store::connect(args.db.database_url.expose_secret(), 8).await?;
+    let store = Store::connect(args.db.database_url.expose_secret(), pgplane_scheduler::run::POOL_SIZE).await?;
     store.migrate().await?;
     let config = pgplane_scheduler::config::SchedulerConfig {
         etcd: args.etcd()?,
         bootstrap_token: args.agent_bootstrap_token.expose_secret().to_string(),
         gateway_vips: args.gateway_vips.clone(),
+        agent_lost_after: pgplane_scheduler::engine::AGENT_LOST_AFTER,
     };
     let listener = tokio::net::TcpListener::bind(args.agent_listen)
         .await

@@ -124,6 +124,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         etcd: etcd.admin(),
         bootstrap_token: bootstrap_token.clone(),
         gateway_vips: None,
+        agent_lost_after: pgplane_scheduler::engine::AGENT_LOST_AFTER,
     };
     let scheduler =
         tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped.clone()));

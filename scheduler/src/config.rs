@@ -3,6 +3,7 @@
 use pgplane_core::agent::EtcdAccess;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -16,6 +17,9 @@ pub struct SchedulerConfig {
     /// Virtual IPs for databases whose gateways are on several hosts (see `VipPool`); without
     /// a pool, their connection URL names the first gateway's host.
     pub gateway_vips: Option<VipPool>,
+    /// An agent not heard from for this long is lost: operations waiting on it end in `error`,
+    /// and cluster-wide requests go through another member (`engine::AGENT_LOST_AFTER`).
+    pub agent_lost_after: Duration,
 }
 
 /// A range of IPv4 addresses on the gateway hosts' private network, reserved for databases'

@@ -1,7 +1,8 @@
 //! Everything a scheduler process runs: the NOTIFY listener, the workflow worker, the lease
-//! reaper, the sweep that fails operations whose jobs died, the reading of each database's leader
-//! from etcd (`truth`), and the agent API. Several
-//! schedulers may run against one database: the queue's leases keep them from double work.
+//! reaper, the engine's sweep (operations whose jobs died, passed their deadline or wait on a
+//! lost host end in `error`), the reading of each database's leader from etcd (`truth`), and
+//! the agent API. Several schedulers may run against one database: the queue's leases keep
+//! them from double work.
 
 use pgplane_store::Store;
 use std::sync::Arc;
@@ -14,6 +15,14 @@ use crate::config::SchedulerConfig;
 use crate::queue::{run_reaper, run_worker, Wakers, WorkerConfig};
 use crate::workflows::Workflows;
 
+/// Workflow steps run at once in one scheduler.
+pub const WORKER_CONCURRENCY: usize = 8;
+
+/// Connections a scheduler's pool needs: one per workflow step running at once, and as many
+/// again for what must never wait behind them (agent heartbeats, reports and claims, the
+/// reading of etcd, the sweep, the lease reaper, the LISTEN connection).
+pub const POOL_SIZE: u32 = 2 * WORKER_CONCURRENCY as u32;
+
 /// Runs a scheduler until `shutdown` turns true.
 pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let wakers = Wakers::default();
@@ -22,6 +31,7 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
     // Workflow steps take milliseconds: a short lease lets another scheduler take over the
     // step of one that died within seconds (heartbeats keep a slow step's lease alive).
     worker.lease = Duration::from_secs(6);
+    worker.concurrency = WORKER_CONCURRENCY;
     let state = AgentApiState {
         store: store.clone(),
         wakers: wakers.clone(),
@@ -31,7 +41,7 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(wakers.clone().listen(store.clone(), shutdown.clone()));
     tasks.spawn(run_reaper(store.clone(), Duration::from_secs(2), shutdown.clone()));
-    tasks.spawn(sweep_dead_operations(store.clone(), shutdown.clone()));
+    tasks.spawn(crate::engine::run_sweep(store.clone(), config.agent_lost_after, shutdown.clone()));
     let etcd = match crate::etcd_users::admin_client(&config.etcd) {
         Ok(etcd) => etcd,
         Err(e) => return tracing::error!(error = %e, "the etcd access of the configuration is unusable"),
@@ -57,28 +67,4 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
         }
     });
     while tasks.join_next().await.is_some() {}
-}
-
-/// Operations whose jobs died end in `error` (a dead job never reports by itself).
-async fn sweep_dead_operations(store: Store, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        if let Err(e) = sweep_once(&store).await {
-            tracing::warn!(error = %e, "sweeping dead operations failed");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-async fn sweep_once(store: &Store) -> pgplane_store::Result<()> {
-    let mut conn = store.pool().acquire().await.map_err(pgplane_store::db_error)?;
-    for dead in pgplane_store::workflow::operations_with_dead_jobs_in(&mut conn).await? {
-        let (op, job, error) = (dead.operation_id, dead.job_id, &dead.error);
-        tracing::error!(operation = %op, %job, %error, "operation failed: one of its jobs died");
-        let tenant = crate::queue::tenant_error(dead.task_kind.as_deref(), job);
-        pgplane_store::workflow::operation_finish_in(&mut conn, op, Some(&tenant)).await?;
-    }
-    Ok(())
 }

@@ -83,7 +83,7 @@ pub async fn run_truth(store: Store, etcd: pgplane_etcd::Client, mut shutdown: w
 /// One database: lock its row, read etcd, record. The read happens under the lock so that two
 /// schedulers (or a switchover's last step) cannot record an older holder after a newer one.
 pub async fn reconcile(store: &Store, etcd: &pgplane_etcd::Client, db: DatabaseId) -> Result<(), TruthError> {
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin().await?;
     let Some(before) = truth_lock_in(&mut tx, db).await? else { return Ok(()) };
     let prefix = pgplane_etcd::scope_prefix(&db.to_string());
     let kvs = etcd.list(&prefix).await.map_err(TruthError::Etcd)?;

@@ -23,6 +23,9 @@ pub struct NewJob {
     pub max_attempts: i32,
     /// Not before this moment (now when absent).
     pub run_at: Option<DateTime<Utc>>,
+    /// The job must have finished this long after it was enqueued, or its operation ends in
+    /// `error` (the scheduler's sweep); none for jobs that may wait indefinitely.
+    pub deadline: Option<Duration>,
 }
 
 impl NewJob {
@@ -36,6 +39,7 @@ impl NewJob {
             generation: None,
             max_attempts: 10,
             run_at: None,
+            deadline: None,
         }
     }
 }
@@ -70,8 +74,10 @@ pub enum AfterFailure {
 pub async fn job_enqueue_in(conn: &mut PgConnection, job: &NewJob) -> Result<JobId> {
     let id = JobId::new();
     sqlx::query(
-        "INSERT INTO jobs (id, queue, kind, payload, database_id, operation_id, generation, max_attempts, run_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, now()))",
+        "INSERT INTO jobs (id, queue, kind, payload, database_id, operation_id, generation, max_attempts, run_at, \
+            deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, now()), \
+            now() + make_interval(secs => $10::float8 / 1000))",
     )
     .bind(id)
     .bind(&job.queue)
@@ -82,6 +88,7 @@ pub async fn job_enqueue_in(conn: &mut PgConnection, job: &NewJob) -> Result<Job
     .bind(job.generation)
     .bind(job.max_attempts)
     .bind(job.run_at)
+    .bind(job.deadline.map(interval_ms))
     .execute(&mut *conn)
     .await
     .map_err(db_error)?;
@@ -324,6 +331,7 @@ impl Store {
 pub struct JobRef {
     pub id: JobId,
     pub queue: String,
+    pub kind: String,
     pub payload: serde_json::Value,
     pub operation_id: Option<OperationId>,
     pub database_id: Option<DatabaseId>,
@@ -332,7 +340,7 @@ pub struct JobRef {
 
 impl Store {
     pub async fn job_ref(&self, id: JobId) -> Result<Option<JobRef>> {
-        sqlx::query_as("SELECT id, queue, payload, operation_id, database_id, attempts FROM jobs WHERE id = $1")
+        sqlx::query_as("SELECT id, queue, kind, payload, operation_id, database_id, attempts FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await

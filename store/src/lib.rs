@@ -8,6 +8,7 @@ pub mod apps;
 pub mod billing;
 pub mod config;
 pub mod databases;
+pub mod engine;
 mod error;
 pub mod idempotency;
 pub mod jobs;

@@ -79,7 +79,7 @@ pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: Opera
         synchronous_replication,
     ) = row.ok_or(Error::not_found("operation"))?;
     let operation = store.operation_by_id_in(conn, id).await?;
-    let plan = store.plan_get(&plan_id).await?;
+    let plan = crate::plans::plan_get_in(conn, &plan_id).await?;
     Ok(OperationState {
         operation,
         database_id,
@@ -268,19 +268,6 @@ pub async fn database_deleted_in(conn: &mut PgConnection, db: DatabaseId) -> Res
     .await
     .map_err(db_error)?;
     Ok(())
-}
-
-/// Agent jobs of an operation's step that have not finished.
-pub async fn step_jobs_left_in(conn: &mut PgConnection, op: OperationId, step: &str) -> Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE operation_id = $1 AND queue LIKE 'agent:%' AND payload->>'step' = $2 \
-         AND status <> 'done'",
-    )
-    .bind(op)
-    .bind(step)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_error)
 }
 
 /// A dead job of an unfinished operation: `task_kind` for agent jobs (`ensure_member`, …),

@@ -76,6 +76,10 @@ impl Drop for TestApp {
     }
 }
 
+/// Test schedulers count an agent lost after this long without news (fake agents poll every
+/// few seconds; real ones heartbeat every 5 s).
+pub const AGENT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(12);
+
 /// The bootstrap token test schedulers accept.
 pub const AGENT_BOOTSTRAP_TOKEN: &str = "test-bootstrap-token";
 
@@ -138,6 +142,7 @@ impl TestApp {
             etcd,
             bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
             gateway_vips,
+            agent_lost_after: AGENT_LOST_AFTER,
         };
         tokio::spawn(pgplane_scheduler::run::run(self.store.clone(), config, listener, rx));
         self.scheduler_stop = Some(tx);
