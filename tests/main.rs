@@ -5,6 +5,7 @@ mod api_document;
 mod auth;
 mod databases;
 mod e2e;
+mod engine;
 mod etcd_auth;
 mod ha;
 mod isolation;

@@ -140,6 +140,15 @@ impl Node {
         Ok(MemberStatus { patroni_pid: proc.pid(), role: state.role, started })
     }
 
+    /// Fences a task that acts through Patroni (restart, configuration, switchover, re-clone)
+    /// under the database's lock: refused when older than the newest generation applied here or
+    /// not newer than a removal under way, else its generation is recorded.
+    pub async fn fence(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
+        let db = self.database(database_id);
+        let _procs = db.lock().await;
+        self.admit(database_id, generation)
+    }
+
     /// Fences the job, and refuses one not newer than a removal under way (a newer one
     /// places the database here again).
     pub(crate) fn admit(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {

@@ -248,12 +248,25 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
     };
     let started = std::time::Instant::now();
     let unable = cannot_do(&session.capabilities, &job.task);
+    // Every task is fenced by the database's generation: those that act through Patroni here,
+    // the others where they take the database's lock (ensure, drain, remove).
+    let stale = match &job.task {
+        AgentTask::RestartMember { .. }
+        | AgentTask::PatchConfig { .. }
+        | AgentTask::Switchover { .. }
+        | AgentTask::ReinitMember { .. } => {
+            let (database_id, generation) = job.task.fence();
+            node.fence(database_id, generation).await.err()
+        }
+        _ => None,
+    };
     let outcome = match &job.task {
         _ if unable.is_some() => Err(crate::node::NodeError::Unable(format!(
             "agent {}: {}",
             session.config.name,
             unable.unwrap_or_default()
         ))),
+        _ if stale.is_some() => Err(stale.expect("a stale task")),
         AgentTask::EnsureMember { spec } => {
             node.ensure_member(spec).await.map(|s| json!({ "member": format!("{s:?}") }))
         }
@@ -262,19 +275,8 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
             .await
             .map(|_| json!({ "restarted": true }))
             .map_err(crate::node::NodeError::from),
-        AgentTask::ReinitMember { database_id, generation, member, api } => {
+        AgentTask::ReinitMember { database_id, member, api, .. } => {
             async {
-                // Fenced: a re-clone asked for under an older generation (the database changed
-                // since, a member moved) is refused.
-                if let Some(applied) = crate::fence::applied(&session.config.root, *database_id)? {
-                    if *generation < applied {
-                        return Err(crate::node::NodeError::StaleGeneration {
-                            database_id: *database_id,
-                            requested: *generation,
-                            applied,
-                        });
-                    }
-                }
                 let answer = crate::restart::reinit_member(api).await?;
                 tracing::warn!(database = %database_id, %member, "re-cloning a replica: {answer}");
                 Ok(json!({ "reinitialized": member }))

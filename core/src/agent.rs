@@ -306,6 +306,24 @@ pub enum AgentTask {
     RemoveDatabase { database_id: DatabaseId, generation: i64 },
 }
 
+impl AgentTask {
+    /// The database the task is about and the generation it was issued under: the agent refuses
+    /// a task older than the newest generation it applied to that database (fencing), whatever
+    /// its kind.
+    pub fn fence(&self) -> (DatabaseId, i64) {
+        match self {
+            AgentTask::EnsureMember { spec } => (spec.database_id, spec.generation),
+            AgentTask::EnsureGateway { spec } => (spec.database_id, spec.generation),
+            AgentTask::RestartMember { database_id, generation, .. }
+            | AgentTask::PatchConfig { database_id, generation, .. }
+            | AgentTask::ReinitMember { database_id, generation, .. }
+            | AgentTask::Switchover { database_id, generation, .. }
+            | AgentTask::DrainMember { database_id, generation, .. }
+            | AgentTask::RemoveDatabase { database_id, generation } => (*database_id, *generation),
+        }
+    }
+}
+
 /// A job handed to an agent by the long-poll.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentJob {

@@ -12,19 +12,34 @@ use tokio::sync::watch;
 
 use crate::agent_api::{self, AgentApiState};
 use crate::config::SchedulerConfig;
-use crate::queue::{run_reaper, run_worker, Wakers, WorkerConfig};
+use crate::queue::{run_reaper, run_worker, Handler, Wakers, WorkerConfig};
 use crate::workflows::Workflows;
 
 /// Workflow steps run at once in one scheduler.
 pub const WORKER_CONCURRENCY: usize = 8;
 
-/// Connections a scheduler's pool needs: one per workflow step running at once, and as many
-/// again for what must never wait behind them (agent heartbeats, reports and claims, the
-/// reading of etcd, the sweep, the lease reaper, the LISTEN connection).
-pub const POOL_SIZE: u32 = 2 * WORKER_CONCURRENCY as u32;
+/// Connections a scheduler's pool needs: one per workflow step running at once (a step holds
+/// one connection, its transaction, and never asks for a second), and a few for the reading of
+/// etcd, the sweep and the lease reaper.
+pub const POOL_SIZE: u32 = WORKER_CONCURRENCY as u32 + 4;
+
+/// The agent API's own pool: heartbeats, claims and reports never wait for a connection behind
+/// workflow steps.
+pub const AGENT_API_POOL_SIZE: u32 = 6;
 
 /// Runs a scheduler until `shutdown` turns true.
 pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    run_with(store, config, agent_listener, shutdown, |workflows| workflows).await
+}
+
+/// `run`, with the workflows wrapped by `handler` (tests replay every step through it).
+pub async fn run_with<H: Handler>(
+    store: Store,
+    config: SchedulerConfig,
+    agent_listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    handler: impl FnOnce(Workflows) -> H,
+) {
     let wakers = Wakers::default();
     let name = format!("scheduler-{}", std::process::id());
     let mut worker = WorkerConfig::new(pgplane_store::databases::SCHEDULER_QUEUE, name);
@@ -33,7 +48,7 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
     worker.lease = Duration::from_secs(6);
     worker.concurrency = WORKER_CONCURRENCY;
     let state = AgentApiState {
-        store: store.clone(),
+        store: store.with_own_pool(AGENT_API_POOL_SIZE),
         wakers: wakers.clone(),
         bootstrap_token: config.bootstrap_token.clone(),
         backoff: worker.clone(),
@@ -54,7 +69,7 @@ pub async fn run(store: Store, config: SchedulerConfig, agent_listener: TcpListe
             Err(e) => tracing::error!(error = %e, "cannot read etcd: roles come from the agents' reports"),
         }
     }
-    let handler = Arc::new(Workflows { store: store.clone(), config, etcd });
+    let handler = Arc::new(handler(Workflows { store: store.clone(), config, etcd }));
     tasks.spawn(run_worker(store.clone(), worker, handler, wakers, shutdown.clone()));
     let mut stop = shutdown.clone();
     tasks.spawn(async move {

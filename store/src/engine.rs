@@ -23,6 +23,17 @@ impl Store {
         PgListener::connect_with(&self.pool).await.map_err(db_error)
     }
 
+    /// Says what an unfinished operation waits for (its `step`), leaving its status as it is.
+    pub async fn operation_note(&self, op: OperationId, step: &str) -> Result<()> {
+        sqlx::query("UPDATE operations SET step = $2 WHERE id = $1 AND status IN ('pending', 'running')")
+            .bind(op)
+            .bind(step)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     /// Closes the pool: waits for connections in use to come back.
     pub async fn close(&self) {
         self.pool.close().await

@@ -108,7 +108,10 @@ pub async fn operation_progress_in(conn: &mut PgConnection, id: OperationId, pro
     Ok(())
 }
 
-/// Ends an operation: `done`, or `error` with the reason (the database then shows `error`).
+/// Ends an operation: `done`, or `error` with the reason. A create or a plan change that failed
+/// may have left the database half built: it then shows `error`. A failed configure, restart,
+/// switchover or settings change leaves it as it was (it still runs; the tenant may try again),
+/// and a failed deletion leaves it `deleting`, so that it can be asked again.
 pub async fn operation_finish_in(conn: &mut PgConnection, id: OperationId, error: Option<&str>) -> Result<()> {
     let status = if error.is_some() { OperationStatus::Error } else { OperationStatus::Done };
     let db: Option<(DatabaseId, String)> = sqlx::query_as(
@@ -123,8 +126,7 @@ pub async fn operation_finish_in(conn: &mut PgConnection, id: OperationId, error
     .await
     .map_err(db_error)?;
     if let (Some((db, kind)), Some(_)) = (db, error) {
-        // A failed deletion stays `deleting` so that it can be asked again.
-        if kind != OperationKind::Delete.as_str() {
+        if [OperationKind::Create.as_str(), OperationKind::ChangePlan.as_str()].contains(&kind.as_str()) {
             sqlx::query("UPDATE databases SET status = 'error', updated_at = now() WHERE id = $1")
                 .bind(db)
                 .execute(&mut *conn)

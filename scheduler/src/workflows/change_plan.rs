@@ -130,7 +130,8 @@ async fn check_capacity(tx: &mut PgConnection, st: &OperationState) -> Result<()
         return Ok(());
     }
     Err(JobError::retry(format!(
-        "waiting for capacity: plan {} ({} MB, {} GB per member) does not fit on {}",
+        "{}: plan {} ({} MB, {} GB per member) does not fit on {}",
+        super::WAITING_FOR_CAPACITY,
         st.plan.id,
         st.plan.memory_mb,
         st.plan.disk_gb,

@@ -122,8 +122,28 @@ pub(crate) async fn enqueue_step<S: WorkflowStep>(
     Ok(())
 }
 
+/// How a step that waits for room on the hosts begins its retryable error; the operation's
+/// step then says so to the tenant (without the hosts' names).
+pub const WAITING_FOR_CAPACITY: &str = "waiting for capacity";
+
 impl Handler for Workflows {
     async fn run(&self, job: Claimed) -> Result<Done, JobError> {
+        let op = job.operation_id;
+        let outcome = self.run_step(job).await;
+        if let (Err(JobError::Retryable(why)), Some(op)) = (&outcome, op) {
+            if why.starts_with(WAITING_FOR_CAPACITY) {
+                // The step's transaction rolled back: say it on a connection of its own.
+                if let Err(e) = self.store.operation_note(op, WAITING_FOR_CAPACITY).await {
+                    tracing::warn!(operation = %op, error = %e, "noting that the operation waits failed");
+                }
+            }
+        }
+        outcome
+    }
+}
+
+impl Workflows {
+    async fn run_step(&self, job: Claimed) -> Result<Done, JobError> {
         let op = job.operation_id.ok_or_else(|| JobError::fatal("operation job without an operation"))?;
         let mut tx: Txn = self.store.begin().await?;
         let st = operation_lock_in(&mut tx, &self.store, op).await?;
@@ -146,9 +166,7 @@ impl Handler for Workflows {
         tx.commit().await.map_err(pgplane_store::db_error)?;
         Ok(Done::Committed)
     }
-}
 
-impl Workflows {
     /// How long an agent may stay silent before it counts as lost.
     pub(crate) fn agent_lost_after(&self) -> Duration {
         self.config.agent_lost_after

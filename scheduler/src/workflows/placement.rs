@@ -70,7 +70,8 @@ pub(crate) async fn place_members(
         .collect();
     if candidates.len() < count {
         return Err(JobError::retry(format!(
-            "waiting for capacity: plan {} needs {count} more agent(s) with {} MB and {} GB free; {} found",
+            "{}: plan {} needs {count} more agent(s) with {} MB and {} GB free; {} found",
+            super::WAITING_FOR_CAPACITY,
             plan.id,
             plan.memory_mb,
             plan.disk_gb,
