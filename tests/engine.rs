@@ -33,6 +33,8 @@ struct FakeAgent {
     /// (job id, attempt, task) of every delivery.
     seen: Arc<Mutex<Vec<(String, i32, AgentTask)>>>,
     lose_on: Arc<Mutex<Option<&'static str>>>,
+    /// A task kind this agent takes and never finishes, while it stays alive (polls go on).
+    stall_on: Arc<Mutex<Option<&'static str>>>,
     credential: Arc<Mutex<String>>,
     /// Problems met on the agent's side (a report answered otherwise than expected).
     problems: Arc<Mutex<Vec<String>>>,
@@ -53,9 +55,11 @@ async fn fake_agent(agent_api: &str, name: &str, mode: Mode) -> FakeAgent {
     let http = reqwest::Client::new();
     let credential = Arc::new(Mutex::new(register_fake_agent(&http, agent_api, name, "127.0.0.1").await));
     let (seen, lose_on, problems) = (Arc::default(), Arc::new(Mutex::new(None)), Arc::default());
+    let stall_on = Arc::new(Mutex::new(None));
     let agent = FakeAgent {
         seen: Arc::clone(&seen),
         lose_on: Arc::clone(&lose_on),
+        stall_on: Arc::clone(&stall_on),
         credential: Arc::clone(&credential),
         problems: Arc::clone(&problems),
         handle: tokio::spawn({
@@ -76,6 +80,9 @@ async fn fake_agent(agent_api: &str, name: &str, mode: Mode) -> FakeAgent {
                     seen.lock().unwrap().push((job.job_id.to_string(), job.attempt, job.task.clone()));
                     if lose_on.lock().unwrap().as_deref() == Some(kind.as_str()) {
                         return;
+                    }
+                    if stall_on.lock().unwrap().as_deref() == Some(kind.as_str()) {
+                        continue;
                     }
                     if mode == Mode::Replay && job.attempt == 1 {
                         let again = register_fake_agent(&http, &base, &name, "127.0.0.1").await;
@@ -467,4 +474,43 @@ async fn a_bigger_plan_waits_for_capacity_and_overcommits_no_host() {
     run_op(&lab.app, &lab.owner, lab.owner.delete(&format!("/v1/databases/{small}")).await).await;
     let done = lab.app.wait_operation(&lab.owner, &id, Duration::from_secs(90)).await;
     assert_eq!(done["status"], "done", "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_past_its_deadline_ends_the_operation() {
+    let lab = lab().await;
+    let a = fake_agent(&lab.agent_api, "host-a", Mode::Succeed).await;
+    *a.stall_on.lock().unwrap() = Some("ensure_gateway");
+    let (s, op) = lab
+        .owner
+        .post(&format!("/v1/apps/{}/databases", lab.app_id), &json!({ "name": "slow", "plan": "sandbox" }))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    let sql = PgPool::connect(&lab.app.db_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.seen.lock().unwrap().iter().any(|(_, _, t)| matches!(t, AgentTask::EnsureGateway { .. })) {
+        assert!(Instant::now() < deadline, "the gateway was never asked for");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The agent is alive but the gateway never comes: the clock moves past the job's deadline.
+    let allowed: f64 = sqlx::query_scalar(
+        "UPDATE jobs SET created_at = created_at - (deadline_at - created_at), deadline_at = now() - interval '1 second' \
+         WHERE kind = 'ensure_gateway' RETURNING extract(epoch FROM now() - interval '1 second' - created_at)::float8",
+    )
+    .fetch_one(&sql)
+    .await
+    .unwrap();
+    assert!(allowed > 60.0, "a gateway gets minutes, not seconds: {allowed}");
+    let done = lab.app.wait_operation(&lab.owner, op["id"].as_str().unwrap(), Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "error", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.starts_with("Starting or updating a gateway did not finish in time"), "{error}");
+    assert!(!error.contains("agent:") && !error.contains("host-a"), "{error}");
+    let (_, dead) = lab
+        .app
+        .operator()
+        .get(&format!("/v1/jobs/{}", error.split("(job ").nth(1).unwrap().split(')').next().unwrap()))
+        .await;
+    assert!(dead["last_error"].as_str().unwrap().contains("deadline passed"), "{dead}");
+    assert_eq!(dead["status"], "dead", "{dead}");
 }

@@ -91,6 +91,9 @@ impl Store {
         MIGRATOR.run(&self.pool).await.map_err(|e| Error::internal(format!("migration failed: {e}")))
     }
 
+    /// The pool itself, for tests and benchmarks only (feature `sql-access`): everything else
+    /// goes through the store's functions, and workflow steps through `begin()`.
+    #[cfg(feature = "sql-access")]
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
