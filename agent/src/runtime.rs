@@ -1,8 +1,10 @@
 //! The agent's loop: register with the scheduler, heartbeat, long-poll for jobs, run each on
 //! the `Node` while extending its lease, and report the outcome. Jobs run one at a time.
 
-use pgplane_core::agent::{AgentJob, AgentRegistration, AgentTask, Capabilities, JobOutcome, JobReport};
-use serde_json::{json, Value};
+use pgplane_core::agent::{
+    AgentJob, AgentRegistration, AgentTask, Capabilities, Heartbeat, JobOutcome, JobReport, LeaseBody, Registered,
+};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,10 +66,9 @@ impl Session {
             .send()
             .await?
             .error_for_status()?;
-        let body: Value = res.json().await?;
-        let credential = body["credential"].as_str().ok_or_else(|| anyhow::anyhow!("no credential in {body}"))?;
-        *self.credential.write().await = credential.to_string();
-        tracing::info!(agent = %c.name, id = %body["agent_id"], "registered with the scheduler");
+        let registered: Registered = res.json().await?;
+        *self.credential.write().await = registered.credential;
+        tracing::info!(agent = %c.name, id = %registered.agent_id, "registered with the scheduler");
         Ok(())
     }
 
@@ -204,7 +205,7 @@ async fn heartbeat_loop(session: Arc<Session>, mut shutdown: watch::Receiver<boo
             .http
             .post(session.url("/agent/v1/heartbeat"))
             .bearer_auth(session.bearer().await)
-            .json(&json!({ "observed": crate::observe::observe(&session.config.root).await }))
+            .json(&Heartbeat { observed: crate::observe::observe(&session.config.root).await })
             .send()
             .await;
         if let Err(e) = res.and_then(|r| r.error_for_status()) {
@@ -234,7 +235,7 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
                     .http
                     .post(session.url(&format!("/agent/v1/jobs/{id}/heartbeat")))
                     .bearer_auth(session.bearer().await)
-                    .json(&json!({ "lease_id": lease }))
+                    .json(&LeaseBody { lease_id: lease })
                     .send()
                     .await;
                 if let Ok(r) = res {

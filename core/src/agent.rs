@@ -115,6 +115,35 @@ impl std::fmt::Debug for AgentRegistration {
     }
 }
 
+/// The scheduler's answer to a registration.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    #[schema(value_type = String, format = Uuid)]
+    pub agent_id: AgentId,
+    /// Send as `Authorization: Bearer <credential>`; shown once.
+    pub credential: String,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered").field("agent_id", &self.agent_id).field("credential", &"<redacted>").finish()
+    }
+}
+
+/// What an agent sends every few seconds: that it is alive, and what it observes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Heartbeat {
+    /// What the agent observes on its host.
+    #[serde(default)]
+    pub observed: Observation,
+}
+
+/// The lease an agent holds on a running job (its heartbeat extends it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseBody {
+    pub lease_id: LeaseId,
+}
+
 /// Where the platform's etcd is and how one database's Patroni reaches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EtcdAccess {

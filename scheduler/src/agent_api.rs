@@ -10,16 +10,18 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use pgplane_api::error::{ApiError, ApiResult};
 use pgplane_api::extract::{Json, Path, Query};
-use pgplane_core::agent::{AgentJob, AgentRegistration, AgentTask, JobOutcome, JobReport, Observation};
-use pgplane_core::ids::{JobId, LeaseId};
+use pgplane_core::agent::{
+    AgentJob, AgentRegistration, AgentTask, Heartbeat, JobOutcome, JobReport, LeaseBody, Registered,
+};
+use pgplane_core::ids::JobId;
 use pgplane_core::Error;
 use pgplane_store::agents::Agent;
 use pgplane_store::engine::operation_lock_row_in;
 use pgplane_store::jobs::{job_complete_in, AfterFailure};
 use pgplane_store::Store;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::time::Duration;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::queue::{Wakers, WorkerConfig};
@@ -81,13 +83,6 @@ impl FromRequestParts<AgentApiState> for AgentAuth {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Registered {
-    pub agent_id: uuid::Uuid,
-    /// Send as `Authorization: Bearer <credential>`; shown once.
-    pub credential: String,
-}
-
 /// Registers an agent.
 #[utoipa::path(
     post, path = "/agent/v1/register", request_body = AgentRegistration, responses((status = 200, body = Registered))
@@ -122,13 +117,6 @@ async fn register(State(state): State<AgentApiState>, Json(r): Json<AgentRegistr
         tracing::info!(agent = %r.name, jobs = released, "the agent restarted; its jobs go back to its queue");
     }
     Ok(Json(Registered { agent_id, credential }))
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct Heartbeat {
-    /// What the agent observes on its host.
-    #[serde(default)]
-    pub observed: Observation,
 }
 
 /// Says the agent is alive and what it observes.
@@ -178,11 +166,6 @@ async fn next_jobs(
             _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct LeaseBody {
-    pub lease_id: LeaseId,
 }
 
 /// The agent's job of this id, or 404 (an agent never sees another agent's jobs).
