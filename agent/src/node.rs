@@ -442,3 +442,23 @@ pub(crate) fn bin_dir_for(version: &str) -> Result<PathBuf> {
     }
     find_bindir(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_task_is_fenced_by_the_database_generation() {
+        let root = std::env::temp_dir().join(format!("pgplane-node-fence-{}", std::process::id()));
+        let node = Node::new(&root).unwrap();
+        let db = DatabaseId::new();
+        node.fence(db, 5).await.unwrap();
+        node.fence(db, 5).await.unwrap();
+        let stale = node.fence(db, 4).await.unwrap_err();
+        assert!(matches!(stale, NodeError::StaleGeneration { requested: 4, applied: 5, .. }), "{stale}");
+        assert!(!stale.is_retryable());
+        node.fence(db, 6).await.unwrap();
+        assert_eq!(fence::applied(&root, db).unwrap(), Some(6));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -145,7 +145,7 @@ pub struct LeaseBody {
 }
 
 /// Where the platform's etcd is and how one database's Patroni reaches it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EtcdAccess {
     /// `host:port` of each etcd member.
     pub endpoints: Vec<String>,
@@ -159,7 +159,7 @@ pub struct EtcdAccess {
 }
 
 /// TLS material of one member: the database's CA and a server certificate for the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TlsBundle {
     pub ca_pem: String,
     pub cert_pem: String,
@@ -167,7 +167,7 @@ pub struct TlsBundle {
 }
 
 /// Generated credentials of one database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DatabaseSecrets {
     /// PostgreSQL superuser (`postgres`); never given to tenants.
     pub superuser_password: String,
@@ -271,7 +271,7 @@ pub struct GatewayVip {
 
 /// Where a member's Patroni REST API answers (https, its certificate signed by the database's
 /// CA) and how to authenticate to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PatroniApi {
     pub host: String,
     pub patroni_port: u16,
@@ -350,6 +350,55 @@ impl AgentTask {
             | AgentTask::DrainMember { database_id, generation, .. }
             | AgentTask::RemoveDatabase { database_id, generation } => (*database_id, *generation),
         }
+    }
+}
+
+/// What `Debug` shows of a secret.
+const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("endpoints", &self.endpoints)
+            .field("protocol", &self.protocol)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TlsBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsBundle")
+            .field("ca_pem", &"<pem>")
+            .field("cert_pem", &"<pem>")
+            .field("key_pem", &REDACTED)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DatabaseSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSecrets")
+            .field("superuser_password", &REDACTED)
+            .field("replication_password", &REDACTED)
+            .field("restapi_password", &REDACTED)
+            .field("app_user", &self.app_user)
+            .field("app_password", &REDACTED)
+            .field("app_database", &self.app_database)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PatroniApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatroniApi")
+            .field("host", &self.host)
+            .field("patroni_port", &self.patroni_port)
+            .field("ca_pem", &"<pem>")
+            .field("restapi_password", &REDACTED)
+            .finish()
     }
 }
 
@@ -438,6 +487,36 @@ mod tests {
         }
         assert!(wire.get("api").is_none(), "{wire}");
         assert_eq!(serde_json::from_value::<AgentTask>(wire).unwrap(), task);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let secrets = DatabaseSecrets {
+            superuser_password: "s3cret-super".into(),
+            replication_password: "s3cret-repl".into(),
+            restapi_password: "s3cret-rest".into(),
+            app_user: "main".into(),
+            app_password: "s3cret-app".into(),
+            app_database: "main".into(),
+        };
+        let api = PatroniApi {
+            host: "h".into(),
+            patroni_port: 1,
+            ca_pem: "CA".into(),
+            restapi_password: "s3cret-rest".into(),
+        };
+        let tls = TlsBundle { ca_pem: "CA".into(), cert_pem: "CERT".into(), key_pem: "s3cret-key".into() };
+        let etcd = EtcdAccess {
+            endpoints: vec!["e:2379".into()],
+            protocol: "https".into(),
+            ca_pem: None,
+            username: Some("db-x".into()),
+            password: Some("s3cret-etcd".into()),
+        };
+        let task = AgentTask::RestartMember { database_id: DatabaseId::new(), generation: 1, member: "m0".into(), api };
+        let shown = format!("{secrets:?} {task:?} {tls:?} {etcd:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("main") && shown.contains("db-x"), "{shown}");
     }
 
     #[test]

@@ -47,13 +47,24 @@ pub struct GatewayRow {
 }
 
 /// The database's generated credentials and CA.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoredSecrets {
     pub secrets: DatabaseSecrets,
     pub ca_cert_pem: String,
     pub ca_key_pem: String,
     /// The password of the database's etcd user (none for databases placed before etcd users).
     pub etcd_password: Option<String>,
+}
+
+impl std::fmt::Debug for StoredSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecrets")
+            .field("secrets", &self.secrets)
+            .field("ca_cert_pem", &"<pem>")
+            .field("ca_key_pem", &"<redacted>")
+            .field("etcd_password", &self.etcd_password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Locks an operation and its database for a workflow step.
