@@ -2,7 +2,8 @@
 //! workflow run twice (a scheduler step replayed by a stale worker, an agent job re-claimed
 //! after its agent restarted, a report sent twice) changes nothing the second time; a host lost
 //! in the middle of a configure, a switchover or a delete ends the operation (in `error` with a
-//! message a tenant can read, or done through a live member); a bigger plan waits for room.
+//! message a tenant can read, or done through a live member); a step past its deadline ends its
+//! operation; a bigger plan waits for room.
 
 use pgplane_core::agent::AgentTask;
 use pgplane_core::ids::DatabaseId;
@@ -386,6 +387,12 @@ async fn a_host_lost_during_a_configure_ends_it_and_the_next_goes_through_a_live
     // The leader's host is gone: the next configure goes through the follower's.
     run_op(&lab.app, &lab.owner, configure(4096).await).await;
     assert!(b.seen.lock().unwrap().iter().any(|(_, _, t)| matches!(t, AgentTask::PatchConfig { .. })));
+    // A restart restarts what it can reach: the live member, not the lost host's.
+    run_op(&lab.app, &lab.owner, lab.owner.post(&format!("/v1/databases/{db}/restart"), &json!({})).await).await;
+    let restarted = |agent: &FakeAgent| {
+        agent.seen.lock().unwrap().iter().filter(|(_, _, t)| matches!(t, AgentTask::RestartMember { .. })).count()
+    };
+    assert_eq!((restarted(&a), restarted(&b)), (0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
