@@ -25,8 +25,9 @@ pub const AGENT_LOST_AFTER: Duration = Duration::from_secs(30);
 /// How often the sweep looks for dead, overdue and orphaned jobs.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
-/// How long an agent task may take, from its enqueue to its report, before its operation ends
-/// in `error`. Generous: a deadline is there so that nothing hangs, not to hurry a slow host.
+/// How long an agent task may take, from its claim to its report, before its operation ends in
+/// `error` (a job waiting unclaimed behind others gets `QUEUE_ALLOWANCE` more). Generous: a
+/// deadline is there so that nothing hangs, not to hurry a slow host.
 pub fn task_deadline(task: &AgentTask) -> Duration {
     Duration::from_secs(match task {
         // Cloning a replica of a large database is the longest thing a member start does.
@@ -132,7 +133,11 @@ pub async fn sweep_once(store: &Store, agent_lost_after: Duration) -> Result<(),
     }
     for stuck in jobs_overdue_in(&mut tx).await? {
         let allowed = stuck.allowed_secs.unwrap_or_default().round();
-        let why = format!("deadline passed: not finished within {allowed} s of being enqueued (on {})", stuck.queue);
+        let why = format!(
+            "deadline passed: not finished within {allowed} s of being claimed (or an hour more after being \
+             enqueued, unclaimed) on {}",
+            stuck.queue
+        );
         if job_kill_in(&mut tx, stuck.job_id, &why).await? {
             let tenant = format!(
                 "{} did not finish in time on the platform's side, so the operation was stopped; the platform's \

@@ -126,7 +126,7 @@ pub struct StuckJob {
     pub queue: String,
     pub kind: String,
     pub payload: serde_json::Value,
-    /// Seconds the job was given (enqueue to deadline).
+    /// Seconds the job was given to run once claimed.
     pub allowed_secs: Option<f64>,
     /// The agent that must run it, when it is lost.
     pub lost_agent: Option<AgentId>,
@@ -137,7 +137,7 @@ pub struct StuckJob {
 pub async fn jobs_overdue_in(conn: &mut PgConnection) -> Result<Vec<StuckJob>> {
     sqlx::query_as(
         "SELECT j.id AS job_id, j.operation_id, o.database_id, j.queue, j.kind, j.payload, \
-            extract(epoch FROM j.deadline_at - j.created_at)::float8 AS allowed_secs, \
+            j.time_allowed_ms::float8 / 1000 AS allowed_secs, \
             NULL::uuid AS lost_agent, NULL::text AS lost_agent_name \
          FROM jobs j JOIN operations o ON o.id = j.operation_id \
          WHERE j.status IN ('queued', 'running') AND j.deadline_at < now() AND o.status IN ('pending', 'running') \
@@ -153,7 +153,7 @@ pub async fn jobs_overdue_in(conn: &mut PgConnection) -> Result<Vec<StuckJob>> {
 pub async fn jobs_of_lost_agents_in(conn: &mut PgConnection, lost_after_secs: f64) -> Result<Vec<StuckJob>> {
     sqlx::query_as(
         "SELECT j.id AS job_id, j.operation_id, o.database_id, j.queue, j.kind, j.payload, \
-            extract(epoch FROM j.deadline_at - j.created_at)::float8 AS allowed_secs, \
+            j.time_allowed_ms::float8 / 1000 AS allowed_secs, \
             a.id AS lost_agent, a.name AS lost_agent_name \
          FROM jobs j JOIN operations o ON o.id = j.operation_id JOIN agents a ON j.queue = 'agent:' || a.id::text \
          WHERE j.status IN ('queued', 'running') AND o.status IN ('pending', 'running') \
