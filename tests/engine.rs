@@ -3,7 +3,7 @@
 //! after its agent restarted, a report sent twice) changes nothing the second time; a host lost
 //! in the middle of a configure, a switchover or a delete ends the operation (in `error` with a
 //! message a tenant can read, or done through a live member); a step past its deadline ends its
-//! operation; a bigger plan waits for room.
+//! operation; a bigger plan moves a member whose host has no room, or waits for room.
 
 use pgplane_core::agent::AgentTask;
 use pgplane_core::ids::DatabaseId;
@@ -54,7 +54,30 @@ fn kind_of(task: &AgentTask) -> String {
 
 async fn fake_agent(agent_api: &str, name: &str, mode: Mode) -> FakeAgent {
     let http = reqwest::Client::new();
-    let credential = Arc::new(Mutex::new(register_fake_agent(&http, agent_api, name, "127.0.0.1").await));
+    let credential = register_fake_agent(&http, agent_api, name, "127.0.0.1").await;
+    fake_agent_registered(agent_api, name, mode, credential)
+}
+
+/// A fake agent whose host has `memory_mb` of memory.
+async fn fake_agent_sized(agent_api: &str, name: &str, memory_mb: i64) -> FakeAgent {
+    let registered: pgplane_core::agent::Registered = reqwest::Client::new()
+        .post(format!("{agent_api}/agent/v1/register"))
+        .json(&json!({
+            "bootstrap_token": AGENT_BOOTSTRAP_TOKEN, "name": name, "host": "127.0.0.1",
+            "memory_mb": memory_mb, "disk_gb": 500, "port_min": 20000, "port_max": 20100
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    fake_agent_registered(agent_api, name, Mode::Succeed, registered.credential)
+}
+
+fn fake_agent_registered(agent_api: &str, name: &str, mode: Mode, credential: String) -> FakeAgent {
+    let http = reqwest::Client::new();
+    let credential = Arc::new(Mutex::new(credential));
     let (seen, lose_on, problems) = (Arc::default(), Arc::new(Mutex::new(None)), Arc::default());
     let stall_on = Arc::new(Mutex::new(None));
     let agent = FakeAgent {
@@ -520,4 +543,70 @@ async fn a_step_past_its_deadline_ends_the_operation() {
         .await;
     assert!(dead["last_error"].as_str().unwrap().contains("deadline passed"), "{dead}");
     assert_eq!(dead["status"], "dead", "{dead}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bigger_plan_moves_a_member_whose_host_has_no_room() {
+    let lab = lab().await;
+    let a = fake_agent_sized(&lab.agent_api, "host-a", 8192).await;
+    let b = fake_agent_sized(&lab.agent_api, "host-b", 8192).await;
+    let order = |name: &'static str, plan: &'static str| {
+        let (owner, path) = (&lab.owner, format!("/v1/apps/{}/databases", lab.app_id));
+        async move { owner.post(&path, &json!({ "name": name, "plan": plan })).await }
+    };
+    // 4 GB members on both hosts, and a small database beside the first one: 3.75 GB left there.
+    let big = run_op(&lab.app, &lab.owner, order("big", "business-4").await).await["database_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_op(&lab.app, &lab.owner, order("tiny", "sandbox").await).await;
+    assert_eq!(member_of(&a, &big).as_deref(), Some("m0"));
+    observe(&lab.agent_api, &a, &big, "m0", "leader", false).await;
+    observe(&lab.agent_api, &b, &big, "m1", "replica", true).await;
+    let c = fake_agent_sized(&lab.agent_api, "host-c", 16384).await;
+
+    // 8 GB members: m1 grows where it is, m0 (the leader) moves to the host with room.
+    run_op(
+        &lab.app,
+        &lab.owner,
+        lab.owner.post(&format!("/v1/databases/{big}/change-plan"), &json!({ "plan": "business-8" })).await,
+    )
+    .await;
+    let (_, members) = lab.owner.get(&format!("/v1/databases/{big}/members")).await;
+    let names: Vec<&str> = members["items"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["m1", "m2"], "{members}");
+    assert_eq!(member_of(&c, &big).as_deref(), Some("m2"));
+    let switched = a.seen.lock().unwrap().iter().find_map(|(_, _, t)| match t {
+        AgentTask::Switchover { candidate, .. } => candidate.clone(),
+        _ => None,
+    });
+    assert_eq!(switched.as_deref(), Some("m1"), "the lead went to the synchronous standby before m0 left");
+    let removed =
+        a.seen.lock().unwrap().iter().any(
+            |(_, _, t)| matches!(t, AgentTask::RemoveDatabase { database_id, .. } if database_id.to_string() == big),
+        );
+    assert!(removed, "host-a removed its part of the database");
+    let (_, agents) = lab.app.operator().get("/v1/agents").await;
+    let free: Vec<(String, i64)> = agents["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap().to_string(), a["free_memory_mb"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        free,
+        [("host-a".to_string(), 8192 - 256), ("host-b".to_string(), 0), ("host-c".to_string(), 16384 - 8192)],
+        "no host overcommitted"
+    );
+    let gateways: Vec<String> = c
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, _, t)| match t {
+            AgentTask::EnsureGateway { spec } if spec.database_id.to_string() == big => Some(spec.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!gateways.is_empty(), "a gateway moved with the member");
 }

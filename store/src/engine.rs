@@ -302,3 +302,42 @@ pub async fn database_name_in(conn: &mut PgConnection, db: DatabaseId) -> Result
         .map_err(db_error)?
         .ok_or(crate::Error::not_found("database"))
 }
+
+/// A member with the size it is accounted at.
+#[derive(Debug, Clone, FromRow)]
+pub struct MemberSize {
+    pub name: String,
+    pub agent_id: AgentId,
+    pub memory_mb: i32,
+    pub disk_gb: i32,
+}
+
+/// The database's members with their accounted sizes, in name order.
+pub async fn member_sizes_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Vec<MemberSize>> {
+    sqlx::query_as(
+        "SELECT name, agent_id, memory_mb, disk_gb FROM database_members WHERE database_id = $1 ORDER BY name",
+    )
+    .bind(db)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)
+}
+
+/// Accounts one member at this size from now on.
+pub async fn member_set_size_in(
+    conn: &mut PgConnection,
+    db: DatabaseId,
+    name: &str,
+    memory_mb: i32,
+    disk_gb: i32,
+) -> Result<()> {
+    sqlx::query("UPDATE database_members SET memory_mb = $3, disk_gb = $4 WHERE database_id = $1 AND name = $2")
+        .bind(db)
+        .bind(name)
+        .bind(memory_mb)
+        .bind(disk_gb)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}

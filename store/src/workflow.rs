@@ -104,10 +104,11 @@ pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: Opera
     })
 }
 
-/// Moves an operation along: running, with progress and the current step.
+/// Moves an operation along: running, with progress (which never goes back) and the current
+/// step.
 pub async fn operation_progress_in(conn: &mut PgConnection, id: OperationId, progress: i32, step: &str) -> Result<()> {
     sqlx::query(
-        "UPDATE operations SET status = 'running', started_at = COALESCE(started_at, now()), progress = $2, step = $3 \
+        "UPDATE operations SET status = 'running', started_at = COALESCE(started_at, now()), progress = GREATEST(progress, $2), step = $3 \
          WHERE id = $1 AND status IN ('pending', 'running')",
     )
     .bind(id)

@@ -8,14 +8,16 @@
 //! first, then members restart follower first, and the leader only after a drained switchover
 //! has moved the lead to a resized follower. A member whose spec changes in nothing that needs
 //! a restart (a new certificate naming a new gateway host) is reloaded by its agent, never
-//! restarted. A bigger size must fit on the members' hosts: until it does, the operation waits
-//! ("waiting for capacity"); no host is overcommitted.
+//! restarted. A bigger size must fit on the members' hosts: a member whose host has no room moves
+//! to one that has (see relocate.rs); with no such host, the operation waits ("waiting for
+//! capacity"). No host is overcommitted.
 //!
 //! ```text
 //! start ─synchronous mode (when gaining or losing a follower)─▶ plan
 //! plan ─same size─▶ reshape:  members ─▶ finish            (same number: a reload)
 //!                             new members ─▶ gateways ─▶ finish           (grow)
 //!                             switchover to the kept member ─▶ undrain ─▶ shrink ─▶ gateways ─▶ finish
+//! plan ─a member's host has no room─▶ moving ─▶ … (relocate.rs) ─▶ move_on ─▶ resize
 //! plan ─new size: max_connections─▶ resize ─▶ rolling reshape:
 //!                             followers ─▶ drain ─switchover─▶ undrain ─▶ resize_leader ─▶ finish
 //!                             new members ─▶ gateways_rolling ─▶ drain ─▶ …  (grow)
@@ -24,10 +26,7 @@
 
 use pgplane_core::agent::{AgentId, AgentTask};
 use pgplane_store::agents::agent_capacity_in;
-use pgplane_store::engine::{
-    gateway_delete_in, member_delete_in, member_leader_in, members_resized_in, members_set_size_in, port_release_in,
-    switchover_result_in,
-};
+use pgplane_store::engine::{member_leader_in, members_resized_in, members_set_size_in, switchover_result_in};
 use pgplane_store::workflow::*;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -35,7 +34,7 @@ use sqlx::PgConnection;
 use super::common::{enqueue_agent_job, secrets_of};
 use super::placement::{place_gateways, place_members};
 use super::switchover::{lift_drain, pick_candidate, switch_leader};
-use super::Workflows;
+use super::{relocate, Workflows};
 use crate::queue::JobError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +55,15 @@ pub enum Step {
     /// The former leader, now a follower, gets the new size.
     ResizeLeader,
     Gateways,
+    /// Replacements started on hosts with room: the gateways route to them (relocate.rs).
+    Moving,
+    /// The lead leaves the members that move.
+    MoveLead,
+    MoveUndrain,
+    /// The members that moved are removed.
+    MoveDrop,
+    /// Then the connection limit, and a rolling resize of the members that stayed.
+    MoveOn,
     Finish,
 }
 
@@ -83,6 +91,11 @@ pub(crate) async fn run(w: &Workflows, tx: &mut PgConnection, st: &OperationStat
             Ok(())
         }
         Step::Gateways => w.ensure_gateways(tx, st, (Step::Gateways, Step::Finish)).await,
+        Step::Moving => w.ensure_gateways(tx, st, (Step::Moving, Step::MoveLead)).await,
+        Step::MoveLead => relocate::lead(w, tx, st).await,
+        Step::MoveUndrain => relocate::undrain(w, tx, st).await,
+        Step::MoveDrop => relocate::drop_moved(w, tx, st).await,
+        Step::MoveOn => max_connections(w, tx, st, Step::MoveOn).await,
         Step::Finish => w.finish_available(tx, st).await,
     }
 }
@@ -102,17 +115,30 @@ async fn start(w: &Workflows, tx: &mut PgConnection, st: &OperationState) -> Res
 
 async fn plan(w: &Workflows, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
     let resized = members_resized_in(tx, st.database_id, st.plan.memory_mb).await?;
+    let misfits = relocate::misfits(tx, st).await?;
+    if !misfits.is_empty() && members_of_in(tx, st.database_id).await?.len() == st.plan.data_nodes as usize {
+        return relocate::start(w, tx, st, &misfits).await;
+    }
     members_set_size_in(tx, st.database_id, st.plan.memory_mb, st.plan.disk_gb).await?;
     check_capacity(tx, st).await?;
     if !resized {
         return reshape(w, tx, st, Step::Plan, false).await;
     }
-    // Another size: shared_buffers and max_connections take a PostgreSQL restart. The
-    // connection limit lives in Patroni's DCS (PostgreSQL wants it cluster-wide); set it
-    // first, the restarts below apply it with the new memory.
+    max_connections(w, tx, st, Step::Plan).await
+}
+
+/// Another size: shared_buffers and max_connections take a PostgreSQL restart. The connection
+/// limit lives in Patroni's DCS (PostgreSQL wants it cluster-wide); it is set first, the rolling
+/// restarts of `resize` apply it with the new memory.
+async fn max_connections(
+    w: &Workflows,
+    tx: &mut PgConnection,
+    st: &OperationState,
+    step: Step,
+) -> Result<(), JobError> {
     let patch = serde_json::json!({ "postgresql": { "parameters": { "max_connections": st.plan.max_connections } } });
-    w.patch_config(tx, st, patch, (Step::Plan, Step::Resize)).await?;
-    operation_progress_in(tx, st.operation.id, 10, "setting the new plan's connection limit").await?;
+    w.patch_config(tx, st, patch, (step, Step::Resize)).await?;
+    operation_progress_in(tx, st.operation.id, 40, "setting the new plan's connection limit").await?;
     Ok(())
 }
 
@@ -190,27 +216,8 @@ async fn reshape(
 async fn shrink(w: &Workflows, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
     let members = members_of_in(tx, st.database_id).await?;
     let kept = kept_member(tx, st, &members).await?;
-    let (keep, drop): (Vec<MemberRow>, Vec<MemberRow>) = members.iter().cloned().partition(|m| m.name == kept);
-    let kept_agents: Vec<AgentId> = keep.iter().map(|m| m.agent_id).collect();
-    let gateways = gateways_of_in(tx, st.database_id).await?;
-    let mut dropped_agents: Vec<AgentId> = drop.iter().map(|m| m.agent_id).collect();
-    dropped_agents.sort();
-    dropped_agents.dedup();
-    for m in &drop {
-        for port in [m.pg_port, m.patroni_port] {
-            port_release_in(tx, &m.host, port).await?;
-        }
-        member_delete_in(tx, st.database_id, &m.name).await?;
-    }
-    for g in gateways.iter().filter(|g| !kept_agents.contains(&g.agent_id)) {
-        gateway_delete_in(tx, st.database_id, &g.name).await?;
-        let still_used = gateways
-            .iter()
-            .any(|o| o.name != g.name && o.host == g.host && o.port == g.port && kept_agents.contains(&o.agent_id));
-        if !still_used {
-            port_release_in(tx, &g.host, g.port).await?;
-        }
-    }
+    let (keep, drop): (Vec<MemberRow>, Vec<MemberRow>) = members.into_iter().partition(|m| m.name == kept);
+    let dropped_agents = relocate::remove_members(tx, st, &drop, &keep).await?;
     for agent in dropped_agents {
         let task = AgentTask::RemoveDatabase { database_id: st.database_id, generation: st.generation };
         enqueue_agent_job(tx, agent, st, (Step::Shrink, Step::Gateways), &task).await?;

@@ -25,6 +25,7 @@ pub mod configure;
 pub mod create;
 pub mod delete;
 pub(crate) mod placement;
+mod relocate;
 pub mod restart;
 pub mod switchover;
 pub mod update_settings;
