@@ -6,18 +6,10 @@
 //! and once every agent job of `step` is done the engine (`crate::engine`) enqueues it. How an
 //! operation ends in `error` (a dead job, a deadline, a lost host) is the engine's too.
 //!
-//! ```text
-//! create:      start ─place, secrets, etcd user; members─▶ gateways ─▶ finish (available)
-//! change_plan: start ─synchronous mode─▶ plan ─▶ … (see change_plan.rs) ─▶ finish
-//! delete:      start ─remove on live hosts─▶ finish (deleted; etcd user and keys, ports, capacity, secrets released)
-//! restart:     start ─▶ member(1) ─▶ … ─▶ member(n-1) ─▶ finish (one live member at a time)
-//! configure:   start ─PATCH /config through a live member─▶ finish
-//! switchover:  start ─drain the leader in every gateway, POST /switchover to the chosen candidate─▶
-//!              undrain ─lift the drain─▶ finish
-//! update_settings: start ─EnsureMember (pg_hba, certificates: a reload)─▶ gateways
-//!              ─binds, allowlist─▶ finish; an allowlist alone starts at gateways; the backup
-//!              hour alone finishes at once
-//! ```
+//! Each module draws its states in its header: `create`, `change_plan` (with `relocate`, a
+//! member moving to a host with room), `delete`, `restart`, `configure`, `switchover`,
+//! `update_settings`. `placement` places members and gateways for `create` and `change_plan`;
+//! `common` holds the specs sent to agents and the live member cluster-wide requests go through.
 
 pub mod change_plan;
 mod common;
