@@ -10,6 +10,7 @@ mod etcd_auth;
 mod ha;
 mod isolation;
 mod limits;
+mod lost_hosts;
 mod node;
 mod openapi;
 mod queue;

@@ -3,6 +3,7 @@
 //! test, and the API served on a loopback port, driven over real HTTP.
 
 pub mod data_plane;
+pub mod fake_agent;
 
 use anyhow::Result;
 use pgplane_api::{ApiConfig, AppState, JwtKeys};
