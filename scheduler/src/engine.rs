@@ -9,7 +9,8 @@ use pgplane_core::agent::AgentTask;
 use pgplane_core::ids::{JobId, OperationId};
 use pgplane_core::Error;
 use pgplane_store::engine::{
-    job_kill_in, job_skip_in, jobs_of_lost_agents_in, jobs_overdue_in, operation_fail_in, step_jobs_left_in, StuckJob,
+    job_kill_in, job_skip_in, jobs_of_lost_agents_in, jobs_overdue_in, operation_fail_in, operation_lock_row_in,
+    step_jobs_left_in, StuckJob,
 };
 use pgplane_store::jobs::job_enqueue_in;
 use pgplane_store::Store;
@@ -120,18 +121,32 @@ pub async fn run_sweep(store: Store, agent_lost_after: Duration, mut shutdown: w
     }
 }
 
-/// One pass of the sweep.
+/// One pass of the sweep: each operation it ends in a transaction of its own, its row locked
+/// before its jobs' (as the agent API's reports lock them), so that one failure spoils nothing
+/// else and a report and the sweep never wait on each other in a cycle.
 pub async fn sweep_once(store: &Store, agent_lost_after: Duration) -> Result<(), Error> {
-    let mut tx = store.begin().await?;
-    for dead in pgplane_store::workflow::operations_with_dead_jobs_in(&mut tx).await? {
+    let (dead, lost, overdue) = {
+        let mut tx = store.begin().await?;
+        let dead = pgplane_store::workflow::operations_with_dead_jobs_in(&mut tx).await?;
+        let lost = jobs_of_lost_agents_in(&mut tx, agent_lost_after.as_secs_f64()).await?;
+        let overdue = jobs_overdue_in(&mut tx).await?;
+        tx.commit().await.map_err(pgplane_store::db_error)?;
+        (dead, lost, overdue)
+    };
+    for dead in dead {
         let tenant = tenant_error(dead.task_kind.as_deref(), dead.job_id);
         let detail = format!("job {} died: {}", dead.job_id, dead.error);
-        end_operation_with_error_in(&mut tx, dead.operation_id, &tenant, &detail).await?;
+        end_operation_with_error(store, dead.operation_id, &tenant, &detail).await?;
     }
-    for stuck in jobs_of_lost_agents_in(&mut tx, agent_lost_after.as_secs_f64()).await? {
+    for stuck in lost {
+        let mut tx = store.begin().await?;
+        operation_lock_row_in(&mut tx, stuck.operation_id).await?;
         lost_agent_job(&mut tx, &stuck).await?;
+        tx.commit().await.map_err(pgplane_store::db_error)?;
     }
-    for stuck in jobs_overdue_in(&mut tx).await? {
+    for stuck in overdue {
+        let mut tx = store.begin().await?;
+        operation_lock_row_in(&mut tx, stuck.operation_id).await?;
         let allowed = stuck.allowed_secs.unwrap_or_default().round();
         let why = format!(
             "deadline passed: not finished within {allowed} s of being claimed (or an hour more after being \
@@ -147,8 +162,8 @@ pub async fn sweep_once(store: &Store, agent_lost_after: Duration) -> Result<(),
             );
             end_operation_with_error_in(&mut tx, stuck.operation_id, &tenant, &why).await?;
         }
+        tx.commit().await.map_err(pgplane_store::db_error)?;
     }
-    tx.commit().await.map_err(pgplane_store::db_error)?;
     Ok(())
 }
 
