@@ -111,6 +111,11 @@ pub struct SchedulerArgs {
     /// it. Without it, that URL names the database's first gateway host.
     #[arg(long, env = "PGPLANE_GATEWAY_VIPS")]
     gateway_vips: Option<pgplane_scheduler::config::VipPool>,
+    /// Seconds without news from an agent (heartbeats every 5 s) after which its host counts as
+    /// lost: operations waiting on it end in `error`, removals on it are skipped, and
+    /// cluster-wide requests go through another member.
+    #[arg(long, env = "PGPLANE_AGENT_LOST_AFTER_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(10..))]
+    agent_lost_after_secs: u64,
 }
 
 impl SchedulerArgs {
@@ -131,7 +136,7 @@ async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
         etcd: args.etcd()?,
         bootstrap_token: args.agent_bootstrap_token.expose_secret().to_string(),
         gateway_vips: args.gateway_vips.clone(),
-        agent_lost_after: pgplane_scheduler::engine::AGENT_LOST_AFTER,
+        agent_lost_after: std::time::Duration::from_secs(args.agent_lost_after_secs),
     };
     let listener = tokio::net::TcpListener::bind(args.agent_listen)
         .await
