@@ -1,7 +1,8 @@
 //! Operations that cannot end well still end: a host lost in the middle of a configure, a
 //! switchover or a delete (in `error` with a message a tenant can read, or done through a live
-//! member, the lost host's part skipped), a step past its deadline; and plan changes that do not
-//! fit: a member moves to a host with room, or the operation waits for one.
+//! member, the lost host's part skipped and removed when it comes back), a step past its
+//! deadline; and plan changes that do not fit: a member moves to a host with room, or the
+//! operation waits for one.
 
 use pgplane_core::agent::AgentTask;
 use pgplane_tests::fake_agent::{fake_agent, fake_agent_sized, lab, member_of, observe, run_op, FakeAgent, Mode};
@@ -82,6 +83,22 @@ async fn a_host_lost_during_a_delete_is_skipped_and_its_resources_released() {
             .await
             .unwrap();
     assert!(skipped["skipped"].as_str().unwrap().contains("host-b"), "{skipped}");
+
+    // The host comes back still running its member: it is asked to remove it.
+    let member = member_of(&b, &db).unwrap();
+    let back = fake_agent(&lab.agent_api, "host-b", Mode::Succeed).await;
+    observe(&lab.agent_api, &back, &db, &member, "replica", false).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !back
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, _, t)| matches!(t, AgentTask::RemoveDatabase { database_id, .. } if database_id.to_string() == db))
+    {
+        assert!(Instant::now() < deadline, "the returning host was not asked to remove its leftovers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

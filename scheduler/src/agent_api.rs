@@ -127,6 +127,7 @@ async fn heartbeat(
     Json(h): Json<Heartbeat>,
 ) -> ApiResult<StatusCode> {
     state.store.agent_heartbeat(agent.id, Some(&h.observed)).await?;
+    crate::engine::remove_leftovers(&state.store, agent.id, &h.observed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

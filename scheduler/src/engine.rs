@@ -3,16 +3,18 @@
 //! agent's) ends its operation in `error` through `operation_job_died`; and a sweep ends the
 //! operations that would otherwise hang: a job past its deadline, or one waiting on an agent
 //! that stopped heartbeating (a lost host). The removal of a lost host's part, and its drain in
-//! the gateways, are skipped instead: the host is gone, and so is what it ran.
+//! the gateways, are skipped instead: the host is gone, and so is what it ran; should the host
+//! come back, what it still runs of databases it holds no member of is removed then
+//! (`remove_leftovers`).
 
-use pgplane_core::agent::AgentTask;
-use pgplane_core::ids::{JobId, OperationId};
+use pgplane_core::agent::{AgentId, AgentTask, Observation};
+use pgplane_core::ids::{DatabaseId, JobId, OperationId};
 use pgplane_core::Error;
 use pgplane_store::engine::{
-    job_kill_in, job_skip_in, jobs_of_lost_agents_in, jobs_overdue_in, operation_fail_in, operation_lock_row_in,
-    step_jobs_left_in, StuckJob,
+    agent_leftovers_in, job_kill_in, job_skip_in, jobs_of_lost_agents_in, jobs_overdue_in, operation_fail_in,
+    operation_lock_row_in, step_jobs_left_in, StuckJob,
 };
-use pgplane_store::jobs::job_enqueue_in;
+use pgplane_store::jobs::{job_enqueue_in, NewJob};
 use pgplane_store::Store;
 use sqlx::PgConnection;
 use std::time::Duration;
@@ -98,7 +100,7 @@ pub async fn operation_job_died(
 pub async fn agent_job_done_in(
     conn: &mut PgConnection,
     op: OperationId,
-    database: pgplane_core::ids::DatabaseId,
+    database: DatabaseId,
     payload: &serde_json::Value,
 ) -> Result<(), Error> {
     let (Some(step), Some(then)) = (payload.get("step"), payload.get("then")) else { return Ok(()) };
@@ -201,4 +203,32 @@ fn what_of(stuck: &StuckJob) -> &'static str {
 fn capitalized(s: &str) -> String {
     let mut c = s.chars();
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// When an agent reports members of databases it holds no member of any more (its host was lost
+/// while they were deleted, moved or dropped, and came back), it is asked to remove them: one
+/// `RemoveDatabase` job each, at the database's generation, unless one is already on its way.
+pub async fn remove_leftovers(store: &Store, agent: AgentId, observed: &Observation) -> Result<(), Error> {
+    let mut dbs: Vec<DatabaseId> = observed.members.iter().map(|m| m.database_id).collect();
+    if dbs.is_empty() {
+        return Ok(());
+    }
+    dbs.sort();
+    dbs.dedup();
+    let mut tx = store.begin().await?;
+    for (database_id, generation) in agent_leftovers_in(&mut tx, agent, &dbs).await? {
+        let task = AgentTask::RemoveDatabase { database_id, generation };
+        let mut job = NewJob::new(
+            format!("agent:{agent}"),
+            "remove_database",
+            serde_json::json!({ "task": serde_json::to_value(&task).map_err(Error::internal)? }),
+        );
+        job.database_id = Some(database_id);
+        job.generation = Some(generation);
+        job.max_attempts = 5;
+        job_enqueue_in(&mut tx, &job).await?;
+        tracing::warn!(%agent, database = %database_id, "the agent runs a part of a database it no longer holds; removing it");
+    }
+    tx.commit().await.map_err(pgplane_store::db_error)?;
+    Ok(())
 }

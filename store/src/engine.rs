@@ -341,3 +341,25 @@ pub async fn member_set_size_in(
         .map_err(db_error)?;
     Ok(())
 }
+
+/// Of the databases an agent says it runs members of, those it holds no member of any more
+/// (deleted, or their member moved or went while the host was lost), with their generation, and
+/// for which no removal is already queued or running on that agent.
+pub async fn agent_leftovers_in(
+    conn: &mut PgConnection,
+    agent: AgentId,
+    observed: &[DatabaseId],
+) -> Result<Vec<(DatabaseId, i64)>> {
+    sqlx::query_as(
+        "SELECT d.id, d.generation FROM databases d WHERE d.id = ANY($2) \
+           AND NOT EXISTS (SELECT 1 FROM database_members m WHERE m.database_id = d.id AND m.agent_id = $1) \
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = 'agent:' || $1::text AND j.kind = 'remove_database' \
+                           AND j.database_id = d.id AND j.status IN ('queued', 'running')) \
+         ORDER BY d.id",
+    )
+    .bind(agent)
+    .bind(observed)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)
+}
