@@ -210,6 +210,35 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     assert_eq!(event["kind"], "switchover", "{events}");
     let leader = event["detail"]["to"].as_str().unwrap().to_string();
 
+    // The switchover task replayed, as after a lost report (its job claimed and run again): it
+    // names the candidate, which leads already, so the leader stays where the first run put it.
+    let sql = sqlx::PgPool::connect(&p.app.db_url).await.unwrap();
+    let switchover: uuid::Uuid = op["id"].as_str().unwrap().parse().unwrap();
+    let job: uuid::Uuid = sqlx::query_scalar(
+        "UPDATE jobs SET status = 'queued', run_at = now(), finished_at = NULL, result = NULL \
+         WHERE operation_id = $1 AND kind = 'switchover' RETURNING id",
+    )
+    .bind(switchover)
+    .fetch_one(&sql)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let replayed: Value = loop {
+        let (status, result): (String, Option<Value>) =
+            sqlx::query_as("SELECT status, result FROM jobs WHERE id = $1").bind(job).fetch_one(&sql).await.unwrap();
+        if status == "done" {
+            break result.unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "the replayed switchover did not finish: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(replayed, json!({ "from": leader, "to": leader }), "the replay moved nothing");
+    p.members_become(&db, &["leader", "replica"], Duration::from_secs(30)).await;
+    let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+    let leads = members["items"].as_array().unwrap().iter().find(|m| m["role"] == "leader").unwrap()["name"].clone();
+    assert_eq!(leads, json!(leader), "{members}");
+    eventually(&url, "INSERT INTO w VALUES (-1) RETURNING id", "-1", Duration::from_secs(30)).await;
+
     // Unplanned: the leader's host is lost. Its agent vanishes and every process it ran there
     // (Patroni, PostgreSQL, the HAProxy gateway) is killed with -9, while a client keeps
     // writing through the unchanged URL; the other host's gateway keeps the port.

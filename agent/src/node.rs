@@ -140,6 +140,15 @@ impl Node {
         Ok(MemberStatus { patroni_pid: proc.pid(), role: state.role, started })
     }
 
+    /// Fences a task that acts through Patroni (restart, configuration, switchover, re-clone)
+    /// under the database's lock: refused when older than the newest generation applied here or
+    /// not newer than a removal under way, else its generation is recorded.
+    pub async fn fence(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
+        let db = self.database(database_id);
+        let _procs = db.lock().await;
+        self.admit(database_id, generation)
+    }
+
     /// Fences the job, and refuses one not newer than a removal under way (a newer one
     /// places the database here again).
     pub(crate) fn admit(&self, database_id: DatabaseId, generation: i64) -> Result<(), NodeError> {
@@ -432,4 +441,24 @@ pub(crate) fn bin_dir_for(version: &str) -> Result<PathBuf> {
         }
     }
     find_bindir(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_task_is_fenced_by_the_database_generation() {
+        let root = std::env::temp_dir().join(format!("pgplane-node-fence-{}", std::process::id()));
+        let node = Node::new(&root).unwrap();
+        let db = DatabaseId::new();
+        node.fence(db, 5).await.unwrap();
+        node.fence(db, 5).await.unwrap();
+        let stale = node.fence(db, 4).await.unwrap_err();
+        assert!(matches!(stale, NodeError::StaleGeneration { requested: 4, applied: 5, .. }), "{stale}");
+        assert!(!stale.is_retryable());
+        node.fence(db, 6).await.unwrap();
+        assert_eq!(fence::applied(&root, db).unwrap(), Some(6));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

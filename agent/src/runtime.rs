@@ -1,8 +1,10 @@
 //! The agent's loop: register with the scheduler, heartbeat, long-poll for jobs, run each on
 //! the `Node` while extending its lease, and report the outcome. Jobs run one at a time.
 
-use pgplane_core::agent::{AgentJob, AgentRegistration, AgentTask, Capabilities, JobOutcome, JobReport};
-use serde_json::{json, Value};
+use pgplane_core::agent::{
+    AgentJob, AgentRegistration, AgentTask, Capabilities, Heartbeat, JobOutcome, JobReport, LeaseBody, Registered,
+};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,10 +68,9 @@ impl Session {
             .send()
             .await?
             .error_for_status()?;
-        let body: Value = res.json().await?;
-        let credential = body["credential"].as_str().ok_or_else(|| anyhow::anyhow!("no credential in {body}"))?;
-        *self.credential.write().await = credential.to_string();
-        tracing::info!(agent = %c.name, id = %body["agent_id"], "registered with the scheduler");
+        let registered: Registered = res.json().await?;
+        *self.credential.write().await = registered.credential;
+        tracing::info!(agent = %c.name, id = %registered.agent_id, "registered with the scheduler");
         Ok(())
     }
 
@@ -208,7 +209,7 @@ async fn heartbeat_loop(session: Arc<Session>, mut shutdown: watch::Receiver<boo
             .http
             .post(session.url("/agent/v1/heartbeat"))
             .bearer_auth(session.bearer().await)
-            .json(&json!({ "observed": crate::observe::observe(&session.config.root).await }))
+            .json(&Heartbeat { observed: crate::observe::observe(&session.config.root).await })
             .send()
             .await;
         if let Err(e) = res.and_then(|r| r.error_for_status()) {
@@ -238,7 +239,7 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
                     .http
                     .post(session.url(&format!("/agent/v1/jobs/{id}/heartbeat")))
                     .bearer_auth(session.bearer().await)
-                    .json(&json!({ "lease_id": lease }))
+                    .json(&LeaseBody { lease_id: lease })
                     .send()
                     .await;
                 if let Ok(r) = res {
@@ -252,12 +253,25 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
     };
     let started = std::time::Instant::now();
     let unable = cannot_do(&session.capabilities, &job.task);
+    // Every task is fenced by the database's generation: those that act through Patroni here,
+    // the others where they take the database's lock (ensure, drain, remove).
+    let stale = match &job.task {
+        AgentTask::RestartMember { .. }
+        | AgentTask::PatchConfig { .. }
+        | AgentTask::Switchover { .. }
+        | AgentTask::ReinitMember { .. } => {
+            let (database_id, generation) = job.task.fence();
+            node.fence(database_id, generation).await.err()
+        }
+        _ => None,
+    };
     let outcome = match &job.task {
         _ if unable.is_some() => Err(crate::node::NodeError::Unable(format!(
             "agent {}: {}",
             session.config.name,
             unable.unwrap_or_default()
         ))),
+        _ if stale.is_some() => Err(stale.expect("a stale task")),
         AgentTask::EnsureMember { spec } => {
             node.ensure_member(spec).await.map(|s| json!({ "member": format!("{s:?}") }))
         }
@@ -266,19 +280,8 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
             .await
             .map(|_| json!({ "restarted": true }))
             .map_err(crate::node::NodeError::from),
-        AgentTask::ReinitMember { database_id, generation, member, api } => {
+        AgentTask::ReinitMember { database_id, member, api, .. } => {
             async {
-                // Fenced: a re-clone asked for under an older generation (the database changed
-                // since, a member moved) is refused.
-                if let Some(applied) = crate::fence::applied(&session.config.root, *database_id)? {
-                    if *generation < applied {
-                        return Err(crate::node::NodeError::StaleGeneration {
-                            database_id: *database_id,
-                            requested: *generation,
-                            applied,
-                        });
-                    }
-                }
                 let answer = crate::restart::reinit_member(api).await?;
                 tracing::warn!(database = %database_id, %member, "re-cloning a replica: {answer}");
                 Ok(json!({ "reinitialized": member }))

@@ -40,8 +40,8 @@ pub struct Args {
     /// Tasks a fake agent runs at once (the agent runs one at a time).
     #[arg(long, default_value_t = 1)]
     agent_concurrency: usize,
-    /// Connections of the scheduler's pool (`pgplane scheduler` opens 8).
-    #[arg(long, default_value_t = 8)]
+    /// Connections of the scheduler's pool (as `pgplane scheduler` opens).
+    #[arg(long, default_value_t = pgplane_scheduler::run::POOL_SIZE)]
     scheduler_pool: u32,
     /// A phase stops waiting after this many seconds and counts what has not ended.
     #[arg(long, default_value_t = 300)]
@@ -165,6 +165,8 @@ async fn measure(args: &Args, pg: &ControlPg) -> Result<Vec<Phase>> {
         },
         bootstrap_token: BOOTSTRAP.into(),
         gateway_vips: None,
+        not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
+        agent_lost_after: pgplane_scheduler::engine::AGENT_LOST_AFTER,
     };
     tokio::spawn(pgplane_scheduler::run::run(scheduler_store, config, listener, stopped.clone()));
 

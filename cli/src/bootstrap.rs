@@ -87,6 +87,6 @@ async fn make_token(url: &str, email: &str) -> Result<String> {
     let store = Store::connect(url, 2).await.context("connecting to the control-plane database")?;
     store.migrate().await?;
     let secret = operator_token(&store, email, "bootstrap").await;
-    store.pool().close().await;
+    store.close().await;
     secret
 }

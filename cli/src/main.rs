@@ -115,6 +115,11 @@ pub struct SchedulerArgs {
     /// `not_streaming` and re-cloned.
     #[arg(long, env = "PGPLANE_NOT_STREAMING_GRACE_SECS", default_value_t = pgplane_scheduler::truth::NOT_STREAMING_GRACE.as_secs())]
     not_streaming_grace_secs: u64,
+    /// Seconds without news from an agent (heartbeats every 5 s) after which its host counts as
+    /// lost: operations waiting on it end in `error`, removals on it are skipped, and
+    /// cluster-wide requests go through another member.
+    #[arg(long, env = "PGPLANE_AGENT_LOST_AFTER_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(10..))]
+    agent_lost_after_secs: u64,
 }
 
 impl SchedulerArgs {
@@ -129,13 +134,14 @@ impl SchedulerArgs {
 }
 
 async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
-    let store = Store::connect(args.db.database_url.expose_secret(), 8).await?;
+    let store = Store::connect(args.db.database_url.expose_secret(), pgplane_scheduler::run::POOL_SIZE).await?;
     store.migrate().await?;
     let config = pgplane_scheduler::config::SchedulerConfig {
         etcd: args.etcd()?,
         bootstrap_token: args.agent_bootstrap_token.expose_secret().to_string(),
         gateway_vips: args.gateway_vips.clone(),
         not_streaming_grace: std::time::Duration::from_secs(args.not_streaming_grace_secs),
+        agent_lost_after: std::time::Duration::from_secs(args.agent_lost_after_secs),
     };
     let listener = tokio::net::TcpListener::bind(args.agent_listen)
         .await

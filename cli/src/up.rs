@@ -125,6 +125,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         bootstrap_token: bootstrap_token.clone(),
         gateway_vips: None,
         not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
+        agent_lost_after: pgplane_scheduler::engine::AGENT_LOST_AFTER,
     };
     let scheduler =
         tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped.clone()));

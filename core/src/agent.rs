@@ -120,6 +120,35 @@ crate::redacted_debug!(AgentRegistration {
     name, host, public_host, memory_mb, disk_gb, port_min, port_max, capabilities
 } secret { bootstrap_token });
 
+/// The scheduler's answer to a registration.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    #[schema(value_type = String, format = Uuid)]
+    pub agent_id: AgentId,
+    /// Send as `Authorization: Bearer <credential>`; shown once.
+    pub credential: String,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered").field("agent_id", &self.agent_id).field("credential", &"<redacted>").finish()
+    }
+}
+
+/// What an agent sends every few seconds: that it is alive, and what it observes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Heartbeat {
+    /// What the agent observes on its host.
+    #[serde(default)]
+    pub observed: Observation,
+}
+
+/// The lease an agent holds on a running job (its heartbeat extends it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseBody {
+    pub lease_id: LeaseId,
+}
+
 /// Where the platform's etcd is and how one database's Patroni reaches it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EtcdAccess {
@@ -319,6 +348,24 @@ pub enum AgentTask {
     RemoveDatabase { database_id: DatabaseId, generation: i64 },
 }
 
+impl AgentTask {
+    /// The database the task is about and the generation it was issued under: the agent refuses
+    /// a task older than the newest generation it applied to that database (fencing), whatever
+    /// its kind.
+    pub fn fence(&self) -> (DatabaseId, i64) {
+        match self {
+            AgentTask::EnsureMember { spec } => (spec.database_id, spec.generation),
+            AgentTask::EnsureGateway { spec } => (spec.database_id, spec.generation),
+            AgentTask::RestartMember { database_id, generation, .. }
+            | AgentTask::PatchConfig { database_id, generation, .. }
+            | AgentTask::ReinitMember { database_id, generation, .. }
+            | AgentTask::Switchover { database_id, generation, .. }
+            | AgentTask::DrainMember { database_id, generation, .. }
+            | AgentTask::RemoveDatabase { database_id, generation } => (*database_id, *generation),
+        }
+    }
+}
+
 /// A job handed to an agent by the long-poll.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentJob {
@@ -404,6 +451,36 @@ mod tests {
         }
         assert!(wire.get("api").is_none(), "{wire}");
         assert_eq!(serde_json::from_value::<AgentTask>(wire).unwrap(), task);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let secrets = DatabaseSecrets {
+            superuser_password: "s3cret-super".into(),
+            replication_password: "s3cret-repl".into(),
+            restapi_password: "s3cret-rest".into(),
+            app_user: "main".into(),
+            app_password: "s3cret-app".into(),
+            app_database: "main".into(),
+        };
+        let api = PatroniApi {
+            host: "h".into(),
+            patroni_port: 1,
+            ca_pem: "CA".into(),
+            restapi_password: "s3cret-rest".into(),
+        };
+        let tls = TlsBundle { ca_pem: "CA".into(), cert_pem: "CERT".into(), key_pem: "s3cret-key".into() };
+        let etcd = EtcdAccess {
+            endpoints: vec!["e:2379".into()],
+            protocol: "https".into(),
+            ca_pem: None,
+            username: Some("db-x".into()),
+            password: Some("s3cret-etcd".into()),
+        };
+        let task = AgentTask::RestartMember { database_id: DatabaseId::new(), generation: 1, member: "m0".into(), api };
+        let shown = format!("{secrets:?} {task:?} {tls:?} {etcd:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("main") && shown.contains("db-x"), "{shown}");
     }
 
     #[test]

@@ -1,28 +1,30 @@
 //! The agent-facing API, on its own listener: agents register with the bootstrap token and
 //! get a credential, heartbeat, long-poll for jobs (woken by NOTIFY), extend leases and
-//! report results. A report that finishes a step's last agent job starts the next step.
+//! report results. A report that finishes a step's last agent job hands over to the engine,
+//! which starts the step the workflow named.
 
 use axum::extract::FromRequestParts;
 use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use pgplane_core::agent::{AgentJob, AgentRegistration, AgentTask, JobOutcome, JobReport, Observation};
-use pgplane_core::ids::{JobId, LeaseId};
+use pgplane_core::agent::{
+    AgentJob, AgentRegistration, AgentTask, Heartbeat, JobOutcome, JobReport, LeaseBody, Registered,
+};
+use pgplane_core::ids::JobId;
 use pgplane_core::Error;
 use pgplane_http::error::{ApiError, ApiResult};
 use pgplane_http::extract::{Json, Path, Query};
 use pgplane_store::agents::Agent;
-use pgplane_store::jobs::{job_complete_in, job_enqueue_in, AfterFailure};
-use pgplane_store::workflow::{operation_finish_in, step_jobs_left_in};
+use pgplane_store::engine::operation_lock_row_in;
+use pgplane_store::jobs::{job_complete_in, AfterFailure};
 use pgplane_store::Store;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::time::Duration;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::queue::{Wakers, WorkerConfig};
-use crate::workflows::step_job;
 
 /// How long an agent's claim on a job lasts without a heartbeat.
 pub const AGENT_LEASE: Duration = Duration::from_secs(60);
@@ -81,15 +83,6 @@ impl FromRequestParts<AgentApiState> for AgentAuth {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
-pub struct Registered {
-    pub agent_id: uuid::Uuid,
-    /// Send as `Authorization: Bearer <credential>`; shown once.
-    pub credential: String,
-}
-
-pgplane_core::redacted_debug!(Registered { agent_id } secret { credential });
-
 /// Registers an agent.
 #[utoipa::path(
     post, path = "/agent/v1/register", request_body = AgentRegistration, responses((status = 200, body = Registered))
@@ -126,13 +119,6 @@ async fn register(State(state): State<AgentApiState>, Json(r): Json<AgentRegistr
     Ok(Json(Registered { agent_id, credential }))
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct Heartbeat {
-    /// What the agent observes on its host.
-    #[serde(default)]
-    pub observed: Observation,
-}
-
 /// Says the agent is alive and what it observes.
 #[utoipa::path(post, path = "/agent/v1/heartbeat", request_body = Heartbeat, security(("bearer" = [])), responses((status = 204)))]
 async fn heartbeat(
@@ -141,6 +127,7 @@ async fn heartbeat(
     Json(h): Json<Heartbeat>,
 ) -> ApiResult<StatusCode> {
     state.store.agent_heartbeat(agent.id, Some(&h.observed)).await?;
+    crate::engine::remove_leftovers(&state.store, agent.id, &h.observed).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -180,11 +167,6 @@ async fn next_jobs(
             _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct LeaseBody {
-    pub lease_id: LeaseId,
 }
 
 /// The agent's job of this id, or 404 (an agent never sees another agent's jobs).
@@ -232,24 +214,16 @@ async fn job_report(
     let job = own_job(&state, &agent, id).await?;
     match report.outcome {
         JobOutcome::Succeeded { result } => {
-            let mut tx = state.store.pool().begin().await.map_err(pgplane_store::db_error)?;
+            let mut tx = state.store.begin().await?;
             if let Some(op) = job.operation_id {
                 // Serializes the reports of one operation, so exactly one sees the step finished.
-                sqlx::query("SELECT 1 FROM operations WHERE id = $1 FOR UPDATE")
-                    .bind(op)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(pgplane_store::db_error)?;
+                operation_lock_row_in(&mut tx, op).await?;
             }
             if !job_complete_in(&mut tx, id, report.lease_id, &result).await? {
                 return Err(lease_lost());
             }
-            if let (Some(op), Some(db), Some(step), Some(next)) =
-                (job.operation_id, job.database_id, job.payload["step"].as_str(), job.payload["next"].as_str())
-            {
-                if step_jobs_left_in(&mut tx, op, step).await? == 0 {
-                    job_enqueue_in(&mut tx, &step_job(db, op, next)).await?;
-                }
+            if let (Some(op), Some(db)) = (job.operation_id, job.database_id) {
+                crate::engine::agent_job_done_in(&mut tx, op, db, &job.payload).await?;
             }
             tx.commit().await.map_err(pgplane_store::db_error)?;
         }
@@ -261,9 +235,7 @@ async fn job_report(
                 AfterFailure::Dead => {
                     tracing::error!(job = %id, %error, "agent job died");
                     if let Some(op) = job.operation_id {
-                        let mut conn = state.store.pool().acquire().await.map_err(pgplane_store::db_error)?;
-                        let tenant = crate::queue::tenant_error(job.payload["task"]["kind"].as_str(), id);
-                        operation_finish_in(&mut conn, op, Some(&tenant)).await?;
+                        crate::engine::operation_job_died(&state.store, op, id, Some(&job.kind), None).await;
                     }
                 }
             }

@@ -20,6 +20,9 @@ pub struct SchedulerConfig {
     /// How long a running replica may not stream before it is shown `not_streaming` and
     /// re-cloned (`truth::NOT_STREAMING_GRACE`; tests shorten it).
     pub not_streaming_grace: Duration,
+    /// An agent not heard from for this long is lost: operations waiting on it end in `error`,
+    /// and cluster-wide requests go through another member (`engine::AGENT_LOST_AFTER`).
+    pub agent_lost_after: Duration,
 }
 
 pgplane_core::redacted_debug!(SchedulerConfig { etcd, gateway_vips, not_streaming_grace } secret { bootstrap_token });

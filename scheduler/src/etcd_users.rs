@@ -8,7 +8,7 @@ use pgplane_store::workflow::{secrets_set_etcd_password_in, StoredSecrets};
 use sqlx::PgConnection;
 
 use crate::queue::JobError;
-use crate::workflows::{password, retry, Workflows};
+use crate::workflows::{password, Workflows};
 
 /// etcd's root, when the configuration names a user (else etcd has no auth to manage).
 pub fn admin_client(etcd: &EtcdAccess) -> anyhow::Result<Option<pgplane_etcd::Client>> {
@@ -32,13 +32,13 @@ impl Workflows {
             Some(p) => p.clone(),
             None => {
                 let p = password();
-                secrets_set_etcd_password_in(tx, db, &p).await.map_err(retry)?;
+                secrets_set_etcd_password_in(tx, db, &p).await?;
                 p
             }
         };
         root.ensure_database_user(&db.to_string(), &password)
             .await
-            .map_err(|e| retry(format!("making the database's etcd user: {e:#}")))
+            .map_err(|e| JobError::retry(format!("making the database's etcd user: {e:#}")))
     }
 
     /// Deletes the database's keys that are left in etcd, then its user and role.
@@ -47,7 +47,7 @@ impl Workflows {
         let left = root
             .remove_database_user(&db.to_string())
             .await
-            .map_err(|e| retry(format!("removing the database's etcd user: {e:#}")))?;
+            .map_err(|e| JobError::retry(format!("removing the database's etcd user: {e:#}")))?;
         tracing::info!(database = %db, keys_left = left, "the database's etcd user and keys are gone");
         Ok(())
     }

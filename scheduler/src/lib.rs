@@ -1,11 +1,13 @@
-//! The scheduler: it owns every multi-step workflow, the timers and the agent-facing API.
-//! So far it holds the job-queue worker that everything else runs on.
+//! The scheduler: it owns every multi-step workflow (`workflows`, one module per operation
+//! kind), the engine that moves operations on and ends them (`engine`: deadlines, lost hosts,
+//! dead jobs), the job-queue worker everything runs on (`queue`), the reading of etcd (`truth`)
+//! and the agent-facing API.
 
 pub mod agent_api;
 pub mod config;
 pub mod divergence;
+pub mod engine;
 mod etcd_users;
-mod plan_change;
 pub mod queue;
 pub mod run;
 pub mod timers;

@@ -5,7 +5,6 @@
 
 use pgplane_store::jobs::{AfterFailure, Claimed};
 use pgplane_store::Store;
-use sqlx::postgres::PgListener;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -28,11 +27,58 @@ pub enum JobError {
     Refused { tenant: String, operator: String },
 }
 
+impl JobError {
+    /// A failure worth another attempt.
+    pub fn retry(why: impl std::fmt::Display) -> Self {
+        JobError::Retryable(why.to_string())
+    }
+
+    /// A failure another attempt cannot mend.
+    pub fn fatal(why: impl std::fmt::Display) -> Self {
+        JobError::Fatal(why.to_string())
+    }
+}
+
+/// The one mapping of the domain error to a job's: what another attempt cannot mend (a row that
+/// is gone, a conflict, input the store refuses) is fatal; the database or a dependency being
+/// unavailable, or an internal failure, is retried.
+impl From<pgplane_core::Error> for JobError {
+    fn from(e: pgplane_core::Error) -> Self {
+        use pgplane_core::Error as E;
+        match e {
+            E::Internal(_) | E::Unavailable(_) | E::RateLimited { .. } => JobError::Retryable(e.to_string()),
+            E::NotFound { .. }
+            | E::Validation { .. }
+            | E::BadRequest { .. }
+            | E::Conflict { .. }
+            | E::Forbidden { .. }
+            | E::Unauthorized { .. }
+            | E::PayloadTooLarge => JobError::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// Our own wire types always serialize; one that does not is a bug no retry mends.
+impl From<serde_json::Error> for JobError {
+    fn from(e: serde_json::Error) -> Self {
+        JobError::Fatal(format!("serializing a job: {e}"))
+    }
+}
+
 /// What a tenant reads when a job of their operation died: which part of the work failed and
 /// that the operators have the rest (the job's `last_error`, the logs). Never the job's own
 /// error, which names host paths and ends with log tails.
 pub fn tenant_error(task_kind: Option<&str>, job: pgplane_core::ids::JobId) -> String {
-    let what = match task_kind {
+    let what = task_description(task_kind);
+    format!(
+        "{what} failed on the platform's side, not because of your request; the platform's operators \
+         have the details (job {job}). Try again later, or contact support with the job id."
+    )
+}
+
+/// What an agent task (by its `kind`) does, for tenants; a scheduler step without one.
+pub fn task_description(task_kind: Option<&str>) -> &'static str {
+    match task_kind {
         Some("ensure_member") => "starting or updating a PostgreSQL member",
         Some("ensure_gateway") => "starting or updating a gateway",
         Some("remove_database") => "removing the database's processes and data",
@@ -42,11 +88,7 @@ pub fn tenant_error(task_kind: Option<&str>, job: pgplane_core::ids::JobId) -> S
         Some("drain_member") => "draining a member in the gateways",
         Some("reinit_member") => "re-cloning a replica",
         _ => "a step of the operation",
-    };
-    format!(
-        "{what} failed on the platform's side, not because of your request; the platform's operators \
-         have the details (job {job}). Try again later, or contact support with the job id."
-    )
+    }
 }
 
 /// How a job succeeded.
@@ -93,7 +135,7 @@ impl Wakers {
     /// reconnect every queue is woken, since notifications may have been missed meanwhile.
     pub async fn listen(self, store: Store, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let mut listener = match PgListener::connect_with(store.pool()).await {
+            let mut listener = match store.listener().await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "job listener cannot connect; retrying");
@@ -235,8 +277,14 @@ async fn run_one<H: Handler>(store: &Store, config: &WorkerConfig, handler: &H, 
             }
         })
     };
+    let operation = job.operation_id;
     let outcome = handler.run(job).await;
     heartbeat.abort();
+    // What the tenant reads when this job's death ends its operation.
+    let tenant = match &outcome {
+        Err(JobError::Refused { tenant, .. }) => Some(tenant.clone()),
+        _ => None,
+    };
     let recorded = match outcome {
         Ok(Done::Committed) => Ok("done"),
         Ok(Done::Result(result)) => {
@@ -253,6 +301,9 @@ async fn run_one<H: Handler>(store: &Store, config: &WorkerConfig, handler: &H, 
             store.job_fail(id, lease, &e, None).await.map(|_| "dead")
         }
     };
+    if let (Ok("dead"), Some(op)) = (&recorded, operation) {
+        crate::engine::operation_job_died(store, op, id, None, tenant).await;
+    }
     match recorded {
         Ok(state) => tracing::debug!(job = %id, %kind, attempts, state, "job finished"),
         // The lease will expire and the job will run again: handlers are idempotent.

@@ -94,7 +94,7 @@ pub async fn reconcile(
     db: DatabaseId,
     not_streaming_grace: Duration,
 ) -> Result<(), TruthError> {
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin().await?;
     let Some(before) = truth_lock_in(&mut tx, db).await? else { return Ok(()) };
     let prefix = pgplane_etcd::scope_prefix(&db.to_string());
     let kvs = etcd.list(&prefix).await.map_err(TruthError::Etcd)?;

@@ -11,7 +11,7 @@ use pgplane_store::workflow::{gateways_of_in, GatewayRow, OperationState};
 use sqlx::PgConnection;
 
 use crate::queue::JobError;
-use crate::workflows::{retry, Workflows};
+use crate::workflows::Workflows;
 
 /// VRRP priority of the gateway on the first host; each next host's is 10 lower.
 const TOP_PRIORITY: u8 = 150;
@@ -27,16 +27,16 @@ impl Workflows {
     /// Gives the database a VIP when its gateways are on two or more hosts and the platform has
     /// a pool, and gives it back otherwise (gateways on one host again, or no pool any more).
     pub(crate) async fn assign_vip(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
-        let gateways = gateways_of_in(tx, st.database_id).await.map_err(retry)?;
+        let gateways = gateways_of_in(tx, st.database_id).await?;
         let spans_hosts = hosts(&gateways).len() >= 2;
         match (&self.config.gateway_vips, gateways.first()) {
             (Some(pool), Some(first)) if spans_hosts => {
-                let vip = vip_allocate_in(tx, st.database_id, &pool.addresses(), first.port).await.map_err(retry)?;
+                let vip = vip_allocate_in(tx, st.database_id, &pool.addresses(), first.port).await?;
                 if vip.is_none() {
                     tracing::warn!(database = %st.database_id, "the VIP pool is used up: the database's endpoint is its first gateway's host");
                 }
             }
-            _ => vip_release_in(tx, st.database_id).await.map_err(retry)?,
+            _ => vip_release_in(tx, st.database_id).await?,
         }
         Ok(())
     }

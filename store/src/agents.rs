@@ -283,3 +283,13 @@ pub async fn port_allocate_in(
         .map_err(db_error)?;
     u16::try_from(port).map_err(Error::internal)
 }
+
+/// One agent, on the caller's connection.
+pub async fn agent_in(conn: &mut PgConnection, id: AgentId) -> Result<Agent> {
+    let row: Option<Agent> = sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents a WHERE a.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    row.ok_or(Error::not_found("agent"))
+}

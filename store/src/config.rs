@@ -45,17 +45,8 @@ pub async fn event_insert_in(
 
 impl Store {
     pub async fn database_configuration(&self, id: DatabaseId) -> Result<Configuration> {
-        let row: Option<(serde_json::Value, bool)> =
-            sqlx::query_as("SELECT parameters, synchronous_replication FROM databases WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-        let (parameters, synchronous_replication) = row.ok_or(Error::not_found("database"))?;
-        Ok(Configuration {
-            parameters: serde_json::from_value(parameters).map_err(Error::internal)?,
-            synchronous_replication,
-        })
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        database_configuration_in(&mut conn, id).await
     }
 
     /// Stores the desired configuration and enqueues the `configure` operation that applies it.
@@ -162,4 +153,19 @@ async fn lock_available(conn: &mut PgConnection, id: DatabaseId) -> Result<Tenan
         return Err(Error::conflict("not_available", format!("the database is {status}; wait until it is available")));
     }
     Ok(tenant)
+}
+
+/// The desired configuration, on the caller's connection (a workflow step's transaction).
+pub async fn database_configuration_in(conn: &mut sqlx::PgConnection, id: DatabaseId) -> Result<Configuration> {
+    let row: Option<(serde_json::Value, bool)> =
+        sqlx::query_as("SELECT parameters, synchronous_replication FROM databases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
+    let (parameters, synchronous_replication) = row.ok_or(Error::not_found("database"))?;
+    Ok(Configuration {
+        parameters: serde_json::from_value(parameters).map_err(Error::internal)?,
+        synchronous_replication,
+    })
 }

@@ -119,10 +119,13 @@ impl Store {
             .map_err(db_error)?;
         }
         sqlx::query(
-            "UPDATE jobs SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, updated_at = now() \
+            "UPDATE jobs SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, updated_at = now(), \
+                deadline_at = CASE WHEN time_allowed_ms IS NULL THEN NULL \
+                    ELSE now() + make_interval(secs => (time_allowed_ms + $2)::float8 / 1000) END \
              WHERE id = ANY($1)",
         )
         .bind(&jobs)
+        .bind(crate::jobs::QUEUE_ALLOWANCE.as_millis() as i64)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;

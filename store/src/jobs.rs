@@ -23,6 +23,10 @@ pub struct NewJob {
     pub max_attempts: i32,
     /// Not before this moment (now when absent).
     pub run_at: Option<DateTime<Utc>>,
+    /// The job must have finished this long after it was claimed (or `QUEUE_ALLOWANCE` more
+    /// after it was enqueued, while unclaimed), or its operation ends in `error` (the
+    /// scheduler's sweep); none for jobs that may take as long as they take.
+    pub deadline: Option<Duration>,
 }
 
 impl NewJob {
@@ -36,6 +40,7 @@ impl NewJob {
             generation: None,
             max_attempts: 10,
             run_at: None,
+            deadline: None,
         }
     }
 }
@@ -66,12 +71,18 @@ pub enum AfterFailure {
     LeaseLost,
 }
 
+/// How much longer than its time allowed a job with a deadline may wait unclaimed (behind
+/// other jobs of a busy agent) before its deadline passes.
+pub const QUEUE_ALLOWANCE: Duration = Duration::from_secs(3600);
+
 /// Enqueues a job in the caller's transaction.
 pub async fn job_enqueue_in(conn: &mut PgConnection, job: &NewJob) -> Result<JobId> {
     let id = JobId::new();
     sqlx::query(
-        "INSERT INTO jobs (id, queue, kind, payload, database_id, operation_id, generation, max_attempts, run_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, now()))",
+        "INSERT INTO jobs (id, queue, kind, payload, database_id, operation_id, generation, max_attempts, run_at, \
+            time_allowed_ms, deadline_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, now()), $10, \
+            COALESCE($9, now()) + make_interval(secs => ($10 + $11)::float8 / 1000))",
     )
     .bind(id)
     .bind(&job.queue)
@@ -82,6 +93,8 @@ pub async fn job_enqueue_in(conn: &mut PgConnection, job: &NewJob) -> Result<Job
     .bind(job.generation)
     .bind(job.max_attempts)
     .bind(job.run_at)
+    .bind(job.deadline.map(interval_ms))
+    .bind(interval_ms(QUEUE_ALLOWANCE))
     .execute(&mut *conn)
     .await
     .map_err(db_error)?;
@@ -170,7 +183,9 @@ impl Store {
                 SELECT id FROM jobs WHERE queue = $1 AND status = 'queued' AND run_at <= now() \
                 ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
              UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_id = gen_random_uuid(), \
-                lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3::float8 / 1000), updated_at = now() \
+                lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3::float8 / 1000), updated_at = now(), \
+                deadline_at = CASE WHEN j.time_allowed_ms IS NULL THEN j.deadline_at \
+                    ELSE now() + make_interval(secs => j.time_allowed_ms::float8 / 1000) END \
              FROM next WHERE j.id = next.id \
              RETURNING j.id, j.queue, j.kind, j.payload, j.database_id, j.operation_id, j.generation, j.attempts, \
                 j.max_attempts, j.lease_id",
@@ -324,6 +339,7 @@ impl Store {
 pub struct JobRef {
     pub id: JobId,
     pub queue: String,
+    pub kind: String,
     pub payload: serde_json::Value,
     pub operation_id: Option<OperationId>,
     pub database_id: Option<DatabaseId>,
@@ -332,7 +348,7 @@ pub struct JobRef {
 
 impl Store {
     pub async fn job_ref(&self, id: JobId) -> Result<Option<JobRef>> {
-        sqlx::query_as("SELECT id, queue, payload, operation_id, database_id, attempts FROM jobs WHERE id = $1")
+        sqlx::query_as("SELECT id, queue, kind, payload, operation_id, database_id, attempts FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await

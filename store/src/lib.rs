@@ -9,6 +9,7 @@ pub mod apps;
 pub mod billing;
 pub mod config;
 pub mod databases;
+pub mod engine;
 mod error;
 pub mod idempotency;
 pub mod job_admin;
@@ -79,10 +80,24 @@ impl Store {
         Ok(Self::new(pool))
     }
 
+    /// A store on the same database with a pool of its own of at most `max_connections`
+    /// (connected lazily): what must never wait for a connection behind other work gets one.
+    pub fn with_own_pool(&self, max_connections: u32) -> Self {
+        let options = (*self.pool.connect_options()).clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Self::new(pool)
+    }
+
     pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await.map_err(|e| Error::internal(format!("migration failed: {e}")))
     }
 
+    /// The pool itself, for tests and benchmarks only (feature `sql-access`): everything else
+    /// goes through the store's functions, and workflow steps through `begin()`.
+    #[cfg(feature = "sql-access")]
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

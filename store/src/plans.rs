@@ -75,12 +75,8 @@ impl Store {
     }
 
     pub async fn plan_get(&self, id: &str) -> Result<Plan> {
-        let row: Option<PlanRow> = sqlx::query_as(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        row.ok_or(Error::not_found("plan"))?.into_plan()
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        plan_get_in(&mut conn, id).await
     }
 
     /// The plan a tenant asks for, if it exists, is on sale and is public or granted to it.
@@ -166,4 +162,14 @@ impl Store {
             (None, None) => Err(Error::internal("no default PostgreSQL version in the catalog")),
         }
     }
+}
+
+/// A plan by id, on the caller's connection (a workflow step's transaction).
+pub async fn plan_get_in(conn: &mut sqlx::PgConnection, id: &str) -> Result<Plan> {
+    let row: Option<PlanRow> = sqlx::query_as(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    row.ok_or(Error::not_found("plan"))?.into_plan()
 }

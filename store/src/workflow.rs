@@ -81,7 +81,7 @@ pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: Opera
         synchronous_replication,
     ) = row.ok_or(Error::not_found("operation"))?;
     let operation = store.operation_by_id_in(conn, id).await?;
-    let plan = store.plan_get(&plan_id).await?;
+    let plan = crate::plans::plan_get_in(conn, &plan_id).await?;
     Ok(OperationState {
         operation,
         database_id,
@@ -95,10 +95,11 @@ pub async fn operation_lock_in(conn: &mut PgConnection, store: &Store, id: Opera
     })
 }
 
-/// Moves an operation along: running, with progress and the current step.
+/// Moves an operation along: running, with progress (which never goes back) and the current
+/// step.
 pub async fn operation_progress_in(conn: &mut PgConnection, id: OperationId, progress: i32, step: &str) -> Result<()> {
     sqlx::query(
-        "UPDATE operations SET status = 'running', started_at = COALESCE(started_at, now()), progress = $2, step = $3 \
+        "UPDATE operations SET status = 'running', started_at = COALESCE(started_at, now()), progress = GREATEST(progress, $2), step = $3 \
          WHERE id = $1 AND status IN ('pending', 'running')",
     )
     .bind(id)
@@ -110,7 +111,10 @@ pub async fn operation_progress_in(conn: &mut PgConnection, id: OperationId, pro
     Ok(())
 }
 
-/// Ends an operation: `done`, or `error` with the reason (the database then shows `error`).
+/// Ends an operation: `done`, or `error` with the reason. A create or a plan change that failed
+/// may have left the database half built: it then shows `error`. A failed configure, restart,
+/// switchover or settings change leaves it as it was (it still runs; the tenant may try again),
+/// and a failed deletion leaves it `deleting`, so that it can be asked again.
 pub async fn operation_finish_in(conn: &mut PgConnection, id: OperationId, error: Option<&str>) -> Result<()> {
     let status = if error.is_some() { OperationStatus::Error } else { OperationStatus::Done };
     let db: Option<(DatabaseId, String)> = sqlx::query_as(
@@ -125,8 +129,7 @@ pub async fn operation_finish_in(conn: &mut PgConnection, id: OperationId, error
     .await
     .map_err(db_error)?;
     if let (Some((db, kind)), Some(_)) = (db, error) {
-        // A failed deletion stays `deleting` so that it can be asked again.
-        if kind != OperationKind::Delete.as_str() {
+        if [OperationKind::Create.as_str(), OperationKind::ChangePlan.as_str()].contains(&kind.as_str()) {
             sqlx::query("UPDATE databases SET status = 'error', updated_at = now() WHERE id = $1")
                 .bind(db)
                 .execute(&mut *conn)
@@ -270,19 +273,6 @@ pub async fn database_deleted_in(conn: &mut PgConnection, db: DatabaseId) -> Res
     .await
     .map_err(db_error)?;
     Ok(())
-}
-
-/// Agent jobs of an operation's step that have not finished.
-pub async fn step_jobs_left_in(conn: &mut PgConnection, op: OperationId, step: &str) -> Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE operation_id = $1 AND queue LIKE 'agent:%' AND payload->>'step' = $2 \
-         AND status <> 'done'",
-    )
-    .bind(op)
-    .bind(step)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_error)
 }
 
 /// A dead job of an unfinished operation: `task_kind` for agent jobs (`ensure_member`, …),

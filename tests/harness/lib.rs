@@ -3,6 +3,7 @@
 //! test, and the API served on a loopback port, driven over real HTTP.
 
 pub mod data_plane;
+pub mod fake_agent;
 
 use anyhow::Result;
 use pgplane_api::{ApiConfig, AppState, JwtKeys};
@@ -75,6 +76,10 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// Test schedulers count an agent lost after this long without news (fake agents poll every
+/// few seconds; real ones heartbeat every 5 s).
+pub const AGENT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(12);
 
 /// The bootstrap token test schedulers accept.
 pub const AGENT_BOOTSTRAP_TOKEN: &str = "test-bootstrap-token";
@@ -353,6 +358,7 @@ pub fn scheduler_config(etcd: pgplane_core::agent::EtcdAccess) -> pgplane_schedu
         bootstrap_token: AGENT_BOOTSTRAP_TOKEN.into(),
         gateway_vips: None,
         not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
+        agent_lost_after: AGENT_LOST_AFTER,
     }
 }
 
