@@ -308,7 +308,9 @@ impl Store {
         // Gaining a follower turns synchronous replication on, as for a new database with one;
         // losing it turns it off (a plan without a follower cannot have it). The change plan
         // workflow applies it first (`synchronous_replication` in its parameters).
-        let from = self.plan_get(&db.plan).await?;
+        // On the transaction's own connection: a second one from the pool while holding the row
+        // lock starved the pool under concurrent plan changes (503s in `bench workflows`).
+        let from = crate::plans::plan_get_in(&mut tx, &db.plan).await?;
         let synchronous = match (from.data_nodes >= 2, plan.data_nodes >= 2) {
             (false, true) => Some(true),
             (true, false) => Some(false),
