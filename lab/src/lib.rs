@@ -1,8 +1,9 @@
 //! The partition lab: pgplane on three database "hosts" and a control plane, each a network
-//! namespace of this machine on a private bridge, driven as a user would drive real hosts, with
-//! faults injected (partitions, a lost host, a slow link) under writes. `run` makes the lab,
-//! runs scenarios one after another on one Business database, and removes everything, also when
-//! a run fails or panics. Needs root, nftables and iproute2.
+//! namespace of this machine on a private bridge, driven as a user would drive real hosts (an etcd
+//! member and an agent per host, a VIP moved by keepalived), with faults injected (partitions, a
+//! lost host, a slow link) under writes. `run` makes the lab, runs scenarios one after another on
+//! one Business database, and removes everything, also when a run fails or panics (its files
+//! stay when `PGPLANE_LAB_KEEP_DIR` is set). Needs root, nftables, iproute2, etcd and keepalived.
 
 pub mod net;
 pub mod plane;
@@ -25,6 +26,9 @@ pub struct Options {
     pub repeats: usize,
     /// How long each fault lasts.
     pub hold: Duration,
+    /// Synchronous replication on (a Business database's default) or off (as a tenant turns it
+    /// off through the API).
+    pub synchronous: bool,
     /// Print the tails of every process's log at the end even when all runs succeeded (they are
     /// printed when a run fails).
     pub keep_logs: bool,
@@ -47,7 +51,7 @@ pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'sta
         rt.block_on(async move {
             let mut plane = plane::Plane::start(&thread_net, &options.programs, &thread_dir).await?;
             let result = async {
-                let mut db = scenario::Database::create(&plane, &thread_dir).await.context("the Business database")?;
+                let mut db = scenario::Database::create(&plane, &thread_dir, options.synchronous).await.context("the Business database")?;
                 let mut reports = Vec::new();
                 for &s in &options.scenarios {
                     for i in 0..options.repeats {
@@ -77,6 +81,10 @@ pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'sta
         Err(_) => Err(anyhow::anyhow!("the lab's thread panicked")),
     };
     drop(net);
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("PGPLANE_LAB_KEEP_DIR").is_some() {
+        eprintln!("the lab's files and logs stay in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }
