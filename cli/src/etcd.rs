@@ -96,8 +96,7 @@ pub fn member_flags(args: &MemberArgs) -> Result<Vec<String>> {
     }
     let mut members = Vec::new();
     for m in &args.initial_cluster {
-        let (name, address) =
-            m.split_once('=').with_context(|| format!("{m:?}: write each member as name=address"))?;
+        let (name, address) = m.split_once('=').with_context(|| format!("{m:?}: write each member as name=address"))?;
         anyhow::ensure!(!name.is_empty() && !address.is_empty(), "{m:?}: write each member as name=address");
         members.push((name, address));
     }

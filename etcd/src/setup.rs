@@ -106,7 +106,8 @@ pub fn tls(files: &EtcdFiles, names: &[&str]) -> Result<(String, bool)> {
     }
     // The peer certificate, also for a folder made before members had one (same names).
     let (peer, peer_key) = (files.peer_cert_file(), files.peer_key_file());
-    if !(peer.exists() && peer_key.exists()) && !names.is_empty() {
+    let missing = !peer.exists() || !peer_key.exists();
+    if missing && !names.is_empty() {
         let read = |f: &Path| fs::read_to_string(f).with_context(|| format!("reading {}", f.display()));
         let authority = pgplane_pki::DatabaseCa::from_pem(&read(&ca)?, &read(&ca_key)?)?;
         let pair = authority.issue_peer(names)?;
@@ -171,10 +172,9 @@ mod tests {
         let first = prepare(&dir, &["etcd", "127.0.0.1"]).unwrap();
         assert!(first.made_tls && first.made_password);
         let f = &first.files;
-        for file in
-            [f.ca_file(), f.ca_key_file(), f.cert_file(), f.key_file(), f.peer_cert_file(), f.peer_key_file()]
-                .into_iter()
-                .chain([f.root_password_file()])
+        for file in [f.ca_file(), f.ca_key_file(), f.cert_file(), f.key_file(), f.peer_cert_file(), f.peer_key_file()]
+            .into_iter()
+            .chain([f.root_password_file()])
         {
             assert_eq!(mode(&file), 0o600, "{}", file.display());
         }

@@ -51,7 +51,9 @@ pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'sta
         rt.block_on(async move {
             let mut plane = plane::Plane::start(&thread_net, &options.programs, &thread_dir).await?;
             let result = async {
-                let mut db = scenario::Database::create(&plane, &thread_dir, options.synchronous).await.context("the Business database")?;
+                let mut db = scenario::Database::create(&plane, &thread_dir, options.synchronous)
+                    .await
+                    .context("the Business database")?;
                 let mut reports = Vec::new();
                 for &s in &options.scenarios {
                     for i in 0..options.repeats {

@@ -122,14 +122,26 @@ impl Plane {
         let etcd_dir_s = etcd_dir.display().to_string();
         let addrs: Vec<&str> = net.hosts.iter().map(|h| h.addr.as_str()).collect();
         pgplane_cmd(&pgplane, &["etcd", "init", "--dir", &etcd_dir_s, "--san", &addrs.join(",")])?;
-        let cluster: Vec<String> = net.hosts.iter().enumerate().map(|(i, h)| format!("h{}={}", i + 1, h.addr)).collect();
+        let cluster: Vec<String> =
+            net.hosts.iter().enumerate().map(|(i, h)| format!("h{}={}", i + 1, h.addr)).collect();
         let mut etcds = Vec::new();
         for (i, host) in net.hosts.iter().enumerate() {
             let data = dir.join(format!("etcd-h{}", i + 1)).display().to_string();
             let name = format!("h{}", i + 1);
             let flags = pgplane_cmd(
                 &pgplane,
-                &["etcd", "member", "--dir", &etcd_dir_s, "--name", &name, "--initial-cluster", &cluster.join(","), "--data-dir", &data],
+                &[
+                    "etcd",
+                    "member",
+                    "--dir",
+                    &etcd_dir_s,
+                    "--name",
+                    &name,
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--data-dir",
+                    &data,
+                ],
             )?;
             let command = [s("ip"), s("netns"), s("exec"), host.ns.clone(), s("etcd")]
                 .into_iter()

@@ -71,7 +71,10 @@ impl Writers {
                     while !*rx.borrow() {
                         let start = Instant::now();
                         let sql = format!("INSERT INTO lab (id) VALUES ({id}) RETURNING inet_server_addr()");
-                        let acked_by = psql_within(&url, &sql, WRITE_TIMEOUT).await.ok().map(|a| a.split('/').next().unwrap_or("").into());
+                        let acked_by = psql_within(&url, &sql, WRITE_TIMEOUT)
+                            .await
+                            .ok()
+                            .map(|a| a.split('/').next().unwrap_or("").into());
                         let failed = acked_by.is_none();
                         attempts.lock().unwrap().push(Attempt { id, start, end: Instant::now(), acked_by });
                         id += n;

@@ -167,7 +167,10 @@ mod tests {
         let server = ca.issue_server(&["10.0.0.1"]).unwrap();
         let der = self::der(&server.cert_pem);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-        assert!(!cert.extended_key_usage().unwrap().expect("EKU").value.client_auth, "a server certificate only serves");
+        assert!(
+            !cert.extended_key_usage().unwrap().expect("EKU").value.client_auth,
+            "a server certificate only serves"
+        );
     }
 
     #[test]
