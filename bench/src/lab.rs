@@ -76,8 +76,10 @@ pub async fn run(args: Args) -> Result<()> {
         synchronous,
         keep_logs: false,
     };
+    let round = scenarios.clone();
+    let mut so_far: Vec<RunReport> = Vec::new();
     let reports = tokio::task::spawn_blocking(move || {
-        pgplane_lab::run(options, |r| {
+        pgplane_lab::run(options, move |r| {
             println!(
                 "  {}: gap {}, failed {}, lost {}, two leaders {}, whole after {}, leader moved {}, API agrees {}, VIP {} -> {}",
                 r.scenario.name(),
@@ -90,7 +92,13 @@ pub async fn run(args: Args) -> Result<()> {
                 r.api_agrees,
                 r.vip_before,
                 r.vip_after
-            )
+            );
+            // The table after every round, so that a long run stopped early has its figures.
+            so_far.push(r.clone());
+            if so_far.len() % round.len() == 0 {
+                println!("after {} round(s):", so_far.len() / round.len());
+                print_table(&round, &so_far);
+            }
         })
     })
     .await??;

@@ -128,6 +128,10 @@ pub fn member_flags(args: &MemberArgs) -> Result<Vec<String>> {
         format!("--peer-key-file={}", p(files.peer_key_file())),
         format!("--peer-trusted-ca-file={}", p(files.ca_file())),
         "--peer-client-cert-auth".into(),
+        // A member cut off from the others keeps raising its term; without pre-vote it makes
+        // the healthy leader step down when it comes back, and the cluster answers nothing for
+        // seconds (the partition lab saw 3–6 s, long enough for Patroni leaders to demote).
+        "--pre-vote=true".into(),
     ])
 }
 
@@ -225,6 +229,7 @@ mod tests {
             "{flags:?}"
         );
         assert!(has("--peer-client-cert-auth"), "{flags:?}");
+        assert!(has("--pre-vote=true"), "{flags:?}");
         assert!(has(&format!("--data-dir={}", dir.join("data").display())), "{flags:?}");
         let stranger = MemberArgs { name: "d".into(), ..args };
         assert!(member_flags(&stranger).unwrap_err().to_string().contains("does not name this member"));

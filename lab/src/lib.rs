@@ -34,8 +34,8 @@ pub struct Options {
     pub keep_logs: bool,
 }
 
-/// Makes the lab, runs `repeats` × each scenario in order (all runs of the first, then the next),
-/// calling `on_report` after each run, and removes the lab. Stops at the first run that fails
+/// Makes the lab, runs `repeats` rounds of every scenario in order (so a long run stopped early
+/// has figures for each), calling `on_report` after each run, and removes the lab. Stops at the first run that fails
 /// (after printing the tails of the processes' logs).
 pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'static) -> Result<Vec<RunReport>> {
     let net = net::Net::create().context("making the lab's namespaces")?;
@@ -55,8 +55,8 @@ pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'sta
                     .await
                     .context("the Business database")?;
                 let mut reports = Vec::new();
-                for &s in &options.scenarios {
-                    for i in 0..options.repeats {
+                for i in 0..options.repeats {
+                    for &s in &options.scenarios {
                         let report = scenario::run(s, &thread_net, &mut plane, &mut db, options.hold)
                             .await
                             .with_context(|| format!("{} run {}", s.name(), i + 1))?;
