@@ -95,7 +95,7 @@ pub async fn run(args: Args) -> Result<()> {
             );
             // The table after every round, so that a long run stopped early has its figures.
             so_far.push(r.clone());
-            if so_far.len() % round.len() == 0 {
+            if so_far.len().is_multiple_of(round.len()) {
                 println!("after {} round(s):", so_far.len() / round.len());
                 print_table(&round, &so_far);
             }
