@@ -1,7 +1,8 @@
 //! The partition lab as a benchmark: each scenario (`pgplane_lab::Scenario`) run `--runs` times on
-//! one Business database with synchronous replication, printing per scenario the write gap through
-//! the gateways (p50/p99), failed writes, acknowledged writes lost, writes acknowledged by two
-//! members, and the time from healing until the database is whole again. Needs root.
+//! one Business database with synchronous replication on or off (`--sync`), printing per scenario
+//! the write gap through the database's VIP (p50/p99), failed writes, acknowledged writes lost,
+//! writes acknowledged by two members, the time from healing until the database is whole again,
+//! and how often the VIP moved. Needs root.
 
 use anyhow::{bail, Result};
 use pgplane_lab::{Options, Programs, RunReport, Scenario};
@@ -16,12 +17,17 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     runs: usize,
     /// Scenarios to run (comma-separated; default all): leader-partitioned,
-    /// leader-cut-from-etcd-and-follower, follower-partitioned, leader-lost, slow-link.
+    /// leader-cut-from-etcd-and-follower, follower-partitioned, leader-lost, gateway-lost,
+    /// slow-link.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// How long each fault lasts, in seconds.
     #[arg(long, default_value_t = 20)]
     hold: u64,
+    /// Synchronous replication: `on` (a Business database's default) or `off` (turned off through
+    /// the API as a tenant does), to measure what an asynchronous database loses.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    sync: String,
     /// The `pgplane` binary (default: the one built beside this benchmark).
     #[arg(long)]
     pgplane: Option<PathBuf>,
@@ -53,19 +59,29 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(p) = args.patroni {
         programs.patroni = Some(p);
     }
-    println!("partition lab: {} run(s) of {} scenario(s), faults of {} s", args.runs, scenarios.len(), args.hold);
+    let synchronous = args.sync == "on";
+    println!(
+        "partition lab: {} run(s) of {} scenario(s), faults of {} s, synchronous replication {}",
+        args.runs,
+        scenarios.len(),
+        args.hold,
+        args.sync
+    );
     println!("Patroni: {}", programs.patroni.as_ref().map_or("the agent's own".into(), |p| p.display().to_string()));
     let options = Options {
         programs,
         scenarios: scenarios.clone(),
         repeats: args.runs,
         hold: Duration::from_secs(args.hold),
+        synchronous,
         keep_logs: false,
     };
+    let round = scenarios.clone();
+    let mut so_far: Vec<RunReport> = Vec::new();
     let reports = tokio::task::spawn_blocking(move || {
-        pgplane_lab::run(options, |r| {
+        pgplane_lab::run(options, move |r| {
             println!(
-                "  {}: gap {}, failed {}, lost {}, two leaders {}, whole after {}, leader moved {}, API agrees {}",
+                "  {}: gap {}, failed {}, lost {}, two leaders {}, whole after {}, leader moved {}, API agrees {}, VIP {} -> {}",
                 r.scenario.name(),
                 dur(r.write_gap.as_secs_f64()),
                 r.failed_writes,
@@ -73,8 +89,16 @@ pub async fn run(args: Args) -> Result<()> {
                 r.acked_by_two_leaders,
                 dur(r.until_whole.as_secs_f64()),
                 r.leader_changed,
-                r.api_agrees
-            )
+                r.api_agrees,
+                r.vip_before,
+                r.vip_after
+            );
+            // The table after every round, so that a long run stopped early has its figures.
+            so_far.push(r.clone());
+            if so_far.len().is_multiple_of(round.len()) {
+                println!("after {} round(s):", so_far.len() / round.len());
+                print_table(&round, &so_far);
+            }
         })
     })
     .await??;
@@ -94,6 +118,7 @@ fn print_table(scenarios: &[Scenario], reports: &[RunReport]) {
         "whole again p50",
         "p99",
         "old leader rejoined",
+        "VIP moved",
     ]);
     for &s in scenarios {
         let runs: Vec<&RunReport> = reports.iter().filter(|r| r.scenario == s).collect();
@@ -111,6 +136,7 @@ fn print_table(scenarios: &[Scenario], reports: &[RunReport]) {
             p(whole, |s| s.p50),
             p(whole, |s| s.p99),
             format!("{}/{}", runs.iter().filter(|r| r.old_leader_rejoined).count(), runs.len()),
+            format!("{}/{}", runs.iter().filter(|r| r.vip_before != r.vip_after).count(), runs.len()),
         ]);
     }
     table.print();

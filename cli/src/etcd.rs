@@ -2,7 +2,9 @@
 //! for an etcd that pgplane does not start (docker-compose, or a host of its own). `init` makes
 //! the CA, server certificate and root's password (`pgplane_etcd::setup`) before etcd starts;
 //! `enable-auth` turns authentication on with that password once it runs
-//! (`pgplane_etcd::admin::enable_auth`). Both are idempotent.
+//! (`pgplane_etcd::admin::enable_auth`). Both are idempotent. For a cluster of members on several
+//! hosts, `member` prints one member's etcd flags (https for clients and peers, peers checking
+//! each other's certificates against the same CA).
 
 use anyhow::{Context, Result};
 use pgplane_core::agent::EtcdAccess;
@@ -56,6 +58,81 @@ pub enum EtcdCommand {
     /// --etcd-root-password-file, waiting for etcd to answer; nothing to do when it is on with
     /// that password already.
     EnableAuth(EnableAuthArgs),
+    /// Prints the flags of one member of an etcd cluster, one a line, to run it as
+    /// `etcd $(pgplane etcd member …)`: https for clients and for peers with the folder's
+    /// certificates (make the folder once with `init --san` naming every member's address, then
+    /// copy it to each member's host), peers checking each other against its CA.
+    Member(MemberArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MemberArgs {
+    /// The folder `init` made (copied to this member's host).
+    #[arg(long, env = "PGPLANE_ETCD_DIR")]
+    dir: PathBuf,
+    /// This member's name, as in --initial-cluster.
+    #[arg(long)]
+    name: String,
+    /// Every member as `name=address` (comma-separated), this one included: the first start of
+    /// each member forms the cluster; later starts find it in their data folder.
+    #[arg(long, value_delimiter = ',', required = true)]
+    initial_cluster: Vec<String>,
+    /// The port clients (the scheduler, Patroni) reach etcd at.
+    #[arg(long, default_value_t = 2379)]
+    client_port: u16,
+    /// The port members reach each other at.
+    #[arg(long, default_value_t = 2380)]
+    peer_port: u16,
+    /// etcd's data folder (default: `data` in --dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// etcd's flags for the member `args` describes.
+pub fn member_flags(args: &MemberArgs) -> Result<Vec<String>> {
+    let files = pgplane_etcd::setup::EtcdFiles::new(&args.dir);
+    for f in [files.ca_file(), files.cert_file(), files.key_file(), files.peer_cert_file(), files.peer_key_file()] {
+        anyhow::ensure!(f.exists(), "{} is missing: run `pgplane etcd init --dir … --san …` first", f.display());
+    }
+    let mut members = Vec::new();
+    for m in &args.initial_cluster {
+        let (name, address) = m.split_once('=').with_context(|| format!("{m:?}: write each member as name=address"))?;
+        anyhow::ensure!(!name.is_empty() && !address.is_empty(), "{m:?}: write each member as name=address");
+        members.push((name, address));
+    }
+    let address = members
+        .iter()
+        .find(|(n, _)| *n == args.name)
+        .map(|(_, a)| *a)
+        .with_context(|| format!("--initial-cluster does not name this member ({})", args.name))?;
+    let host = |a: &str| if a.contains(':') { format!("[{a}]") } else { a.to_string() };
+    let client = format!("https://{}:{}", host(address), args.client_port);
+    let peer = format!("https://{}:{}", host(address), args.peer_port);
+    let cluster: Vec<String> =
+        members.iter().map(|(n, a)| format!("{n}=https://{}:{}", host(a), args.peer_port)).collect();
+    let data = args.data_dir.clone().unwrap_or_else(|| args.dir.join("data"));
+    let p = |f: PathBuf| f.display().to_string();
+    Ok(vec![
+        format!("--name={}", args.name),
+        format!("--data-dir={}", data.display()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster={}", cluster.join(",")),
+        "--initial-cluster-state=new".into(),
+        "--initial-cluster-token=pgplane".into(),
+        format!("--cert-file={}", p(files.cert_file())),
+        format!("--key-file={}", p(files.key_file())),
+        format!("--peer-cert-file={}", p(files.peer_cert_file())),
+        format!("--peer-key-file={}", p(files.peer_key_file())),
+        format!("--peer-trusted-ca-file={}", p(files.ca_file())),
+        "--peer-client-cert-auth".into(),
+        // A member cut off from the others keeps raising its term; without pre-vote it makes
+        // the healthy leader step down when it comes back, and the cluster answers nothing for
+        // seconds (the partition lab saw 3–6 s, long enough for Patroni leaders to demote).
+        "--pre-vote=true".into(),
+    ])
 }
 
 #[derive(clap::Args)]
@@ -82,6 +159,12 @@ pub async fn run(command: EtcdCommand) -> Result<()> {
     match command {
         EtcdCommand::Init(args) => init(args),
         EtcdCommand::EnableAuth(args) => enable_auth(args).await,
+        EtcdCommand::Member(args) => {
+            for flag in member_flags(&args)? {
+                println!("{flag}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -93,6 +176,7 @@ fn init(args: InitArgs) -> Result<()> {
     println!("etcd's CA ({}):           {}", state(prepared.made_tls), f.ca_file().display());
     println!("its certificate and key: {} {}", f.cert_file().display(), f.key_file().display());
     println!("root's password ({}):     {}", state(prepared.made_password), f.root_password_file().display());
+    println!("members' peer certificate: {} {}", f.peer_cert_file().display(), f.peer_key_file().display());
     Ok(())
 }
 
@@ -117,4 +201,38 @@ async fn enable_auth(args: EnableAuthArgs) -> Result<()> {
     }
     println!("etcd's authentication is on (user root) at {}", admin.endpoints.join(","));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_speaks_https_to_clients_and_peers() {
+        let dir = std::env::temp_dir().join(format!("pgplane-etcd-member-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        pgplane_etcd::setup::prepare(&dir, &["10.0.0.1", "10.0.0.2", "10.0.0.3"]).unwrap();
+        let args = MemberArgs {
+            dir: dir.clone(),
+            name: "b".into(),
+            initial_cluster: vec!["a=10.0.0.1".into(), "b=10.0.0.2".into(), "c=10.0.0.3".into()],
+            client_port: 2379,
+            peer_port: 2380,
+            data_dir: None,
+        };
+        let flags = member_flags(&args).unwrap();
+        let has = |f: &str| flags.iter().any(|x| x == f);
+        assert!(has("--listen-client-urls=https://10.0.0.2:2379"), "{flags:?}");
+        assert!(has("--initial-advertise-peer-urls=https://10.0.0.2:2380"), "{flags:?}");
+        assert!(
+            has("--initial-cluster=a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://10.0.0.3:2380"),
+            "{flags:?}"
+        );
+        assert!(has("--peer-client-cert-auth"), "{flags:?}");
+        assert!(has("--pre-vote=true"), "{flags:?}");
+        assert!(has(&format!("--data-dir={}", dir.join("data").display())), "{flags:?}");
+        let stranger = MemberArgs { name: "d".into(), ..args };
+        assert!(member_flags(&stranger).unwrap_err().to_string().contains("does not name this member"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -84,7 +84,15 @@ async fn init_then_enable_auth_on_an_etcd_started_on_the_files() {
     let first = pgplane(&["etcd", "init", "--dir", dir, "--san", "etcd,localhost,127.0.0.1"]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(text(&first).contains("(made)"), "{}", text(&first));
-    let names = ["tls/ca.pem", "tls/ca.key", "tls/server.pem", "tls/server.key", "root-password"];
+    let names = [
+        "tls/ca.pem",
+        "tls/ca.key",
+        "tls/server.pem",
+        "tls/server.key",
+        "tls/peer.pem",
+        "tls/peer.key",
+        "root-password",
+    ];
     let read_all = || names.map(|n| std::fs::read_to_string(files.join(n)).unwrap());
     let made = read_all();
     for n in names {
@@ -127,7 +135,7 @@ async fn init_then_enable_auth_on_an_etcd_started_on_the_files() {
     let key = json!({ "key": "L2Zvbw==" });
     let (status, answer) = post(&http, &format!("{base}/v3/kv/range"), key.clone(), None).await;
     assert!(status >= 400 && answer.to_string().contains("user name is empty"), "{status} {answer}");
-    let login = json!({ "name": "root", "password": made[4].trim() });
+    let login = json!({ "name": "root", "password": made[6].trim() });
     let (status, answer) = post(&http, &format!("{base}/v3/auth/authenticate"), login, None).await;
     assert_eq!(status, 200, "{answer}");
     let token = answer["token"].as_str().unwrap().to_string();

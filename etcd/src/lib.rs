@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// etcd answered and refused; `message` is its error, e.g. `etcdserver: permission denied`.
+/// etcd answered and refused; `message` is its error, e.g. `etcdserver: permission denied`. A
+/// member that cannot serve (5xx: no leader, a request timed out; a member cut off from the
+/// others of its cluster) is no refusal: the client tries the next endpoint.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("etcd answered {status} to {path}: {message}")]
 pub struct Refused {
@@ -39,6 +41,9 @@ pub struct Client {
     access: EtcdAccess,
     /// The endpoint that issued the token, and the token: etcd's simple tokens live in one member.
     token: Mutex<Option<(String, String)>>,
+    /// The endpoint that answered last: the next call starts there, so a lost or cut-off member
+    /// first in the list costs one timeout, not one per call.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl Client {
@@ -53,21 +58,33 @@ impl Client {
             let ca = reqwest::Certificate::from_pem(ca.as_bytes()).context("etcd's CA")?;
             http = http.tls_built_in_root_certs(false).add_root_certificate(ca);
         }
-        Ok(Client { http: http.build()?, access: access.clone(), token: Mutex::new(None) })
+        Ok(Client {
+            http: http.build()?,
+            access: access.clone(),
+            token: Mutex::new(None),
+            preferred: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     pub fn access(&self) -> &EtcdAccess {
         &self.access
     }
 
-    /// POSTs `body` to `path` (e.g. `/v3/kv/range`) on the first endpoint that answers. A
-    /// refusal (`Refused`) is final; an unreachable endpoint makes it try the next one.
+    /// POSTs `body` to `path` (e.g. `/v3/kv/range`) on the first endpoint that answers, starting
+    /// with the one that answered last. A refusal (`Refused`) is final; an unreachable endpoint,
+    /// or one that cannot serve, makes it try the next one.
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        use std::sync::atomic::Ordering;
         let mut last = None;
-        for endpoint in &self.access.endpoints {
-            let base = format!("{}://{endpoint}", self.access.protocol);
+        let n = self.access.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        for i in (0..n).map(|k| (first + k) % n) {
+            let base = format!("{}://{}", self.access.protocol, self.access.endpoints[i]);
             match self.call_one(&base, path, body).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
                 Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
                 Err(e) => last = Some(e.context(format!("etcd at {base}"))),
             }
@@ -112,6 +129,9 @@ impl Client {
         let answer: Value = res.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             let message = answer["error"].as_str().map(str::to_string).unwrap_or_else(|| answer.to_string());
+            if status.is_server_error() {
+                anyhow::bail!("etcd cannot serve {path} ({status}): {message}");
+            }
             return Err(Refused { path: path.to_string(), status: status.as_u16(), message }.into());
         }
         Ok(answer)

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <dir>/tls/ca.pem  ca.key  server.pem  server.key    (the CA serves etcd only)
+//! <dir>/tls/peer.pem  peer.key                         (members of a cluster, to each other)
 //! <dir>/root-password                                  (hex, no newline)
 //! ```
 //!
@@ -50,6 +51,16 @@ impl EtcdFiles {
         self.tls_dir().join("server.key")
     }
 
+    /// A member's `--peer-cert-file`: serves and dials (members of a cluster check each other
+    /// against the same CA, `--peer-client-cert-auth`).
+    pub fn peer_cert_file(&self) -> PathBuf {
+        self.tls_dir().join("peer.pem")
+    }
+
+    pub fn peer_key_file(&self) -> PathBuf {
+        self.tls_dir().join("peer.key")
+    }
+
     /// Root's password (`--etcd-root-password-file`).
     pub fn root_password_file(&self) -> PathBuf {
         self.dir.join("root-password")
@@ -94,6 +105,16 @@ pub fn tls(files: &EtcdFiles, names: &[&str]) -> Result<(String, bool)> {
         write_private(&key, &server.key_pem)?;
         write_private(&cert, &server.cert_pem)?;
         write_private(&ca, authority.cert_pem())?;
+    }
+    // The peer certificate, also for a folder made before members had one (same names).
+    let (peer, peer_key) = (files.peer_cert_file(), files.peer_key_file());
+    let missing = !peer.exists() || !peer_key.exists();
+    if missing && !names.is_empty() {
+        let read = |f: &Path| fs::read_to_string(f).with_context(|| format!("reading {}", f.display()));
+        let authority = pgplane_pki::DatabaseCa::from_pem(&read(&ca)?, &read(&ca_key)?)?;
+        let pair = authority.issue_peer(names)?;
+        write_private(&peer_key, &pair.key_pem)?;
+        write_private(&peer, &pair.cert_pem)?;
     }
     let ca_pem = fs::read_to_string(&ca).with_context(|| format!("reading {}", ca.display()))?;
     Ok((ca_pem, made))
@@ -153,7 +174,10 @@ mod tests {
         let first = prepare(&dir, &["etcd", "127.0.0.1"]).unwrap();
         assert!(first.made_tls && first.made_password);
         let f = &first.files;
-        for file in [f.ca_file(), f.ca_key_file(), f.cert_file(), f.key_file(), f.root_password_file()] {
+        for file in [f.ca_file(), f.ca_key_file(), f.cert_file(), f.key_file(), f.peer_cert_file(), f.peer_key_file()]
+            .into_iter()
+            .chain([f.root_password_file()])
+        {
             assert_eq!(mode(&file), 0o600, "{}", file.display());
         }
         assert_eq!((mode(&dir), mode(&f.tls_dir())), (0o700, 0o700));
@@ -166,6 +190,12 @@ mod tests {
         assert!(!again.made_tls && !again.made_password);
         assert_eq!((again.ca_pem, again.root_password), (first.ca_pem.clone(), first.root_password));
         assert_eq!(fs::read_to_string(f.cert_file()).unwrap(), cert);
+
+        // A folder from before peer certificates gets one from the same CA.
+        fs::remove_file(f.peer_cert_file()).unwrap();
+        prepare(&dir, &["etcd"]).unwrap();
+        assert!(f.peer_cert_file().exists() && f.peer_key_file().exists());
+        assert_eq!(fs::read_to_string(f.ca_file()).unwrap(), first.ca_pem);
 
         // Without the CA's key the set is incomplete: a new CA and certificate, same password.
         fs::remove_file(f.ca_key_file()).unwrap();

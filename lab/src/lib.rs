@@ -1,8 +1,9 @@
 //! The partition lab: pgplane on three database "hosts" and a control plane, each a network
-//! namespace of this machine on a private bridge, driven as a user would drive real hosts, with
-//! faults injected (partitions, a lost host, a slow link) under writes. `run` makes the lab,
-//! runs scenarios one after another on one Business database, and removes everything, also when
-//! a run fails or panics. Needs root, nftables and iproute2.
+//! namespace of this machine on a private bridge, driven as a user would drive real hosts (an etcd
+//! member and an agent per host, a VIP moved by keepalived), with faults injected (partitions, a
+//! lost host, a slow link) under writes. `run` makes the lab, runs scenarios one after another on
+//! one Business database, and removes everything, also when a run fails or panics (its files
+//! stay when `PGPLANE_LAB_KEEP_DIR` is set). Needs root, nftables, iproute2, etcd and keepalived.
 
 pub mod net;
 pub mod plane;
@@ -25,13 +26,16 @@ pub struct Options {
     pub repeats: usize,
     /// How long each fault lasts.
     pub hold: Duration,
+    /// Synchronous replication on (a Business database's default) or off (as a tenant turns it
+    /// off through the API).
+    pub synchronous: bool,
     /// Print the tails of every process's log at the end even when all runs succeeded (they are
     /// printed when a run fails).
     pub keep_logs: bool,
 }
 
-/// Makes the lab, runs `repeats` × each scenario in order (all runs of the first, then the next),
-/// calling `on_report` after each run, and removes the lab. Stops at the first run that fails
+/// Makes the lab, runs `repeats` rounds of every scenario in order (so a long run stopped early
+/// has figures for each), calling `on_report` after each run, and removes the lab. Stops at the first run that fails
 /// (after printing the tails of the processes' logs).
 pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'static) -> Result<Vec<RunReport>> {
     let net = net::Net::create().context("making the lab's namespaces")?;
@@ -47,10 +51,12 @@ pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'sta
         rt.block_on(async move {
             let mut plane = plane::Plane::start(&thread_net, &options.programs, &thread_dir).await?;
             let result = async {
-                let mut db = scenario::Database::create(&plane, &thread_dir).await.context("the Business database")?;
+                let mut db = scenario::Database::create(&plane, &thread_dir, options.synchronous)
+                    .await
+                    .context("the Business database")?;
                 let mut reports = Vec::new();
-                for &s in &options.scenarios {
-                    for i in 0..options.repeats {
+                for i in 0..options.repeats {
+                    for &s in &options.scenarios {
                         let report = scenario::run(s, &thread_net, &mut plane, &mut db, options.hold)
                             .await
                             .with_context(|| format!("{} run {}", s.name(), i + 1))?;
@@ -77,6 +83,10 @@ pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'sta
         Err(_) => Err(anyhow::anyhow!("the lab's thread panicked")),
     };
     drop(net);
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("PGPLANE_LAB_KEEP_DIR").is_some() {
+        eprintln!("the lab's files and logs stay in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     result
 }

@@ -1,9 +1,11 @@
 //! The lab's network: one namespace per "host" (the control plane and three database hosts) and a
 //! bridge inside a namespace of its own, joined by veth pairs, with addresses from a private /24
-//! (`10.213.<n>.0/24`, `n` chosen per run) that exist only inside these namespaces. Nothing here
-//! touches the root namespace's interfaces or routes and no namespace has a default route, so no
-//! packet can leave the machine. Faults: nftables drops inside a host's namespace, `tc netem` on
-//! its link, and kill -9 of every process in it. Dropping `Net` deletes every namespace.
+//! (`10.213.<n>.0/24`, `n` chosen per run) that exist only inside these namespaces; databases'
+//! virtual IPs come from the same /24 (`.100`–`.109`). Nothing here touches the root namespace's
+//! interfaces or routes and no namespace has a default route, so no packet can leave the machine.
+//! Faults: nftables drops on a host's interface (everything, ARP included, as a cut cable), a slow
+//! link on its interface, and a lost host (kill -9 of every process in it, its link down and its
+//! addresses gone, as after a power cut). Dropping `Net` deletes every namespace.
 
 use anyhow::{bail, Context, Result};
 use std::process::{Command, Stdio};
@@ -45,7 +47,8 @@ impl Host {
             .unwrap_or_default()
     }
 
-    /// Drops every packet in and out except on loopback (the host is cut off entirely).
+    /// Drops every packet in and out of its interface (the host is cut off entirely; loopback
+    /// still works).
     pub fn partition_all(&self) -> Result<()> {
         self.nft("")
     }
@@ -55,16 +58,23 @@ impl Host {
         self.nft(&format!("{{ {} }}", peers.join(", ")))
     }
 
-    /// `peers` empty: every packet; else `{ a, b }`.
+    /// `peers` empty: every packet; else `{ a, b }`. The rules sit on the interface itself
+    /// (netdev ingress and egress), where they also catch ARP and what packet sockets send: a
+    /// cut-off keepalived's gratuitous ARPs for a VIP (sent on a packet socket, past the `inet`
+    /// hooks) would otherwise draw the clients' traffic to the cut-off host, as no cut cable can.
     fn nft(&self, peers: &str) -> Result<()> {
         let (inp, out) = if peers.is_empty() {
-            ("iif != \"lo\" drop".to_string(), "oif != \"lo\" drop".to_string())
+            ("drop".to_string(), "drop".to_string())
         } else {
-            (format!("ip saddr {peers} drop"), format!("ip daddr {peers} drop"))
+            (
+                format!("ip saddr {peers} drop; arp saddr ip {peers} drop"),
+                format!("ip daddr {peers} drop; arp daddr ip {peers} drop"),
+            )
         };
+        let dev = &self.dev;
         let rules = format!(
-            "table inet lab {{\n chain input {{ type filter hook input priority 0; policy accept; {inp}; }}\n \
-             chain output {{ type filter hook output priority 0; policy accept; {out}; }}\n}}\n"
+            "table netdev lab {{\n chain ingress {{ type filter hook ingress device \"{dev}\" priority 0; policy accept; {inp}; }}\n \
+             chain egress {{ type filter hook egress device \"{dev}\" priority 0; policy accept; {out}; }}\n}}\n"
         );
         let file = std::env::temp_dir().join(format!("{}.nft", self.ns));
         std::fs::write(&file, rules)?;
@@ -75,7 +85,7 @@ impl Host {
 
     /// Removes the partition (harmless when there is none).
     pub fn heal(&self) {
-        let _ = self.exec("nft", &["delete", "table", "inet", "lab"]);
+        let _ = self.exec("nft", &["delete", "table", "netdev", "lab"]);
     }
 
     /// A slow, lossy link on this host's interface: `tc netem` delay and loss where the kernel has
@@ -107,7 +117,29 @@ impl Host {
         let _ = self.exec("nft", &["delete", "table", "inet", "labloss"]);
     }
 
-    /// kill -9 of every process in the namespace (the host is lost); returns how many there were.
+    /// The host is lost: kill -9 of every process in it, its link down and its addresses gone
+    /// (a VIP it held included, as after a power cut). Returns how many processes there were.
+    pub fn lose(&self) -> Result<usize> {
+        let killed = self.kill_all();
+        self.exec("ip", &["link", "set", &self.dev, "down"])?;
+        self.exec("ip", &["addr", "flush", "dev", &self.dev])?;
+        Ok(killed)
+    }
+
+    /// The lost host is back (rebooted): its own address, its link up, no process yet.
+    pub fn come_back(&self) -> Result<()> {
+        self.exec("ip", &["addr", "add", &format!("{}/24", self.addr), "dev", &self.dev])?;
+        self.exec("ip", &["link", "set", &self.dev, "up"])?;
+        Ok(())
+    }
+
+    /// Whether `address` is on this host's interface (keepalived gave it the VIP).
+    pub fn has_address(&self, address: &str) -> bool {
+        self.exec("ip", &["-4", "-o", "addr", "show", "dev", &self.dev])
+            .is_ok_and(|out| out.split_whitespace().any(|w| w.split('/').next() == Some(address)))
+    }
+
+    /// kill -9 of every process in the namespace; returns how many there were.
     pub fn kill_all(&self) -> usize {
         let mut killed = 0;
         for _ in 0..5 {
@@ -129,11 +161,9 @@ impl Host {
 pub struct Net {
     /// `10.213.<n>`
     pub prefix: String,
-    /// The control plane (api, scheduler, their PostgreSQL, the clients) at `.1`; etcd listens on
-    /// a second address of the same namespace, `.2`, so a host can be cut off from etcd alone.
+    /// The control plane (api, scheduler, their PostgreSQL, the clients) at `.1`.
     pub control: Host,
-    pub etcd_addr: String,
-    /// The database hosts at `.11`, `.12`, `.13`.
+    /// The database hosts at `.11`, `.12`, `.13`, each with a member of the etcd cluster.
     pub hosts: Vec<Host>,
     switch: String,
 }
@@ -149,10 +179,9 @@ impl Net {
             .context("no free lab number")?;
         let prefix = format!("10.213.{n}");
         let switch = format!("lab{n}-sw");
-        let mut net = Net {
+        let net = Net {
             prefix: prefix.clone(),
             control: Host { ns: format!("lab{n}-cp"), addr: format!("{prefix}.1"), dev: "eth0".into() },
-            etcd_addr: format!("{prefix}.2"),
             hosts: (1..=3)
                 .map(|i| Host { ns: format!("lab{n}-h{i}"), addr: format!("{prefix}.1{i}"), dev: "eth0".into() })
                 .collect(),
@@ -175,9 +204,12 @@ impl Net {
             host.exec("ip", &["addr", "add", &format!("{}/24", host.addr), "dev", "eth0"])?;
             host.exec("ip", &["link", "set", "eth0", "up"])?;
         }
-        net.control.exec("ip", &["addr", "add", &format!("{}/24", net.etcd_addr), "dev", "eth0"])?;
-        net.control.dev = "eth0".into();
         Ok(net)
+    }
+
+    /// The scheduler's pool of virtual IPs (`--gateway-vips`): ten addresses of the lab's /24.
+    pub fn vip_pool(&self) -> String {
+        format!("{0}.100-{0}.109", self.prefix)
     }
 
     /// The host whose address is `addr`.

@@ -1,8 +1,10 @@
-//! pgplane on the lab's network, made of the real binaries as a user would run them: in the control
-//! plane's namespace a private PostgreSQL, an etcd prepared with `pgplane etcd init` and secured
-//! with `pgplane etcd enable-auth`, `pgplane api` and `pgplane scheduler`; on each database host
-//! `ip netns exec <host> pgplane agent --host <its address>`. Every process is a child killed by
-//! its pid when the plane is dropped (the namespaces' own cleanup then catches their children).
+//! pgplane on the lab's network, made of the real binaries as a user would run them: on each
+//! database host a member of a three-member etcd cluster (files made once with `pgplane etcd
+//! init`, each member's flags from `pgplane etcd member`, secured with `pgplane etcd
+//! enable-auth`) and `ip netns exec <host> pgplane agent --host <its address>`; in the control
+//! plane's namespace a private PostgreSQL, `pgplane api` and `pgplane scheduler` with every etcd
+//! endpoint and a pool of virtual IPs on the lab's /24. Every process is a child killed by its pid
+//! when the plane is dropped (the namespaces' own cleanup then catches their children).
 
 use anyhow::{bail, Context, Result};
 use pgplane_localpg::{find_bindir, LocalPg};
@@ -92,12 +94,13 @@ const BOOTSTRAP_TOKEN: &str = "pgplane-lab-bootstrap-token";
 const AGENT_API_PORT: u16 = 8081;
 const API_PORT: u16 = 8080;
 
-/// The running platform. Field order is drop order: agents, then the control plane.
+/// The running platform. Field order is drop order: agents, then the control plane, then etcd.
 pub struct Plane {
     pub agents: Vec<Proc>,
     api_proc: Proc,
     scheduler: Proc,
-    etcd: Proc,
+    /// One etcd member per database host, in the hosts' order.
+    etcds: Vec<Proc>,
     pub pool: sqlx::PgPool,
     _pg: LocalPg,
     pub api: Api,
@@ -114,29 +117,42 @@ impl Plane {
         let pg = LocalPg::temporary(&bindir).context("the control-plane PostgreSQL")?;
         let url = pg.url("postgres");
         let s = |v: &str| v.to_string();
+        // One folder of etcd files for every member (on real hosts: copied to each).
         let etcd_dir = dir.join("etcd");
         let etcd_dir_s = etcd_dir.display().to_string();
-        let etcd_endpoint = format!("{}:2379", net.etcd_addr);
-        pgplane_cmd(&pgplane, &["etcd", "init", "--dir", &etcd_dir_s, "--san", &net.etcd_addr])?;
-        let etcd = Proc::start(
-            vec![
-                s("etcd"),
-                s("--name=lab"),
-                format!("--data-dir={}", dir.join("etcd-data").display()),
-                format!("--listen-client-urls=https://{etcd_endpoint}"),
-                format!("--advertise-client-urls=https://{etcd_endpoint}"),
-                s("--listen-peer-urls=http://127.0.0.1:2380"),
-                s("--initial-advertise-peer-urls=http://127.0.0.1:2380"),
-                s("--initial-cluster=lab=http://127.0.0.1:2380"),
-                format!("--cert-file={etcd_dir_s}/tls/server.pem"),
-                format!("--key-file={etcd_dir_s}/tls/server.key"),
-            ],
-            vec![],
-            dir.join("etcd.log"),
-        )?;
+        let addrs: Vec<&str> = net.hosts.iter().map(|h| h.addr.as_str()).collect();
+        pgplane_cmd(&pgplane, &["etcd", "init", "--dir", &etcd_dir_s, "--san", &addrs.join(",")])?;
+        let cluster: Vec<String> =
+            net.hosts.iter().enumerate().map(|(i, h)| format!("h{}={}", i + 1, h.addr)).collect();
+        let mut etcds = Vec::new();
+        for (i, host) in net.hosts.iter().enumerate() {
+            let data = dir.join(format!("etcd-h{}", i + 1)).display().to_string();
+            let name = format!("h{}", i + 1);
+            let flags = pgplane_cmd(
+                &pgplane,
+                &[
+                    "etcd",
+                    "member",
+                    "--dir",
+                    &etcd_dir_s,
+                    "--name",
+                    &name,
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--data-dir",
+                    &data,
+                ],
+            )?;
+            let command = [s("ip"), s("netns"), s("exec"), host.ns.clone(), s("etcd")]
+                .into_iter()
+                .chain(flags.lines().map(str::to_string))
+                .collect();
+            etcds.push(Proc::start(command, vec![], dir.join(format!("etcd-h{}.log", i + 1)))?);
+        }
+        let endpoints: Vec<String> = addrs.iter().map(|a| format!("{a}:2379")).collect();
         let etcd_flags = [
             s("--etcd-endpoints"),
-            etcd_endpoint.clone(),
+            endpoints.join(","),
             s("--etcd-ca-file"),
             format!("{etcd_dir_s}/tls/ca.pem"),
             s("--etcd-root-password-file"),
@@ -160,6 +176,7 @@ impl Plane {
                 .into_iter()
                 .chain([format!("{cp}:{AGENT_API_PORT}"), s("--agent-bootstrap-token"), s(BOOTSTRAP_TOKEN)])
                 .chain(etcd_flags.iter().cloned())
+                .chain([s("--gateway-vips"), net.vip_pool()])
                 .collect(),
             vec![],
             dir.join("scheduler.log"),
@@ -181,7 +198,15 @@ impl Plane {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(Plane { agents, api_proc, scheduler, etcd, pool, _pg: pg, api, dir: dir.to_path_buf() })
+        Ok(Plane { agents, api_proc, scheduler, etcds, pool, _pg: pg, api, dir: dir.to_path_buf() })
+    }
+
+    /// Host `i` is back after it was lost: its etcd member starts again (it rejoins the cluster
+    /// from its data folder), then its agent (it re-adopts or restarts the databases it had).
+    pub fn restart_host(&mut self, i: usize) -> Result<()> {
+        self.etcds[i].reap();
+        self.etcds[i].restart()?;
+        self.restart_agent(i)
     }
 
     /// The agent of host `i` after its host was lost: started again (it re-adopts or restarts
@@ -193,7 +218,8 @@ impl Plane {
 
     /// The log files, for a failed run's report.
     pub fn logs(&self) -> Vec<PathBuf> {
-        let mut all = vec![self.api_proc.log.clone(), self.scheduler.log.clone(), self.etcd.log.clone()];
+        let mut all = vec![self.api_proc.log.clone(), self.scheduler.log.clone()];
+        all.extend(self.etcds.iter().map(|e| e.log.clone()));
         all.extend(self.agents.iter().map(|a| a.log.clone()));
         all
     }

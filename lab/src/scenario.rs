@@ -1,7 +1,9 @@
-//! The scenarios: a fault on the Business database's leader or follower host under writes through
-//! every gateway, then healing, then the checks: every acknowledged id is on the leader, no two
+//! The scenarios: a fault on the Business database's leader, follower or VIP host under writes
+//! through the database's connection URL (its virtual IP, which keepalived moves between the
+//! gateway hosts), then healing, then the checks: every acknowledged id is on the leader, no two
 //! members acknowledged writes at once, the old leader is a replica again. Each run yields a
-//! `RunReport` (write gap, failed writes, lost acknowledged writes, time until whole again).
+//! `RunReport` (write gap, failed writes, lost acknowledged writes, time until whole again, where
+//! the VIP was before and after).
 
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
@@ -18,22 +20,28 @@ use crate::writer::{longest_gap, psql, Writers};
 pub enum Scenario {
     /// The leader's host cut off entirely (nftables drop of everything but loopback).
     LeaderPartitioned,
-    /// The leader's host cut off from etcd and from the follower, still reachable by clients.
+    /// The leader's host cut off from the other hosts (the follower and the other two etcd
+    /// members), still reachable by clients and the control plane.
     LeaderCutFromEtcdAndFollower,
     /// The follower's host cut off entirely.
     FollowerPartitioned,
-    /// Every process of the leader's host killed (-9), then its agent started again.
+    /// The leader's host lost (every process killed -9, its etcd member too; link down, addresses
+    /// gone), then back: its etcd member and agent started again.
     LeaderLost,
+    /// The host that carries the database's VIP lost, then back, as `LeaderLost`: keepalived on
+    /// the other gateway host takes the VIP over.
+    GatewayLost,
     /// 200 ms delay and 5% loss on the leader's link.
     SlowLink,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::LeaderPartitioned,
         Scenario::LeaderCutFromEtcdAndFollower,
         Scenario::FollowerPartitioned,
         Scenario::LeaderLost,
+        Scenario::GatewayLost,
         Scenario::SlowLink,
     ];
 
@@ -43,6 +51,7 @@ impl Scenario {
             Scenario::LeaderCutFromEtcdAndFollower => "leader-cut-from-etcd-and-follower",
             Scenario::FollowerPartitioned => "follower-partitioned",
             Scenario::LeaderLost => "leader-lost",
+            Scenario::GatewayLost => "gateway-lost",
             Scenario::SlowLink => "slow-link",
         }
     }
@@ -56,7 +65,10 @@ impl Scenario {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub scenario: Scenario,
-    /// The longest time without an acknowledged write, from the fault until whole again.
+    /// Synchronous replication was on.
+    pub synchronous: bool,
+    /// The longest time without an acknowledged write through the VIP, from the fault until
+    /// whole again.
     pub write_gap: Duration,
     pub attempts: usize,
     pub failed_writes: usize,
@@ -76,19 +88,28 @@ pub struct RunReport {
     pub ack_runs: Vec<(String, usize)>,
     /// For the slow link: what was applied.
     pub link: String,
+    /// The host that carried the VIP before the fault and once whole again.
+    pub vip_before: String,
+    pub vip_after: String,
 }
 
 /// The Business database the scenarios act on.
 pub struct Database {
     pub id: String,
-    /// A psql URL through each gateway (TLS checked against the database's CA).
+    pub synchronous: bool,
+    /// Its virtual IP (the connection URL's host).
+    pub vip: String,
+    /// The connection URL as the API gives it (the VIP, `verify-full`), with the CA's file.
+    pub url: String,
+    /// A psql URL through each gateway's own address (TLS checked against the database's CA).
     pub gateway_urls: Vec<String>,
     next_id: i64,
 }
 
 impl Database {
-    /// Creates a Business database with synchronous replication and the writers' table.
-    pub async fn create(plane: &Plane, dir: &Path) -> Result<Database> {
+    /// Creates a Business database with synchronous replication on or off (as a tenant sets it)
+    /// and the writers' table. Its gateways must carry a VIP.
+    pub async fn create(plane: &Plane, dir: &Path, synchronous: bool) -> Result<Database> {
         let api = &plane.api;
         let tenant = api.ok(Method::POST, "/v1/tenants", Some(json!({ "name": "Lab" }))).await?;
         let tenant = tenant["id"].as_str().context("tenant id")?;
@@ -98,7 +119,7 @@ impl Database {
         let op = api.ok(Method::POST, &format!("/v1/apps/{app}/databases"), Some(body)).await?;
         let id = op["database_id"].as_str().context("database id")?.to_string();
         api.wait_done(&op, Duration::from_secs(180)).await?;
-        let patch = json!({ "synchronous_replication": true });
+        let patch = json!({ "synchronous_replication": synchronous });
         let op = api.ok(Method::PATCH, &format!("/v1/databases/{id}/configuration"), Some(patch)).await?;
         if op.get("id").is_some() && op.get("status").is_some() {
             api.wait_done(&op, Duration::from_secs(120)).await?;
@@ -113,6 +134,9 @@ impl Database {
                 .bind(&id)
                 .fetch_all(&plane.pool)
                 .await?;
+        if gateways.iter().any(|(h, _)| h == host) {
+            bail!("the connection URL names a gateway host ({host}), not a VIP: gateways {gateways:?}");
+        }
         let gateway_urls = gateways
             .iter()
             .map(|(h, p)| {
@@ -123,10 +147,22 @@ impl Database {
         if gateway_urls.is_empty() {
             bail!("the database has no gateways");
         }
-        psql(&gateway_urls[0], "CREATE TABLE lab (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the writers' table: {e}"))?;
-        Ok(Database { id, gateway_urls, next_id: 1 })
+        if !url.contains("sslmode=verify-full") {
+            bail!("the connection URL does not ask for verify-full: {url}");
+        }
+        // verify-full: the database's certificate must name the VIP.
+        let vip_url = url.replace("sslmode=verify-full", &format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match psql(&vip_url, "CREATE TABLE lab (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => bail!("creating the writers' table through the VIP {host}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        Ok(Database { id, synchronous, vip: host.to_string(), url: vip_url, gateway_urls, next_id: 1 })
     }
 
     /// Patroni's own view: `GET /cluster` on the first member that answers.
@@ -169,9 +205,9 @@ impl Database {
     }
 
     /// Waits until Patroni shows one running leader and replicas without lag on its timeline
-    /// (`streaming`; Patroni 3.0 says `running`), and every gateway takes a write on that
-    /// leader; returns the leader's host address.
-    async fn wait_whole(&self, plane: &Plane, within: Duration) -> Result<String> {
+    /// (`streaming`; Patroni 3.0 says `running`), one host carries the VIP, and the VIP and every
+    /// gateway take a write on that leader; returns the leader's host address.
+    async fn wait_whole(&self, plane: &Plane, net: &Net, within: Duration) -> Result<String> {
         let deadline = Instant::now() + within;
         let mut last_served = String::new();
         loop {
@@ -186,9 +222,10 @@ impl Database {
                         && m.timeline == leaders.first().and_then(|l| l.timeline)
                 })
                 .count();
-            if leaders.len() == 1 && members.len() > 1 && replicas == members.len() - 1 {
+            let vip_placed = self.vip_host(net).is_some();
+            if leaders.len() == 1 && members.len() > 1 && replicas == members.len() - 1 && vip_placed {
                 let mut served = Vec::new();
-                for url in &self.gateway_urls {
+                for url in std::iter::once(&self.url).chain(&self.gateway_urls) {
                     served.push(psql(url, "SELECT host(inet_server_addr()) || ' ' || pg_is_in_recovery()").await);
                 }
                 last_served = format!("{served:?}");
@@ -197,9 +234,22 @@ impl Database {
                 }
             }
             if Instant::now() > deadline {
-                bail!("not whole again within {within:?}: Patroni shows {members:?}, the gateways {last_served}");
+                bail!(
+                    "not whole again within {within:?}: Patroni shows {members:?}, the VIP on one host {vip_placed}, \
+                     the VIP and the gateways {last_served}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The host whose interface carries the VIP now (exactly one, or none).
+    pub fn vip_host(&self, net: &Net) -> Option<String> {
+        let holders: Vec<&str> =
+            net.hosts.iter().filter(|h| h.has_address(&self.vip)).map(|h| h.addr.as_str()).collect();
+        match holders[..] {
+            [one] => Some(one.to_string()),
+            _ => None,
         }
     }
 
@@ -244,44 +294,52 @@ pub async fn run(
     db: &mut Database,
     hold: Duration,
 ) -> Result<RunReport> {
-    db.wait_whole(plane, Duration::from_secs(120)).await.context("whole before the fault")?;
+    db.wait_whole(plane, net, Duration::from_secs(120)).await.context("whole before the fault")?;
     let (leader_addr, follower_addr) = db.roles(plane).await?;
     let leader = net.host(&leader_addr).context("the leader's host")?.clone();
     let follower = net.host(&follower_addr).context("the follower's host")?.clone();
-    let writers = Writers::start(&db.gateway_urls, db.next_id);
+    let vip_before = db.vip_host(net).context("no host carries the VIP before the fault")?;
+    // Two clients, both through the connection URL (the VIP).
+    let writers = Writers::start(&[db.url.clone(), db.url.clone()], db.next_id);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fault_at = Instant::now();
     let mut link = String::new();
-    let leader_index = net.hosts.iter().position(|h| h.addr == leader.addr).unwrap();
+    let others: Vec<&str> = net.hosts.iter().filter(|h| h.addr != leader.addr).map(|h| h.addr.as_str()).collect();
+    // The host the fault hits (the one that must rejoin).
+    let cut = match scenario {
+        Scenario::FollowerPartitioned => follower.clone(),
+        Scenario::GatewayLost => net.host(&vip_before).context("the VIP's host")?.clone(),
+        _ => leader.clone(),
+    };
+    let cut_index = net.hosts.iter().position(|h| h.addr == cut.addr).unwrap();
     match scenario {
-        Scenario::LeaderPartitioned => leader.partition_all()?,
-        Scenario::LeaderCutFromEtcdAndFollower => leader.partition_from(&[&net.etcd_addr, &follower.addr])?,
-        Scenario::FollowerPartitioned => follower.partition_all()?,
-        Scenario::LeaderLost => {
-            leader.kill_all();
+        Scenario::LeaderPartitioned | Scenario::FollowerPartitioned => cut.partition_all()?,
+        Scenario::LeaderCutFromEtcdAndFollower => cut.partition_from(&others)?,
+        Scenario::LeaderLost | Scenario::GatewayLost => {
+            cut.lose()?;
         }
         Scenario::SlowLink => {
-            link = leader.slow_link(200, 5)?;
+            link = cut.slow_link(200, 5)?;
         }
     }
     tokio::time::sleep(hold).await;
     match scenario {
-        Scenario::LeaderLost => plane.restart_agent(leader_index)?,
-        Scenario::SlowLink => leader.fast_link(),
-        _ => {
-            leader.heal();
-            follower.heal();
+        Scenario::LeaderLost | Scenario::GatewayLost => {
+            cut.come_back()?;
+            plane.restart_host(cut_index)?;
         }
+        Scenario::SlowLink => cut.fast_link(),
+        _ => cut.heal(),
     }
     let healed_at = Instant::now();
-    let whole = db.wait_whole(plane, Duration::from_secs(180)).await;
+    let whole = db.wait_whole(plane, net, Duration::from_secs(180)).await;
     let until_whole = healed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let attempts = writers.stop().await;
     db.next_id = attempts.iter().map(|a| a.id).max().unwrap_or(0) + 100;
     let new_leader = whole?;
     let acked: Vec<_> = attempts.iter().filter(|a| a.acked_by.is_some()).collect();
-    let present: HashSet<i64> = psql(&db.gateway_urls[0], "SELECT id FROM lab")
+    let present: HashSet<i64> = psql(&db.url, "SELECT id FROM lab")
         .await
         .map_err(|e| anyhow::anyhow!("reading back: {e}"))?
         .lines()
@@ -308,16 +366,20 @@ pub async fn run(
             acked.iter().any(|b| b.acked_by != a.acked_by && b.start > x_first && b.end < a.start)
         })
         .count();
-    // The member that was cut off (or lost) is a streaming replica of the leader again, or leads.
+    // The member that was cut off (or lost) is a streaming replica of the leader again, or leads
+    // (a host without a member of the database has nothing to rejoin).
     let members = db.cluster(plane).await?;
-    let cut = if scenario == Scenario::FollowerPartitioned { &follower.addr } else { &leader.addr };
+    let cut = &cut.addr;
     let old_leader_rejoined = new_leader == *cut
+        || !members.iter().any(|m| m.host == *cut)
         || members
             .iter()
             .any(|m| m.host == *cut && m.role != "leader" && matches!(m.state.as_str(), "streaming" | "running"));
+    let vip_after = db.vip_host(net).unwrap_or_default();
     let api_agrees = db.api_agrees(plane, &new_leader).await;
     Ok(RunReport {
         scenario,
+        synchronous: db.synchronous,
         write_gap: longest_gap(&attempts, fault_at),
         attempts: attempts.len(),
         failed_writes: attempts.len() - acked.len(),
@@ -329,5 +391,7 @@ pub async fn run(
         api_agrees,
         ack_runs,
         link,
+        vip_before,
+        vip_after,
     })
 }

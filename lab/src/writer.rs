@@ -1,6 +1,8 @@
-//! The tenant's writers: one per gateway address, each INSERTing increasing ids with a new psql
-//! connection per INSERT (as a reconnecting client does) and recording which inserts were
-//! acknowledged, when, and by which member (`inet_server_addr()`).
+//! The tenant's writers: several on the database's connection URL (its VIP), each INSERTing
+//! increasing ids with a new psql connection per INSERT (as a reconnecting client does), giving
+//! an INSERT up after `WRITE_TIMEOUT` (as a client with a timeout does: a connection to a host
+//! that vanished hangs), and recording which inserts were acknowledged, when, and by which member
+//! (`inet_server_addr()`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,13 +16,21 @@ pub fn psql_bin() -> &'static str {
     }
 }
 
+/// How long a writer waits for one INSERT (connecting included) before it gives up and retries.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// One psql run: its trimmed output or its error.
 pub async fn psql(url: &str, sql: &str) -> Result<String, String> {
+    psql_within(url, sql, Duration::from_secs(8)).await
+}
+
+/// One psql run given up after `within`.
+pub async fn psql_within(url: &str, sql: &str, within: Duration) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(psql_bin());
     cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
         .env("PGCONNECT_TIMEOUT", "2")
         .kill_on_drop(true);
-    match tokio::time::timeout(Duration::from_secs(8), cmd.output()).await {
+    match tokio::time::timeout(within, cmd.output()).await {
         Err(_) => Err("psql timed out".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
@@ -61,7 +71,10 @@ impl Writers {
                     while !*rx.borrow() {
                         let start = Instant::now();
                         let sql = format!("INSERT INTO lab (id) VALUES ({id}) RETURNING inet_server_addr()");
-                        let acked_by = psql(&url, &sql).await.ok().map(|a| a.split('/').next().unwrap_or("").into());
+                        let acked_by = psql_within(&url, &sql, WRITE_TIMEOUT)
+                            .await
+                            .ok()
+                            .map(|a| a.split('/').next().unwrap_or("").into());
                         let failed = acked_by.is_none();
                         attempts.lock().unwrap().push(Attempt { id, start, end: Instant::now(), acked_by });
                         id += n;

@@ -75,6 +75,16 @@ impl DatabaseCa {
     /// A server certificate for `names`: each is an IP address SAN when it parses as one, else a
     /// DNS name SAN. The first name is also the subject's common name.
     pub fn issue_server(&self, names: &[&str]) -> Result<CertifiedKey> {
+        self.issue(names, vec![ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// A certificate for `names` that serves as server and as client: an etcd member's peer
+    /// certificate (members dial each other with it and check each other's against the CA).
+    pub fn issue_peer(&self, names: &[&str]) -> Result<CertifiedKey> {
+        self.issue(names, vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    fn issue(&self, names: &[&str], usages: Vec<ExtendedKeyUsagePurpose>) -> Result<CertifiedKey> {
         let first = names.first().ok_or(PkiError::NoNames)?;
         let ca_key = KeyPair::from_pem(&self.pem.key_pem)?;
         let ca_cert = CertificateParams::from_ca_cert_pem(&self.pem.cert_pem)?.self_signed(&ca_key)?;
@@ -87,7 +97,7 @@ impl DatabaseCa {
         // the certificate ("error parsing asn1 value: EncodedDefault").
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = usages;
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, SERVER_VALIDITY);
         let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
@@ -144,6 +154,23 @@ mod tests {
         let eku = cert.extended_key_usage().unwrap().expect("EKU").value;
         assert!(eku.server_auth);
         assert!(cert.validity().is_valid());
+    }
+
+    #[test]
+    fn a_peer_cert_serves_and_dials() {
+        let ca = DatabaseCa::generate("etcd").unwrap();
+        let peer = ca.issue_peer(&["10.0.0.1", "10.0.0.2"]).unwrap();
+        let der = der(&peer.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().expect("EKU").value;
+        assert!(eku.server_auth && eku.client_auth);
+        let server = ca.issue_server(&["10.0.0.1"]).unwrap();
+        let der = self::der(&server.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(
+            !cert.extended_key_usage().unwrap().expect("EKU").value.client_auth,
+            "a server certificate only serves"
+        );
     }
 
     #[test]

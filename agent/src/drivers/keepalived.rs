@@ -67,7 +67,11 @@ impl Tracked {
 /// per failure, not two). A master that stops (SIGTERM) sends priority 0 and the next one takes
 /// over at once; one that vanishes (the host lost) is replaced after 3 adverts plus the skew
 /// time, about 0.3 s. The track script runs every second: a host whose HAProxy died goes to
-/// FAULT and gives the VIP up (the agent starts HAProxy again meanwhile).
+/// FAULT and gives the VIP up (the agent starts HAProxy again meanwhile). A master repeats its
+/// gratuitous ARP every 2 s: when a partition heals, both sides are master until one hears the
+/// other, and the one that stays often never hears the other's advert (the other steps down at
+/// the first one it receives); without the repeat, clients kept sending to the host that had
+/// stepped down until their ARP entry expired (15–50 s in the partition lab).
 pub fn render(name: &str, database: &str, vip: &GatewayVip, source: &str, interface: &str, paths: &VipPaths) -> String {
     let mut cfg = String::new();
     let _ = write!(
@@ -95,6 +99,7 @@ pub fn render(name: &str, database: &str, vip: &GatewayVip, source: &str, interf
          \x20   virtual_router_id {router_id}\n\
          \x20   priority {priority}\n\
          \x20   advert_int 0.1\n\
+         \x20   garp_master_refresh 2\n\
          \x20   unicast_src_ip {source}\n\
          \x20   unicast_peer {{\n",
         router_id = vip.router_id,
@@ -324,6 +329,7 @@ mod tests {
                 "virtual_router_id 17",
                 "priority 150",
                 "advert_int 0.1",
+                "garp_master_refresh 2",
                 "unicast_src_ip 10.0.0.5",
                 "unicast_peer {",
                 "10.0.0.6",
