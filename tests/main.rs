@@ -3,6 +3,7 @@
 mod agents;
 mod api_document;
 mod auth;
+mod backup;
 mod databases;
 mod e2e;
 mod etcd_auth;
