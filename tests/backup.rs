@@ -16,7 +16,7 @@ fn bin_dir() -> PathBuf {
     find_bindir(std::env::var_os("PGPLANE_PG_BINDIR").as_deref().map(Path::new)).expect("PostgreSQL binaries")
 }
 
-async fn server() -> Result<(LocalPg, PgTarget)> {
+pub(crate) async fn server() -> Result<(LocalPg, PgTarget)> {
     let bin = bin_dir();
     let dir = bin.clone();
     let pg = tokio::task::spawn_blocking(move || LocalPg::temporary(&dir)).await??;
@@ -38,7 +38,7 @@ async fn pgbench_init(target: &PgTarget, database: &str, scale: u32) -> Result<(
 
 /// The tenant's database: owned by `app`, pgbench tables plus the kinds of data a dump must
 /// carry.
-async fn make_tenant_database(target: &PgTarget, database: &str) -> Result<()> {
+pub(crate) async fn make_tenant_database(target: &PgTarget, database: &str) -> Result<()> {
     target
         .sql("postgres", &format!("DO $$ BEGIN CREATE ROLE app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; CREATE DATABASE {database} OWNER app;"))
         .await?;
@@ -63,7 +63,7 @@ async fn make_tenant_database(target: &PgTarget, database: &str) -> Result<()> {
 
 /// A digest of the database's logical content: every table's rows (ordered), every sequence's
 /// state, every view's definition and every large object's bytes.
-async fn digest(target: &PgTarget, database: &str) -> Result<String> {
+pub(crate) async fn digest(target: &PgTarget, database: &str) -> Result<String> {
     target
         .sql(
             database,

@@ -4,6 +4,7 @@ mod agents;
 mod api_document;
 mod auth;
 mod backup;
+mod backup_s3;
 mod databases;
 mod e2e;
 mod etcd_auth;
