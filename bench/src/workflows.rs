@@ -165,6 +165,7 @@ async fn measure(args: &Args, pg: &ControlPg) -> Result<Vec<Phase>> {
         },
         bootstrap_token: BOOTSTRAP.into(),
         gateway_vips: None,
+        not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
     };
     tokio::spawn(pgplane_scheduler::run::run(scheduler_store, config, listener, stopped.clone()));
 

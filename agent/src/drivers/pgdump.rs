@@ -214,7 +214,6 @@ pub async fn dump(target: &PgTarget, database: &str, store: &BackupStore, key: &
     }
     session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;").await?;
     let snapshot = session.query("SELECT pg_export_snapshot();").await.context("exporting the dump's snapshot")?;
-    let row_counts = count_rows(&mut session).await?;
 
     let mut cmd = target.command("pg_dump", database);
     cmd.args(["-Fc", "--no-sync", &format!("--snapshot={snapshot}")]);
@@ -229,11 +228,20 @@ pub async fn dump(target: &PgTarget, database: &str, store: &BackupStore, key: &
         }
         Ok(())
     };
-    let uploaded = store.upload_checked(key, stdout, exited).await;
+    // The rows are counted in the same snapshot while pg_dump reads it (on another core).
+    let (uploaded, row_counts) = tokio::join!(store.upload_checked(key, stdout, exited), count_rows(&mut session));
     // The snapshot is held until pg_dump is done with it.
     let _ = session.query("COMMIT;").await;
     session.close().await;
     let Uploaded { size, sha256 } = uploaded?;
+    let row_counts = match row_counts {
+        Ok(counts) => counts,
+        Err(e) => {
+            // A dump without its counts cannot be verified: it is not kept.
+            store.delete(key).await?;
+            return Err(e);
+        }
+    };
     Ok(DumpReport { size, sha256, server_version: server_version.to_string(), from_standby, row_counts })
 }
 
