@@ -5,6 +5,7 @@ mod api_document;
 mod auth;
 mod backup;
 mod backup_s3;
+mod backup_standby;
 mod databases;
 mod e2e;
 mod etcd_auth;
