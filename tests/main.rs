@@ -3,6 +3,9 @@
 mod agents;
 mod api_document;
 mod auth;
+mod backup;
+mod backup_s3;
+mod backup_standby;
 mod databases;
 mod e2e;
 mod engine;

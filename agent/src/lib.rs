@@ -4,6 +4,7 @@
 //! are in `drivers/`; the rest is the agent's machinery. `Node` is the entry point; `runtime`
 //! the agent's loop; `doctor` the host's checks.
 
+pub mod backup;
 pub mod doctor;
 pub mod drivers;
 mod fence;
@@ -20,7 +21,7 @@ pub mod runtime;
 mod specs;
 
 // The drivers by their short names, as the rest of the agent and other crates call them.
-pub use drivers::{control, etcd, haproxy, keepalived, patroni, restart};
+pub use drivers::{control, etcd, haproxy, keepalived, patroni, pgdump, restart};
 pub(crate) use drivers::{dcs, tenant};
 
 pub use etcd::LocalEtcd;

@@ -3,6 +3,7 @@
 //! `cargo run --release -p pgplane-bench -- api [--duration 10 --connections 64 ...]`
 //! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit | lab`
 //! `cargo run --release -p pgplane-bench -- workflows --databases 50`
+//! `cargo run --release -p pgplane-bench -- dump [--scale 70]`
 
 mod api;
 mod client;
@@ -10,6 +11,7 @@ mod commit;
 mod controlpg;
 mod cpu;
 mod dcs;
+mod dump;
 mod failover;
 mod figures;
 mod fixture;
@@ -63,6 +65,13 @@ enum Bench {
     /// Many operations at once on fake agents: databases created, changed and deleted together;
     /// operations done, step latency p50 / p99, retried and lease-expired attempts, heartbeats.
     Workflows(workflows::Args),
+    /// Logical backups of a pgbench database: bare `pg_dump -Fc` to a file vs the agent's
+    /// streaming dump into a local folder and S3 over TLS, restore times, and the resident
+    /// memory of the streaming process.
+    Dump(dump::Args),
+    /// The streaming child of `dump` (not for direct use).
+    #[command(hide = true)]
+    DumpStream,
 }
 
 #[tokio::main]
@@ -78,6 +87,8 @@ async fn main() -> anyhow::Result<()> {
         Bench::Commit(args) => commit::run(args).await,
         Bench::Lab(args) => lab::run(args).await,
         Bench::Workflows(args) => workflows::run(args).await,
+        Bench::Dump(args) => dump::run(args).await,
+        Bench::DumpStream => dump::stream().await,
     }
 }
 

@@ -366,6 +366,47 @@ impl AgentTask {
     }
 }
 
+/// The backup work an agent does (issue 11): dump, restore in place, verify restore. Its own
+/// enum until the backup workflows exist; they will carry it to the agents as `AgentTask`
+/// variants, which `pgplane_agent::backup::run` executes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackupTask {
+    /// Dump the tenant's database from this host's `member` (`pg_dump -Fc` of the member's
+    /// major version) into the agent's backup storage at `backup` (a follower must hold its
+    /// snapshots: see the agent's `pgdump` driver). Reports size, SHA-256, server version and
+    /// the row counts taken in the dump's snapshot.
+    Dump { database_id: DatabaseId, generation: i64, member: String, backup: BackupLocation },
+    /// Replace the content of the tenant's database on this host's `member` (the leader) with
+    /// the backup at `backup`, checked against `sha256`: restored beside it, then swapped in.
+    Restore { database_id: DatabaseId, generation: i64, member: String, backup: BackupLocation, sha256: String },
+    /// Restore the backup into a throw-away PostgreSQL of `version` on this host and compare
+    /// its row counts with `row_counts` (as the dump reported them).
+    Verify {
+        database_id: DatabaseId,
+        backup: BackupLocation,
+        sha256: String,
+        version: String,
+        #[schema(value_type = Object)]
+        row_counts: serde_json::Value,
+    },
+}
+
+/// Where a backup is in the backup storage the agents are configured with: a location, never
+/// a credential (the agents hold those in their own configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupLocation {
+    /// The object's name, e.g. `databases/<database id>/backups/<backup id>.dump`.
+    pub key: String,
+}
+
+impl BackupLocation {
+    /// The location of one backup of one database.
+    pub fn of(database_id: DatabaseId, backup_id: crate::ids::BackupId) -> Self {
+        BackupLocation { key: format!("databases/{database_id}/backups/{backup_id}.dump") }
+    }
+}
+
 /// A job handed to an agent by the long-poll.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentJob {

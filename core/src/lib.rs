@@ -4,6 +4,7 @@
 //! types without pulling in a database driver.
 
 pub mod agent;
+pub mod backup;
 pub mod error;
 pub mod ids;
 pub mod model;

@@ -117,6 +117,10 @@ pub struct Plan {
     pub backup_quota_per_day: i32,
     /// Days daily backups are kept (0: no daily backups).
     pub daily_backup_retention_days: i32,
+    /// ISO weeks whose newest daily backup is kept beyond the daily retention.
+    pub backup_retention_weeks: i32,
+    /// Months whose newest daily backup is kept beyond the weekly retention.
+    pub backup_retention_months: i32,
     /// Point-in-time recovery.
     pub pitr: bool,
     /// How far back point-in-time recovery reaches, in days (0 without PITR).

@@ -22,6 +22,8 @@ struct PlanRow {
     backup_quota_total: i32,
     backup_quota_per_day: i32,
     daily_backup_retention_days: i32,
+    backup_retention_weeks: i32,
+    backup_retention_months: i32,
     pitr: bool,
     pitr_window_days: i32,
     sla_percent: Option<String>,
@@ -46,6 +48,8 @@ impl PlanRow {
             backup_quota_total: self.backup_quota_total,
             backup_quota_per_day: self.backup_quota_per_day,
             daily_backup_retention_days: self.daily_backup_retention_days,
+            backup_retention_weeks: self.backup_retention_weeks,
+            backup_retention_months: self.backup_retention_months,
             pitr: self.pitr,
             pitr_window_days: self.pitr_window_days,
             sla_percent: self.sla_percent.map(|s| s.trim_end_matches('0').trim_end_matches('.').to_string()),
@@ -57,7 +61,8 @@ impl PlanRow {
 }
 
 const PLAN_COLUMNS: &str = "id, position, name, tier, description, data_nodes, gateways, memory_mb, disk_gb, \
-     max_connections, backup_quota_total, backup_quota_per_day, daily_backup_retention_days, pitr, \
+     max_connections, backup_quota_total, backup_quota_per_day, daily_backup_retention_days, \
+     backup_retention_weeks, backup_retention_months, pitr, \
      pitr_window_days, sla_percent::text AS sla_percent, price_micros_per_hour, currency, public, available";
 
 impl Store {
