@@ -253,8 +253,19 @@ impl Database {
         }
     }
 
-    /// Whether the API's members agree with Patroni on who leads.
+    /// Whether the API's members agree with Patroni on who leads, within a few of the
+    /// scheduler's etcd readings (one a second) of the database being whole.
     async fn api_agrees(&self, plane: &Plane, leader: &str) -> bool {
+        for _ in 0..10 {
+            if self.api_agrees_now(plane, leader).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    }
+
+    async fn api_agrees_now(&self, plane: &Plane, leader: &str) -> bool {
         let Ok(list) = plane.api.ok(Method::GET, &format!("/v1/databases/{}/members", self.id), None).await else {
             return false;
         };
