@@ -34,8 +34,8 @@ pub fn refused_with(e: &anyhow::Error, text: &str) -> bool {
 /// token expired or this member does not know it (a restarted member, one that caught up from a
 /// snapshot), its auth store is at another revision than the token's, or it is overloaded. The
 /// client authenticates again and, if that member still refuses so, asks the next endpoint: a
-/// member stuck in such a state must not hold the client (the scheduler's leader view stopped
-/// for good when its preferred member kept refusing).
+/// member stuck in such a state (etcd 3.4 has had auth-revision mismatches after member
+/// restarts) must not hold the client, which would otherwise start with it on every call.
 pub fn member_refused(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Refused>().is_some_and(|r| {
         r.status == 401
