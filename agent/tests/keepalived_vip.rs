@@ -6,8 +6,10 @@
 //! panic. Move times are printed, not asserted.
 //!
 //! A second test runs the agent's own path on one namespace: a persisted gateway spec with a VIP
-//! is reconciled into a real HAProxy binding the VIP and a keepalived holding it; a dead HAProxy
-//! makes keepalived give the VIP up; removing the database stops both and removes the folder.
+//! is reconciled into a real HAProxy binding the VIP and a keepalived holding it while HAProxy
+//! sees a writable primary (a stand-in Patroni answering `/primary` over TLS); a primary gone
+//! (the gateway cut off from the leader) or a dead HAProxy makes keepalived give the VIP up;
+//! removing the database stops both and removes the folder.
 //!
 //! In the first test the gateway's HAProxy is played by a tiny TCP server bound to the VIP (`ip_nonlocal_bind`)
 //! that answers with its host's name, recorded where the agent records HAProxy (so the track
@@ -124,13 +126,31 @@ struct Host {
     paths: VipPaths,
 }
 
-/// The gateway stand-in: a TCP server on the VIP answering `name`, recorded like HAProxy.
+/// The gateway stand-in: a TCP server on the VIP answering `name`, recorded like HAProxy, with
+/// an admin socket where HAProxy's is that shows a primary UP (what the track script asks).
 fn start_listener(lab: &Lab, host: &Host) -> u32 {
     let script = format!(
-        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        "import os, socket, threading\n\
+         def admin():\n\
+         \x20   p = '{sock}'\n\
+         \x20   try:\n\
+         \x20       os.unlink(p)\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   a = socket.socket(socket.AF_UNIX)\n\
+         \x20   a.bind(p)\n\
+         \x20   a.listen(8)\n\
+         \x20   while True:\n\
+         \x20       c, _ = a.accept()\n\
+         \x20       c.recv(1024)\n\
+         \x20       c.sendall(b'postgres,m0,' + b'0,' * 15 + b'UP\\n')\n\
+         \x20       c.close()\n\
+         threading.Thread(target=admin, daemon=True).start()\n\
+         s = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          s.bind(('{VIP}', {PORT}))\ns.listen(64)\nwhile True:\n    c, _ = s.accept()\n    \
          c.sendall(b'{}\\n')\n    c.close()\n",
-        host.name
+        host.name,
+        sock = host.gateway.dir.join(pgplane_agent::haproxy::STATS_SOCKET).display(),
     );
     std::fs::write(&host.gateway.config, script).unwrap();
     let mut child = Command::new("ip")
@@ -333,6 +353,8 @@ fn the_agent_runs_keepalived_beside_haproxy_and_removes_it() {
     // What the agent sets at start (as root), in this namespace.
     sh(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"]);
     let database_id = DatabaseId::new();
+    let ca_pem = primary_certificates(&dir);
+    let mut primary = start_primary(&ns, &dir);
     let spec = GatewaySpec {
         database_id,
         generation: 1,
@@ -341,14 +363,14 @@ fn the_agent_runs_keepalived_beside_haproxy_and_removes_it() {
         listen_port: PORT,
         public_host: None,
         allowed_cidrs: vec![],
-        // A member nobody runs: HAProxy listens and parks clients, which is all this needs.
+        // A member whose Patroni is played by `start_primary`.
         backends: vec![pgplane_core::agent::GatewayBackend {
             member: "m0".into(),
             host: format!("{NET}.11"),
             pg_port: 5432,
             patroni_port: 8008,
         }],
-        ca_pem: self_signed_ca(),
+        ca_pem: ca_pem.clone(),
         vip: Some(GatewayVip {
             address: VIP.into(),
             port: PORT + 1,
@@ -411,6 +433,21 @@ fn the_agent_runs_keepalived_beside_haproxy_and_removes_it() {
     );
     let held = wait_vip(true, "keepalived took the VIP");
     eprintln!("the lone gateway host holds the VIP {held:?} after the reconcile pass");
+
+    // The primary gone (the gateway cut off from the leader): the VIP goes after the grace, and
+    // comes back with a primary.
+    let gone = Instant::now();
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    let t = Instant::now();
+    while has_vip(&lab, "solo") {
+        assert!(t.elapsed() < Duration::from_secs(15), "the VIP stayed without a primary");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("the VIP left the host {:?} after its primary went", gone.elapsed());
+    let mut primary = start_primary(&ns, &dir);
+    let back = wait_vip(true, "the VIP came back with a primary");
+    eprintln!("the VIP came back {back:?} after the primary did");
     let reached = in_ns(&ns, || {
         TcpStream::connect_timeout(&format!("{VIP}:{}", PORT + 1).parse().unwrap(), Duration::from_secs(1)).is_ok()
     });
@@ -438,15 +475,51 @@ fn the_agent_runs_keepalived_beside_haproxy_and_removes_it() {
     assert!(process::processes_under(&node_root).is_empty(), "nothing of the database runs");
     drop(tx);
     agent.join().unwrap();
+    let _ = primary.kill();
+    let _ = primary.wait();
 }
 
-/// A CA certificate for HAProxy's `ca-file` (HAProxy refuses an empty one).
-fn self_signed_ca() -> String {
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-subj", "/CN=test", "-days", "1", "-keyout", "/dev/null", "-out", "-"])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+/// A CA (returned, PEM) and a certificate it signed for the stand-in Patroni (`primary.pem`,
+/// `primary.key` in `dir`).
+fn primary_certificates(dir: &std::path::Path) -> String {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[&["req", "-x509"][..], &ec, &["-subj", "/CN=test", "-days", "1", "-keyout", "ca.key", "-out", "ca.pem"]]
+        .concat());
+    run(&[&["req"][..], &ec, &["-subj", "/CN=m0", "-keyout", "primary.key", "-out", "primary.csr"]].concat());
+    run(&["x509", "-req", "-in", "primary.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1"]
+        .into_iter()
+        .chain(["-out", "primary.pem"])
+        .collect::<Vec<_>>());
+    std::fs::read_to_string(dir.join("ca.pem")).unwrap()
+}
+
+/// A stand-in for the member's Patroni, leading: HTTPS on the member's REST port answering
+/// `GET /primary` with 200 and a primary's role, as HAProxy's check wants.
+fn start_primary(ns: &str, dir: &std::path::Path) -> std::process::Child {
+    let script = format!(
+        "import http.server, ssl\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       b = b'{{\"role\": \"primary\"}}'\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('Content-Length', str(len(b)))\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(b)\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       pass\n\
+         http.server.ThreadingHTTPServer.allow_reuse_address = True\n\
+         s = http.server.ThreadingHTTPServer(('{NET}.11', 8008), H)\n\
+         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         ctx.load_cert_chain('{dir}/primary.pem', '{dir}/primary.key')\n\
+         s.socket = ctx.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n",
+        dir = dir.display()
+    );
+    let path = dir.join("primary.py");
+    std::fs::write(&path, script).unwrap();
+    Command::new("ip").args(["netns", "exec", ns, "python3"]).arg(&path).spawn().expect("python3")
 }

@@ -4,7 +4,7 @@
 //! follower and two of etcd's three members), the follower's host partitioned, the leader's host
 //! lost and brought back, the VIP's host lost and brought back, a slow link to the leader. After
 //! each: no acknowledged write lost, no two members acknowledging writes at once, the cut-off
-//! member a replica again; a lost VIP host's VIP moved. Needs root (network namespaces); skipped
+//! member a replica again, the API naming Patroni's leader; a lost VIP host's VIP moved. Needs root (network namespaces); skipped
 //! otherwise.
 //! `PGPLANE_LAB_PATRONI` picks the agents' Patroni; `PGPLANE_LAB_HOLD_SECONDS` each fault's length (15 s).
 
@@ -31,6 +31,7 @@ fn lab_partitions_lose_no_acknowledged_write() {
         assert_eq!(r.lost_acked, 0, "{}: acknowledged writes lost: {r:?}", r.scenario.name());
         assert_eq!(r.acked_by_two_leaders, 0, "{}: two members acknowledged writes: {r:?}", r.scenario.name());
         assert!(r.old_leader_rejoined, "{}: the cut-off member is no replica again: {r:?}", r.scenario.name());
+        assert!(r.api_agrees, "{}: the API's leader is not Patroni's: {r:?}", r.scenario.name());
         if r.scenario == Scenario::GatewayLost {
             assert_ne!(r.vip_before, r.vip_after, "the VIP stayed on the lost host: {r:?}");
         }

@@ -267,12 +267,16 @@ fn pgplane_cmd(pgplane: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// An operator's client of the API (token from `pgplane bootstrap`).
+/// An operator's client of the API (token from `pgplane bootstrap`). Its access token lasts an
+/// hour (`ACCESS_TOKEN_SECS`): a 401 makes it log in again with the API token and retry once
+/// (a 20-round benchmark runs longer than an hour; with the expired token every check of the
+/// API's members failed from the 102nd run on, read as "the API disagrees with Patroni").
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    bearer: String,
+    api_token: String,
+    bearer: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Api {
@@ -285,25 +289,42 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let res: Value = http
-            .post(format!("{base}/v1/auth/token"))
-            .json(&json!({ "api_token": api_token }))
+        let api = Api { http, base: base.to_string(), api_token: api_token.to_string(), bearer: Default::default() };
+        api.refresh().await?;
+        Ok(api)
+    }
+
+    /// A new access token from the API token.
+    async fn refresh(&self) -> Result<()> {
+        let res: Value = self
+            .http
+            .post(format!("{}/v1/auth/token", self.base))
+            .json(&json!({ "api_token": self.api_token }))
             .send()
             .await?
             .json()
             .await?;
         let bearer = res["access_token"].as_str().context("an access token")?.to_string();
-        Ok(Api { http, base: base.to_string(), bearer })
+        *self.bearer.lock().unwrap() = bearer;
+        Ok(())
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
-        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(&self.bearer);
-        if let Some(body) = body {
-            req = req.json(&body);
+        for attempt in 0..2 {
+            let bearer = self.bearer.lock().unwrap().clone();
+            let mut req = self.http.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(bearer);
+            if let Some(body) = &body {
+                req = req.json(body);
+            }
+            let res = req.send().await.with_context(|| format!("{method} {path}"))?;
+            let status = res.status();
+            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.refresh().await.context("logging in again")?;
+                continue;
+            }
+            return Ok((status, res.json().await.unwrap_or(Value::Null)));
         }
-        let res = req.send().await.with_context(|| format!("{method} {path}"))?;
-        let status = res.status();
-        Ok((status, res.json().await.unwrap_or(Value::Null)))
+        unreachable!("the second attempt returns")
     }
 
     /// A request answered 2xx; its body.

@@ -253,24 +253,38 @@ impl Database {
         }
     }
 
-    /// Whether the API's members agree with Patroni on who leads.
+    /// Whether the API's members agree with Patroni on who leads, within a few of the
+    /// scheduler's etcd readings (one a second) of the database being whole.
     async fn api_agrees(&self, plane: &Plane, leader: &str) -> bool {
-        let Ok(list) = plane.api.ok(Method::GET, &format!("/v1/databases/{}/members", self.id), None).await else {
-            return false;
-        };
+        let mut last = Ok(false);
+        for _ in 0..10 {
+            last = self.api_agrees_now(plane, leader).await;
+            if matches!(last, Ok(true)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if let Err(e) = last {
+            // Not a disagreement, but no answer: say so rather than read it as one.
+            eprintln!("the API's members could not be read: {e:#}");
+        }
+        false
+    }
+
+    async fn api_agrees_now(&self, plane: &Plane, leader: &str) -> Result<bool> {
+        let list = plane.api.ok(Method::GET, &format!("/v1/databases/{}/members", self.id), None).await?;
         let hosts: Vec<(String, String)> =
             sqlx::query_as("SELECT name, host FROM database_members WHERE database_id = $1::uuid")
                 .bind(&self.id)
                 .fetch_all(&plane.pool)
-                .await
-                .unwrap_or_default();
+                .await?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         let leaders: Vec<String> = items
             .iter()
             .filter(|m| m["role"] == "leader")
             .filter_map(|m| hosts.iter().find(|(n, _)| m["name"] == n.as_str()).map(|(_, h)| h.clone()))
             .collect();
-        leaders == [leader.to_string()]
+        Ok(leaders == [leader.to_string()])
     }
 }
 

@@ -124,9 +124,19 @@ pub fn judge(view: &DcsView, name: &str, me: Reported, leader: Option<Reported>)
         return None;
     }
     let dcs = view.members.get(name);
+    let own = me.state == "streaming" || dcs.and_then(|m| m.replication_state.as_deref()) == Some("streaming");
+    let leader_fresh = leader.filter(|l| l.fresh);
+    let seen_by_leader = leader_fresh.is_some_and(|l| l.streaming_replicas.iter().any(|r| r == name));
+    let streams = own || seen_by_leader;
     if let (Some(lead), Some(m)) = (view.leader_position(), dcs) {
         if let (Some(tl), Some(lsn)) = (m.timeline, m.lsn) {
-            if let Some(why) = diverged(lead, &view.history, (tl, lsn)) {
+            // A replica that streams on the leader's timeline holds nothing the leader lacks:
+            // what the leader sends is all it has. Its key "ahead" of the leader's is the
+            // keys' ages (each member writes its own once a loop; under writes the replica's,
+            // written later in the second, is ahead): judged so, a rewound old leader was
+            // re-cloned 10 s after every partition in the lab.
+            let skew = streams && tl == lead.0 && lsn > lead.1;
+            if let Some(why) = diverged(lead, &view.history, (tl, lsn)).filter(|_| !skew) {
                 return Some(Suspect::Diverged(why));
             }
         }
@@ -136,10 +146,7 @@ pub fn judge(view: &DcsView, name: &str, me: Reported, leader: Option<Reported>)
     if !matches!(me.state, "running" | "streaming" | "in archive recovery") {
         return None;
     }
-    let own = me.state == "streaming" || dcs.and_then(|m| m.replication_state.as_deref()) == Some("streaming");
-    let leader_fresh = leader.filter(|l| l.fresh);
-    let seen_by_leader = leader_fresh.is_some_and(|l| l.streaming_replicas.iter().any(|r| r == name));
-    if own || seen_by_leader {
+    if streams {
         return None;
     }
     // Judged only with evidence: the leader's WAL senders as its agent sees them, or 4.x's own
@@ -234,12 +241,22 @@ mod tests {
         let silent = Reported { fresh: false, state: "running", streaming_replicas: &[] };
         assert_eq!(judge(&v, "m0", silent, Some(fresh("running", &[]))), None);
         assert_eq!(judge(&v, "m0", fresh("stopped", &[]), Some(fresh("running", &[]))), None);
-        // A fork that kept the timeline number: diverged whatever else is said.
+        // A fork that kept the timeline number, ahead of the leader: it cannot stream (the
+        // leader refuses a start past its own WAL), so it is diverged.
         let mut forked = v.clone();
         forked.members.get_mut("m0").unwrap().lsn = Some(60000000);
         assert!(matches!(
-            judge(&forked, "m0", fresh("running", &[]), Some(fresh("running", streams))),
+            judge(&forked, "m0", fresh("running", &[]), Some(fresh("running", &[]))),
             Some(Suspect::Diverged(_))
         ));
+        assert!(matches!(judge(&forked, "m0", fresh("in archive recovery", &[]), None), Some(Suspect::Diverged(_))));
+        // Streaming on the leader's timeline and "ahead" of its key by the keys' ages: fine.
+        assert_eq!(judge(&forked, "m0", fresh("running", &[]), Some(fresh("running", streams))), None);
+        assert_eq!(judge(&forked, "m0", fresh("streaming", &[]), None), None);
+        // On an older timeline past the leader's branch point it is diverged, streaming or not.
+        let mut branched = v.clone();
+        let m0 = branched.members.get_mut("m0").unwrap();
+        (m0.timeline, m0.lsn) = (Some(1), Some(25165985));
+        assert!(matches!(judge(&branched, "m0", fresh("streaming", &[]), None), Some(Suspect::Diverged(_))));
     }
 }

@@ -52,25 +52,55 @@ impl From<pgplane_store::Error> for TruthError {
     }
 }
 
+/// One database's reading gives up after this (a row lock held elsewhere, etcd slow on every
+/// endpoint): the loop goes on with the next database and the next round.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(10);
+/// While etcd keeps failing, the failure is logged again this often, and the client is made anew
+/// (fresh connections and token, the first endpoint first): whatever state wedged it goes.
+pub const ETCD_DOWN_RENEW: Duration = Duration::from_secs(30);
+
 /// Reads etcd and records what it says until `shutdown`.
 pub async fn run_truth(
     store: Store,
-    etcd: pgplane_etcd::Client,
+    mut etcd: pgplane_etcd::Client,
     not_streaming_grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut etcd_down = false;
+    // Since when etcd has failed, and when that was last logged.
+    let mut etcd_down: Option<(std::time::Instant, std::time::Instant)> = None;
     loop {
         match store.truth_databases().await {
             Ok(dbs) => {
                 for db in dbs {
-                    match reconcile(&store, &etcd, db, not_streaming_grace).await {
-                        Ok(()) => etcd_down = false,
-                        Err(TruthError::Etcd(e)) => {
-                            if !etcd_down {
-                                tracing::warn!(error = %format!("{e:#}"), "etcd does not answer: roles stay as last read");
+                    let reading =
+                        tokio::time::timeout(RECONCILE_TIMEOUT, reconcile(&store, &etcd, db, not_streaming_grace))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(TruthError::Other(anyhow::anyhow!("no reading within {RECONCILE_TIMEOUT:?}")))
+                            });
+                    match reading {
+                        Ok(()) => {
+                            if let Some((since, _)) = etcd_down.take() {
+                                tracing::info!(after = ?since.elapsed(), "etcd answers again");
                             }
-                            etcd_down = true;
+                        }
+                        Err(TruthError::Etcd(e)) => {
+                            let now = std::time::Instant::now();
+                            match &mut etcd_down {
+                                None => {
+                                    tracing::warn!(error = %format!("{e:#}"), "etcd does not answer: roles stay as last read");
+                                    etcd_down = Some((now, now));
+                                }
+                                Some((since, logged)) if logged.elapsed() >= ETCD_DOWN_RENEW => {
+                                    tracing::warn!(error = %format!("{e:#}"), down_for = ?since.elapsed(), "etcd still does not answer: reading with a new client");
+                                    *logged = now;
+                                    match pgplane_etcd::Client::with_timeout(etcd.access(), ETCD_TIMEOUT) {
+                                        Ok(fresh) => etcd = fresh,
+                                        Err(e) => tracing::error!(error = %e, "making a new etcd client failed"),
+                                    }
+                                }
+                                Some(_) => {}
+                            }
                             break;
                         }
                         Err(e) => tracing::warn!(database = %db, error = %e, "recording the database's leader failed"),

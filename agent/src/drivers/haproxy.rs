@@ -187,7 +187,7 @@ pub async fn running_allowlist(paths: &GatewayPaths) -> Result<Vec<String>> {
 /// drained): an address nothing listens on, so each attempt is refused at once and HAProxy
 /// retries it on the next usable server (see `render`). It parks new client connections in the
 /// gateway until a primary passes its check, instead of closing them.
-const HOLD: &str = "no-primary";
+pub const HOLD: &str = "no-primary";
 /// tcpmux's port: refused on any host that does not run the 1980s tcpmux service.
 const HOLD_ADDR: &str = "127.0.0.1:1";
 

@@ -48,26 +48,41 @@ impl VipPaths {
 }
 
 /// What the track script checks: the process a pid file (in `process`'s format) names is alive
-/// and one of its arguments is `config` (the gateway's HAProxy, as the agent records it).
+/// and one of its arguments is `config` (the gateway's HAProxy, as the agent records it), and
+/// that HAProxy's admin socket `socket` shows a server of `backend postgres` UP (a writable
+/// primary passes its check).
 #[derive(Debug, Clone)]
 pub struct Tracked {
     pub pidfile: PathBuf,
     pub config: PathBuf,
+    pub socket: PathBuf,
 }
 
 impl Tracked {
     pub fn gateway(paths: &GatewayPaths) -> Self {
-        Tracked { pidfile: paths.pidfile.clone(), config: paths.config.clone() }
+        Tracked {
+            pidfile: paths.pidfile.clone(),
+            config: paths.config.clone(),
+            socket: paths.dir.join(crate::haproxy::STATS_SOCKET),
+        }
     }
 }
+
+/// Failed runs of the track script (one a second) before the host gives the VIP up. A gateway
+/// cut off from the leader (a partition that leaves both gateway hosts VRRP masters, unable to
+/// hear each other) sees no writable primary and gives the VIP up after this; during a normal
+/// failover both gateways see none for a moment too, and the VIP goes once a failover lasts
+/// longer than this, to come back (`rise 1`) on whichever gateway sees the new leader first.
+pub const TRACK_FALL: u32 = 3;
 
 /// keepalived's configuration for `vip`, carried by a gateway whose private address is `source`
 /// on `interface`. Every gateway host starts as BACKUP with `nopreempt`: the highest priority
 /// wins the first election, and a host that comes back does not take the VIP back (one move
 /// per failure, not two). A master that stops (SIGTERM) sends priority 0 and the next one takes
 /// over at once; one that vanishes (the host lost) is replaced after 3 adverts plus the skew
-/// time, about 0.3 s. The track script runs every second: a host whose HAProxy died goes to
-/// FAULT and gives the VIP up (the agent starts HAProxy again meanwhile). A master repeats its
+/// time, about 0.3 s. The track script runs every second: a host whose HAProxy died, or whose
+/// HAProxy has seen no writable primary for `TRACK_FALL` runs, goes to FAULT and gives the VIP
+/// up (the agent starts HAProxy again meanwhile); it takes part again at the first good run. A master repeats its
 /// gratuitous ARP every 2 s: when a partition heals, both sides are master until one hears the
 /// other, and the one that stays often never hears the other's advert (the other steps down at
 /// the first one it receives); without the repeat, clients kept sending to the host that had
@@ -88,7 +103,7 @@ pub fn render(name: &str, database: &str, vip: &GatewayVip, source: &str, interf
          \x20   script \"{check}\"\n\
          \x20   interval 1\n\
          \x20   timeout 1\n\
-         \x20   fall 1\n\
+         \x20   fall {fall}\n\
          \x20   rise 1\n\
          }}\n\
          \n\
@@ -105,6 +120,7 @@ pub fn render(name: &str, database: &str, vip: &GatewayVip, source: &str, interf
         router_id = vip.router_id,
         priority = vip.priority,
         check = paths.check.display(),
+        fall = TRACK_FALL,
     );
     for peer in &vip.peers {
         let _ = writeln!(cfg, "        {peer}");
@@ -125,20 +141,50 @@ pub fn render(name: &str, database: &str, vip: &GatewayVip, source: &str, interf
 }
 
 /// The track script (a POSIX shell script run by keepalived as root). It looks three times
-/// 50 ms apart: while the agent replaces HAProxy (a configuration change) the pid file names no
-/// process for a moment, which must not move the VIP.
+/// 50 ms apart for HAProxy: while the agent replaces HAProxy (a configuration change) the pid
+/// file names no process for a moment, which must not move the VIP. Then it asks HAProxy's
+/// admin socket (`show stat`, through python3, which every host running Patroni has) whether a
+/// server of `backend postgres` is UP (or drained during a switchover): a gateway that cannot
+/// reach the leader must not keep clients.
 pub fn render_check(tracked: &Tracked) -> String {
     format!(
         "#!/bin/sh\n\
-         # pgplane: exits 0 while the gateway's HAProxy runs (keepalived's track script)\n\
+         # pgplane: exits 0 while the gateway's HAProxy runs and sees a writable primary\n\
+         # (keepalived's track script)\n\
+         PATH=/usr/bin:/bin:/usr/local/bin:$PATH\n\
+         alive=\n\
          for try in 1 2 3; do\n\
          \x20   pid=$(sed -n 's/^pid //p' '{pidfile}' 2>/dev/null)\n\
-         \x20   [ -n \"$pid\" ] && grep -qaF -- '{config}' \"/proc/$pid/cmdline\" 2>/dev/null && exit 0\n\
+         \x20   if [ -n \"$pid\" ] && grep -qaF -- '{config}' \"/proc/$pid/cmdline\" 2>/dev/null; then alive=1; break; fi\n\
          \x20   [ $try = 3 ] || sleep 0.05\n\
          done\n\
-         exit 1\n",
+         [ -n \"$alive\" ] || exit 1\n\
+         exec python3 - '{socket}' <<'EOF'\n\
+         import socket, sys\n\
+         out = b''\n\
+         try:\n\
+         \x20   s = socket.socket(socket.AF_UNIX)\n\
+         \x20   s.settimeout(0.5)\n\
+         \x20   s.connect(sys.argv[1])\n\
+         \x20   s.sendall(b'show stat\\n')\n\
+         \x20   while True:\n\
+         \x20       b = s.recv(65536)\n\
+         \x20       if not b:\n\
+         \x20           break\n\
+         \x20       out += b\n\
+         except OSError:\n\
+         \x20   sys.exit(1)\n\
+         for line in out.decode(errors='replace').splitlines():\n\
+         \x20   f = line.split(',')\n\
+         \x20   if len(f) > 17 and f[0] == 'postgres' and f[1] not in ('FRONTEND', 'BACKEND', '{hold}') \\\n\
+         \x20           and f[17].startswith(('UP', 'DRAIN')):\n\
+         \x20       sys.exit(0)\n\
+         sys.exit(1)\n\
+         EOF\n",
         pidfile = tracked.pidfile.display(),
         config = tracked.config.display(),
+        socket = tracked.socket.display(),
+        hold = crate::haproxy::HOLD,
     )
 }
 
@@ -349,6 +395,11 @@ mod tests {
             "script \"/srv/db/vip-g0/gateway-alive\"",
             "the track script lives in keepalived's own folder"
         );
+        assert_eq!(
+            block("vrrp_script gateway_alive {")[4],
+            "fall 3",
+            "a failover's moment without a primary moves no VIP"
+        );
     }
 
     #[test]
@@ -358,24 +409,54 @@ mod tests {
         assert!(check.starts_with("#!/bin/sh\n"), "{check}");
         assert!(check.contains("'/srv/db/gateway-g0/haproxy.pid'"), "{check}");
         assert!(check.contains("grep -qaF -- '/srv/db/gateway-g0/haproxy.cfg' \"/proc/$pid/cmdline\""), "{check}");
+        assert!(check.contains("python3 - '/srv/db/gateway-g0/admin.sock'"), "{check}");
+    }
+
+    /// A fake HAProxy admin socket answering every `show stat` with `csv`, until the test ends.
+    fn fake_admin(socket: &Path, csv: &'static str) {
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line);
+                let _ = std::io::Write::write_all(&mut conn, csv.as_bytes());
+            }
+        });
     }
 
     #[test]
-    fn a_running_script_judges_a_live_process() {
+    fn a_running_script_judges_a_live_process_and_a_writable_primary() {
         let dir = std::env::temp_dir().join(format!("pgplane-keepalived-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("x.cfg");
-        let tracked = Tracked { pidfile: dir.join("x.pid"), config: config.clone() };
+        let tracked = Tracked { pidfile: dir.join("x.pid"), config: config.clone(), socket: dir.join("up.sock") };
         let script = dir.join("check");
-        std::fs::write(&script, render_check(&tracked)).unwrap();
-        let run = || Command::new("sh").arg(&script).status().unwrap().success();
-        assert!(!run(), "no pid file");
+        let run = |tracked: &Tracked| {
+            std::fs::write(&script, render_check(tracked)).unwrap();
+            Command::new("sh").arg(&script).status().unwrap().success()
+        };
+        assert!(!run(&tracked), "no pid file");
         let mut child = Command::new("sh").args(["-c", "sleep 30"]).arg(&config).spawn().unwrap();
         std::fs::write(&tracked.pidfile, format!("pid {}\nstart 1\napplied x\n", child.id())).unwrap();
-        assert!(run(), "a live process naming the configuration");
+        assert!(!run(&tracked), "a live HAProxy without an admin socket");
+        let head =
+            "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\n";
+        fake_admin(&tracked.socket, Box::leak(format!("{head}postgres,FRONTEND,,,0,0,0,0,0,0,0,0,0,,,,,OPEN\npostgres,m0,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN\npostgres,m1,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\npostgres,no-primary,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\n").into_boxed_str()));
+        assert!(run(&tracked), "a live HAProxy that sees a primary UP");
+        let down = Tracked { socket: dir.join("down.sock"), ..tracked.clone() };
+        fake_admin(&down.socket, Box::leak(format!("{head}postgres,m0,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN\npostgres,m1,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN 1/2\npostgres,no-primary,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\npostgres,BACKEND,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP\n").into_boxed_str()));
+        assert!(!run(&down), "no member UP: only the parking backup and the backend line");
+        let drained = Tracked { socket: dir.join("drain.sock"), ..tracked.clone() };
+        fake_admin(
+            &drained.socket,
+            Box::leak(format!("{head}postgres,m0,0,0,0,0,,0,0,0,,0,,0,0,0,0,DRAIN\n").into_boxed_str()),
+        );
+        assert!(run(&drained), "a primary drained during a switchover still counts");
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!run(), "a dead one");
+        assert!(!run(&tracked), "a dead one");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
