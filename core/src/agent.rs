@@ -129,11 +129,7 @@ pub struct Registered {
     pub credential: String,
 }
 
-impl std::fmt::Debug for Registered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registered").field("agent_id", &self.agent_id).field("credential", &"<redacted>").finish()
-    }
-}
+crate::redacted_debug!(Registered { agent_id } secret { credential });
 
 /// What an agent sends every few seconds: that it is alive, and what it observes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
