@@ -28,6 +28,10 @@ pub struct Args {
     /// the API as a tenant does), to measure what an asynchronous database loses.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     sync: String,
+    /// How long a writer waits for one INSERT, connecting included, before it gives up and
+    /// retries, in milliseconds (a client's timeout: a connection to a vanished host hangs).
+    #[arg(long, default_value_t = pgplane_lab::writer::WRITE_TIMEOUT.as_millis() as u64)]
+    write_timeout_ms: u64,
     /// The `pgplane` binary (default: the one built beside this benchmark).
     #[arg(long)]
     pgplane: Option<PathBuf>,
@@ -61,11 +65,12 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let synchronous = args.sync == "on";
     println!(
-        "partition lab: {} run(s) of {} scenario(s), faults of {} s, synchronous replication {}",
+        "partition lab: {} run(s) of {} scenario(s), faults of {} s, synchronous replication {}, writers give an insert up after {} ms",
         args.runs,
         scenarios.len(),
         args.hold,
-        args.sync
+        args.sync,
+        args.write_timeout_ms
     );
     println!("Patroni: {}", programs.patroni.as_ref().map_or("the agent's own".into(), |p| p.display().to_string()));
     let options = Options {
@@ -73,6 +78,7 @@ pub async fn run(args: Args) -> Result<()> {
         scenarios: scenarios.clone(),
         repeats: args.runs,
         hold: Duration::from_secs(args.hold),
+        write_timeout: Duration::from_millis(args.write_timeout_ms),
         synchronous,
         keep_logs: false,
     };

@@ -23,6 +23,7 @@ fn lab_partitions_lose_no_acknowledged_write() {
         scenarios: Scenario::ALL.to_vec(),
         repeats: 1,
         hold: Duration::from_secs(hold),
+        write_timeout: pgplane_lab::writer::WRITE_TIMEOUT,
         synchronous: true,
         keep_logs: std::env::var_os("PGPLANE_TEST_LOGS").is_some(),
     };

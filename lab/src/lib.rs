@@ -26,6 +26,9 @@ pub struct Options {
     pub repeats: usize,
     /// How long each fault lasts.
     pub hold: Duration,
+    /// How long a writer waits for one INSERT (connecting included) before it gives up and
+    /// retries (`writer::WRITE_TIMEOUT` by default).
+    pub write_timeout: Duration,
     /// Synchronous replication on (a Business database's default) or off (as a tenant turns it
     /// off through the API).
     pub synchronous: bool,
@@ -57,9 +60,10 @@ pub fn run(options: Options, mut on_report: impl FnMut(&RunReport) + Send + 'sta
                 let mut reports = Vec::new();
                 for i in 0..options.repeats {
                     for &s in &options.scenarios {
-                        let report = scenario::run(s, &thread_net, &mut plane, &mut db, options.hold)
-                            .await
-                            .with_context(|| format!("{} run {}", s.name(), i + 1))?;
+                        let report =
+                            scenario::run(s, &thread_net, &mut plane, &mut db, options.hold, options.write_timeout)
+                                .await
+                                .with_context(|| format!("{} run {}", s.name(), i + 1))?;
                         on_report(&report);
                         reports.push(report);
                     }

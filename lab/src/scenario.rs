@@ -307,6 +307,7 @@ pub async fn run(
     plane: &mut Plane,
     db: &mut Database,
     hold: Duration,
+    write_timeout: Duration,
 ) -> Result<RunReport> {
     db.wait_whole(plane, net, Duration::from_secs(120)).await.context("whole before the fault")?;
     let (leader_addr, follower_addr) = db.roles(plane).await?;
@@ -314,7 +315,7 @@ pub async fn run(
     let follower = net.host(&follower_addr).context("the follower's host")?.clone();
     let vip_before = db.vip_host(net).context("no host carries the VIP before the fault")?;
     // Two clients, both through the connection URL (the VIP).
-    let writers = Writers::start(&[db.url.clone(), db.url.clone()], db.next_id);
+    let writers = Writers::start(&[db.url.clone(), db.url.clone()], db.next_id, write_timeout);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let fault_at = Instant::now();
     let mut link = String::new();

@@ -1,6 +1,6 @@
 //! The tenant's writers: several on the database's connection URL (its VIP), each INSERTing
 //! increasing ids with a new psql connection per INSERT (as a reconnecting client does), giving
-//! an INSERT up after `WRITE_TIMEOUT` (as a client with a timeout does: a connection to a host
+//! an INSERT up after a timeout (`WRITE_TIMEOUT` unless the lab is told otherwise; as a client with a timeout does: a connection to a host
 //! that vanished hangs), and recording which inserts were acknowledged, when, and by which member
 //! (`inet_server_addr()`).
 
@@ -16,7 +16,8 @@ pub fn psql_bin() -> &'static str {
     }
 }
 
-/// How long a writer waits for one INSERT (connecting included) before it gives up and retries.
+/// How long a writer waits by default for one INSERT (connecting included) before it gives up and
+/// retries.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One psql run: its trimmed output or its error.
@@ -56,8 +57,9 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// One writer per URL; writer `w` of `n` writes ids `first + k·n + w`.
-    pub fn start(urls: &[String], first: i64) -> Writers {
+    /// One writer per URL; writer `w` of `n` writes ids `first + k·n + w`, giving each INSERT up
+    /// after `timeout`.
+    pub fn start(urls: &[String], first: i64, timeout: Duration) -> Writers {
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let (stop, rx) = watch::channel(false);
         let n = urls.len() as i64;
@@ -71,7 +73,7 @@ impl Writers {
                     while !*rx.borrow() {
                         let start = Instant::now();
                         let sql = format!("INSERT INTO lab (id) VALUES ({id}) RETURNING inet_server_addr()");
-                        let acked_by = psql_within(&url, &sql, WRITE_TIMEOUT)
+                        let acked_by = psql_within(&url, &sql, timeout)
                             .await
                             .ok()
                             .map(|a| a.split('/').next().unwrap_or("").into());
