@@ -11,6 +11,8 @@ use utoipa::ToSchema;
 use crate::ids::BackupId;
 use crate::model::Plan;
 
+pub mod daily;
+
 /// How a backup was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

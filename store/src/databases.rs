@@ -2,6 +2,7 @@
 //! its operation (and, for billing, the addon's plan periods) in one transaction.
 
 use chrono::{DateTime, Utc};
+use pgplane_core::backup::daily;
 use pgplane_core::ids::{AddonId, AddonPeriodId, AppId, DatabaseId, OperationId, TenantId};
 use pgplane_core::model::{
     Database, DatabaseSettings, DatabaseStatus, Endpoint, Operation, OperationKind, OperationStatus, Plan,
@@ -31,6 +32,8 @@ struct DatabaseRow {
     force_tls: bool,
     internet_exposure: bool,
     backup_hour: Option<i32>,
+    daily_backups: bool,
+    plan_daily_backups: bool,
     allowed_cidrs: Vec<String>,
     endpoint_host: Option<String>,
     endpoint_port: Option<i32>,
@@ -40,6 +43,9 @@ struct DatabaseRow {
 
 impl DatabaseRow {
     fn into_database(self) -> Result<Database> {
+        let daily_backups = self.daily_backups && self.plan_daily_backups;
+        let effective_backup_hour =
+            daily::effective_hour(self.id, self.backup_hour, daily_backups, true).map(i32::from);
         Ok(Database {
             id: self.id,
             tenant_id: self.tenant_id,
@@ -53,6 +59,8 @@ impl DatabaseRow {
                 force_tls: self.force_tls,
                 internet_exposure: self.internet_exposure,
                 backup_hour: self.backup_hour,
+                daily_backups,
+                effective_backup_hour,
                 allowed_cidrs: self.allowed_cidrs,
             },
             endpoint: match (self.endpoint_host, self.endpoint_port) {
@@ -66,7 +74,9 @@ impl DatabaseRow {
 }
 
 const DB_COLUMNS: &str = "d.id, d.tenant_id, d.app_id, d.addon_id, d.name, d.plan_id, d.version, d.status, \
-     d.force_tls, d.internet_exposure, d.backup_hour, d.allowed_cidrs, d.endpoint_host, d.endpoint_port, d.created_at, d.updated_at";
+     d.force_tls, d.internet_exposure, d.backup_hour, d.daily_backups, \
+     (SELECT p.daily_backup_retention_days > 0 FROM plans p WHERE p.id = d.plan_id) AS plan_daily_backups, \
+     d.allowed_cidrs, d.endpoint_host, d.endpoint_port, d.created_at, d.updated_at";
 
 #[derive(FromRow)]
 struct OperationRow {
@@ -210,8 +220,8 @@ impl Store {
         addon_switch_period(&mut tx, addon, Some(new.plan)).await?;
         let row: DatabaseRow = sqlx::query_as(&format!(
             "INSERT INTO databases AS d (id, tenant_id, app_id, addon_id, name, plan_id, version, status, \
-                force_tls, internet_exposure, backup_hour, allowed_cidrs, synchronous_replication) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11, $12) RETURNING {DB_COLUMNS}"
+                force_tls, internet_exposure, backup_hour, daily_backups, allowed_cidrs, synchronous_replication) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $13, $11, $12) RETURNING {DB_COLUMNS}"
         ))
         .bind(DatabaseId::new())
         .bind(new.tenant_id)
@@ -227,6 +237,8 @@ impl Store {
         // A plan with a follower starts with synchronous replication (no acknowledged write is
         // lost in a failover); the tenant may turn it off.
         .bind(new.plan.data_nodes >= 2)
+        // Off only when asked: on a plan without daily backups the choice waits for a plan with them.
+        .bind(new.settings.daily_backups || !daily::plan_has_daily(new.plan))
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -426,6 +438,7 @@ impl Store {
             ("internet_exposure", old.internet_exposure != settings.internet_exposure),
             ("allowed_cidrs", old.allowed_cidrs != settings.allowed_cidrs),
             ("backup_hour", old.backup_hour != settings.backup_hour),
+            ("daily_backups", old.daily_backups != settings.daily_backups),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -440,14 +453,16 @@ impl Store {
         )
         .await?;
         sqlx::query(
-            "UPDATE databases SET force_tls = $2, internet_exposure = $3, backup_hour = $4, allowed_cidrs = $5, \
-                generation = generation + 1, updated_at = now() WHERE id = $1",
+            "UPDATE databases d SET force_tls = $2, internet_exposure = $3, backup_hour = $4, allowed_cidrs = $5, \
+                daily_backups = CASE WHEN p.daily_backup_retention_days > 0 THEN $6 ELSE d.daily_backups END, \
+                generation = generation + 1, updated_at = now() FROM plans p WHERE d.id = $1 AND p.id = d.plan_id",
         )
         .bind(id)
         .bind(settings.force_tls)
         .bind(settings.internet_exposure)
         .bind(settings.backup_hour)
         .bind(&settings.allowed_cidrs)
+        .bind(settings.daily_backups)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
