@@ -546,6 +546,8 @@ string_enum!(
         Backup = "backup",
         /// A backup restored in place: the content replaced, the connection URL unchanged.
         Restore = "restore",
+        /// A daily backup restored into a scratch server and checked (verified restores).
+        VerifyBackup = "verify_backup",
     }
 );
 

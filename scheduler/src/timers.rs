@@ -1,14 +1,15 @@
 //! The scheduler's clock-driven work: a loop that fires due timers (the store's
 //! `timer_fire_due`: each due time exactly once across schedulers, a missed one once), and a
-//! worker for the jobs of the timer queue. Its first user is the retention sweep, a timer made
-//! at start (`every` N minutes, upserted by name, so several schedulers share one); the daily
-//! backup timers of the next issue will run here too. The clock is injectable: tests move it.
+//! worker for the jobs of the timer queue: the retention sweep, a timer made at start (`every`
+//! N minutes, upserted by name, so several schedulers share one; it applies the backups'
+//! retention too), and each database's daily backup (`crate::daily`). The clock is injectable:
+//! tests move it.
 
 use chrono::{DateTime, Utc};
 use pgplane_core::timer::Schedule;
 use pgplane_store::jobs::Claimed;
 use pgplane_store::retention::Retention;
-use pgplane_store::timers::{NewTimer, TIMER_QUEUE};
+use pgplane_store::timers::{NewTimer, BACKUP_JOB, TIMER_QUEUE};
 use pgplane_store::Store;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -171,6 +172,16 @@ impl<C: Clock> Handler for TimerJobs<C> {
                     .retention_sweep(self.clock.now(), &self.retention)
                     .await
                     .map_err(|e| JobError::Retryable(e.to_string()))?;
+                // Scheduled backups a plan change no longer keeps (each backup's own success
+                // applies retention too).
+                let backups = self
+                    .store
+                    .backup_retention_sweep(self.clock.now())
+                    .await
+                    .map_err(|e| JobError::Retryable(e.to_string()))?;
+                if backups > 0 {
+                    tracing::info!(backups, "retention dropped scheduled backups");
+                }
                 if swept != Default::default() {
                     tracing::info!(
                         jobs = swept.jobs,
@@ -181,6 +192,7 @@ impl<C: Clock> Handler for TimerJobs<C> {
                 }
                 Ok(Done::Result(json!(swept)))
             }
+            BACKUP_JOB => crate::daily::run_timer_job(&self.store, &job, self.clock.now()).await,
             other => Err(JobError::Fatal(format!("no handler for timer jobs of kind {other:?}"))),
         }
     }

@@ -9,6 +9,7 @@ pub mod apps;
 pub mod backups;
 pub mod billing;
 pub mod config;
+pub mod daily_backups;
 pub mod databases;
 pub mod engine;
 mod error;

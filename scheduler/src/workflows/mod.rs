@@ -8,7 +8,7 @@
 //!
 //! Each module draws its states in its header: `create`, `change_plan` (with `relocate`, a
 //! member moving to a host with room), `delete`, `restart`, `configure`, `switchover`,
-//! `update_settings`. `placement` places members and gateways for `create` and `change_plan`;
+//! `update_settings`, `verify_backup` (a daily backup restored into a scratch server and checked). `placement` places members and gateways for `create` and `change_plan`;
 //! `common` holds the specs sent to agents and the live member cluster-wide requests go through.
 
 pub mod change_plan;
@@ -21,6 +21,7 @@ mod relocate;
 pub mod restart;
 pub mod switchover;
 pub mod update_settings;
+pub mod verify_backup;
 
 use pgplane_core::ids::{DatabaseId, OperationId};
 use pgplane_core::model::OperationKind;
@@ -61,6 +62,7 @@ pub enum Step {
     Switchover(switchover::Step),
     Delete(delete::Step),
     UpdateSettings(update_settings::Step),
+    VerifyBackup(verify_backup::Step),
 }
 
 impl Step {
@@ -76,6 +78,7 @@ impl Step {
             OperationKind::Switchover => Step::Switchover(serde_json::from_value(v.clone()).map_err(bad)?),
             OperationKind::Delete => Step::Delete(serde_json::from_value(v.clone()).map_err(bad)?),
             OperationKind::UpdateSettings => Step::UpdateSettings(serde_json::from_value(v.clone()).map_err(bad)?),
+            OperationKind::VerifyBackup => Step::VerifyBackup(serde_json::from_value(v.clone()).map_err(bad)?),
             OperationKind::Backup | OperationKind::Restore => {
                 return Err(JobError::fatal(format!("the {kind} workflow is not built yet")))
             }
@@ -92,6 +95,7 @@ impl Step {
             Step::Switchover(s) => json!(s),
             Step::Delete(s) => json!(s),
             Step::UpdateSettings(s) => json!(s),
+            Step::VerifyBackup(s) => json!(s),
         }
     }
 }
@@ -154,6 +158,7 @@ impl Workflows {
                 Step::Switchover(s) => switchover::run(self, &mut tx, &st, s).await?,
                 Step::Delete(s) => delete::run(self, &mut tx, &st, s).await?,
                 Step::UpdateSettings(s) => update_settings::run(self, &mut tx, &st, s).await?,
+                Step::VerifyBackup(s) => verify_backup::run(self, &mut tx, &st, s).await?,
             }
         }
         if !job_complete_in(&mut tx, job.id, job.lease_id, &json!({ "step": job.payload.get("step") })).await? {
