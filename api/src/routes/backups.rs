@@ -173,6 +173,8 @@ async fn backup_restore(
                     force_tls: false,
                     internet_exposure: false,
                     backup_hour: None,
+                    daily_backups: true,
+                    effective_backup_hour: None,
                     allowed_cidrs: Vec::new(),
                 },
             };
