@@ -24,3 +24,4 @@ mod settings;
 mod tenants;
 mod timers;
 mod truth;
+mod verified_restores;
