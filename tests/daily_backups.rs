@@ -80,10 +80,7 @@ async fn the_daily_backup_follows_the_settings_the_plan_and_the_database() {
     assert_eq!((body["daily_backups"].clone(), body["effective_backup_hour"].clone()), (json!(false), Value::Null));
     assert!(timer_of(&lab.app.store, &db).await.is_none());
     patch(json!({ "daily_backups": true })).await;
-    assert_eq!(
-        timer_of(&lab.app.store, &db).await.unwrap().schedule,
-        pgplane_core::timer::Schedule::Daily { hour: 2 }
-    );
+    assert_eq!(timer_of(&lab.app.store, &db).await.unwrap().schedule, pgplane_core::timer::Schedule::Daily { hour: 2 });
 
     // Onto Sandbox (no daily backups): the timer goes, and turning them on is refused.
     let change = format!("/v1/databases/{db}/change-plan");
@@ -97,10 +94,7 @@ async fn the_daily_backup_follows_the_settings_the_plan_and_the_database() {
     assert!(problem["errors"][0]["message"].as_str().unwrap().contains("no daily backups"), "{problem}");
     // Back onto a plan with them: on again (the default), at the tenant's hour.
     run_op(&lab.app, owner, owner.post(&change, &json!({ "plan": "starter-1" })).await).await;
-    assert_eq!(
-        timer_of(&lab.app.store, &db).await.unwrap().schedule,
-        pgplane_core::timer::Schedule::Daily { hour: 2 }
-    );
+    assert_eq!(timer_of(&lab.app.store, &db).await.unwrap().schedule, pgplane_core::timer::Schedule::Daily { hour: 2 });
 
     // Operators list it; deleted, it is gone.
     let (s, page) = lab.app.operator().get("/v1/timers").await;
@@ -116,9 +110,8 @@ async fn sandbox_databases_are_created_without_daily_backups() {
     let owner = app.user("owner@a.test").await;
     let (_, app_id) = app.tenant_with_app(&owner, "A").await;
     let path = format!("/v1/apps/{app_id}/databases");
-    let (s, problem) = owner
-        .post(&path, &json!({ "name": "main", "plan": "sandbox", "settings": { "daily_backups": true } }))
-        .await;
+    let (s, problem) =
+        owner.post(&path, &json!({ "name": "main", "plan": "sandbox", "settings": { "daily_backups": true } })).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "settings.daily_backups", "{problem}");
     let (s, op) = owner.post(&path, &json!({ "name": "main", "plan": "sandbox" })).await;
@@ -137,7 +130,11 @@ async fn available_database(app: &pgplane_tests::TestApp, plan: &str) -> Databas
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     let db: DatabaseId = op["database_id"].as_str().unwrap().parse().unwrap();
     finish_operations(app.store.pool(), db).await;
-    sqlx::query("UPDATE databases SET status = 'available' WHERE id = $1").bind(db).execute(app.store.pool()).await.unwrap();
+    sqlx::query("UPDATE databases SET status = 'available' WHERE id = $1")
+        .bind(db)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
     db
 }
 
@@ -168,11 +165,13 @@ async fn finish_operations(pool: &sqlx::PgPool, db: DatabaseId) {
 
 /// The start times of the database's scheduled backups, oldest first.
 async fn scheduled(pool: &sqlx::PgPool, db: DatabaseId) -> Vec<DateTime<Utc>> {
-    sqlx::query_scalar("SELECT started_at FROM backups WHERE database_id = $1 AND method = 'scheduled' ORDER BY started_at")
-        .bind(db)
-        .fetch_all(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT started_at FROM backups WHERE database_id = $1 AND method = 'scheduled' ORDER BY started_at",
+    )
+    .bind(db)
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +188,14 @@ async fn two_schedulers_across_three_days_take_one_scheduled_backup_a_day() {
     for name in ["scheduler-a", "scheduler-b"] {
         let store = Store::connect(&app.db_url, 3).await.unwrap();
         let config = TimersConfig { tick: Duration::from_millis(5), ..TimersConfig::default() };
-        tokio::spawn(timers::run(store, Arc::new(clock.clone()), config, Wakers::default(), name.into(), stopped.clone()));
+        tokio::spawn(timers::run(
+            store,
+            Arc::new(clock.clone()),
+            config,
+            Wakers::default(),
+            name.into(),
+            stopped.clone(),
+        ));
     }
 
     // Half an hour at a time across three days; whatever backup started is finished at once, as
@@ -348,10 +354,8 @@ async fn retention_keeps_the_plans_tiers_of_scheduled_backups() {
     .unwrap();
     assert_eq!(evicted, 31);
     // Their objects are deleted by the backups' deletion job, one each.
-    let deletions: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'backup_delete'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let deletions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'backup_delete'").fetch_one(&pool).await.unwrap();
     assert_eq!(deletions, 31);
     // Again: nothing more.
     assert_eq!(app.store.backup_retention_sweep(now).await.unwrap(), 0);

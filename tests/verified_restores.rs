@@ -21,9 +21,11 @@ async fn verification_of(app: &TestApp, owner: &Client, db: &str, skip: &[String
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (_, page) = owner.get(&format!("/v1/databases/{db}/operations?limit=20")).await;
-        let found = page["items"].as_array().into_iter().flatten().find(|o| {
-            o["kind"] == "verify_backup" && !skip.iter().any(|s| o["id"].as_str() == Some(s.as_str()))
-        });
+        let found = page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["kind"] == "verify_backup" && !skip.iter().any(|s| o["id"].as_str() == Some(s.as_str())));
         if let Some(op) = found {
             return app.wait_operation(owner, op["id"].as_str().unwrap(), Duration::from_secs(180)).await;
         }

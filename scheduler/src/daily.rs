@@ -15,11 +15,11 @@ use chrono::{DateTime, Utc};
 use pgplane_core::backup::BackupMethod;
 use pgplane_core::ids::DatabaseId;
 use pgplane_core::Error;
-use pgplane_store::jobs::{Claimed, NewJob};
 use pgplane_store::daily_backups::{retention_apply_in, verification_start_in};
+use pgplane_store::jobs::{Claimed, NewJob};
 use pgplane_store::Store;
-use sqlx::PgConnection;
 use serde_json::json;
+use sqlx::PgConnection;
 
 use crate::queue::{Done, JobError};
 

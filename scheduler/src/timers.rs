@@ -121,7 +121,9 @@ pub async fn run<C: Clock>(
     // behind, get what their state says (idempotent: several schedulers may do it at once).
     match store.daily_backup_timers_reconcile(clock.now()).await {
         Ok(n) => tracing::info!(databases = n, "daily backup timers reconciled"),
-        Err(e) => tracing::warn!(error = %e, "reconciling the daily backup timers failed; workflows set them as they go"),
+        Err(e) => {
+            tracing::warn!(error = %e, "reconciling the daily backup timers failed; workflows set them as they go")
+        }
     }
     let mut worker = WorkerConfig::new(TIMER_QUEUE, name);
     worker.concurrency = 2;

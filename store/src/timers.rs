@@ -107,8 +107,8 @@ impl Store {
 
 /// `Store::timer_upsert` in the caller's transaction.
 pub async fn timer_upsert_in(conn: &mut PgConnection, timer: &NewTimer, now: DateTime<Utc>) -> Result<Timer> {
-        timer.schedule.check().map_err(|e| Error::invalid("schedule", "invalid", e))?;
-        let row: TimerRow = sqlx::query_as(&format!(
+    timer.schedule.check().map_err(|e| Error::invalid("schedule", "invalid", e))?;
+    let row: TimerRow = sqlx::query_as(&format!(
             "INSERT INTO timers AS t (id, name, kind, schedule, database_id, job_queue, job_kind, job_payload, next_fire_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, schedule = EXCLUDED.schedule, \
@@ -130,12 +130,13 @@ pub async fn timer_upsert_in(conn: &mut PgConnection, timer: &NewTimer, now: Dat
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
-        Ok(row.into_model())
+    Ok(row.into_model())
 }
 
 /// `Store::timer_remove` in the caller's transaction.
 pub async fn timer_remove_in(conn: &mut PgConnection, name: &str) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM timers WHERE name = $1").bind(name).execute(&mut *conn).await.map_err(db_error)?;
+    let done =
+        sqlx::query("DELETE FROM timers WHERE name = $1").bind(name).execute(&mut *conn).await.map_err(db_error)?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -94,7 +94,8 @@ async fn record(tx: &mut PgConnection, st: &OperationState, id: BackupId) -> Res
     let report = operation_report_in(tx, st.operation.id, VERIFY_JOB)
         .await?
         .ok_or_else(|| JobError::fatal("the verification reported nothing"))?;
-    let passed = report["ok"].as_bool().ok_or_else(|| JobError::fatal(format!("a verification without ok: {report}")))?;
+    let passed =
+        report["ok"].as_bool().ok_or_else(|| JobError::fatal(format!("a verification without ok: {report}")))?;
     let detail = if passed { None } else { Some(reason(&report)) };
     verification_record_in(tx, st.database_id, id, passed, detail.as_deref()).await?;
     if let Some(why) = &detail {
