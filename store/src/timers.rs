@@ -245,6 +245,9 @@ impl Store {
     }
 }
 
+/// How long after a daily backup timer is made (or its hour moves) its first firing may come.
+pub const FIRST_DAILY_BACKUP_AFTER: chrono::Duration = chrono::Duration::hours(1);
+
 /// The name of a database's daily backup timer.
 pub fn daily_backup_timer_name(database: DatabaseId) -> String {
     format!("backup:{database}")
@@ -271,7 +274,8 @@ pub async fn timer_set_daily_backup_in(
 /// Makes the database's daily backup timer what its stored state says, in the caller's
 /// transaction: at its effective hour while it is not being deleted, its plan keeps daily backups
 /// and the tenant left them on; removed otherwise. Idempotent: every workflow that changes one of
-/// these calls it (create, settings, plan change, delete).
+/// these calls it (create, settings, plan change, delete). An unchanged hour keeps its next due
+/// time; a new timer, or a new hour, is first due at its hour after `FIRST_DAILY_BACKUP_AFTER`.
 pub async fn daily_backup_timer_sync_in(
     conn: &mut PgConnection,
     database: DatabaseId,
@@ -296,5 +300,7 @@ pub async fn daily_backup_timer_sync_in(
         let live = !matches!(r.status.as_str(), "deleting" | "deleted");
         daily::effective_hour(database, r.backup_hour, r.daily_backups && live, r.plan_daily)
     });
-    timer_set_daily_backup_in(conn, database, hour, now).await
+    // A new or moved timer's first backup is at least `FIRST_DAILY_BACKUP_AFTER` away: a database
+    // just created has little to save, and the operation that made it settles first.
+    timer_set_daily_backup_in(conn, database, hour, now + FIRST_DAILY_BACKUP_AFTER).await
 }
