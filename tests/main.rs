@@ -6,6 +6,7 @@ mod auth;
 mod backup;
 mod backup_s3;
 mod backup_standby;
+mod backups_api;
 mod daily_backups;
 mod databases;
 mod e2e;
