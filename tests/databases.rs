@@ -96,7 +96,8 @@ async fn create_is_accepted_and_stays_pending() {
     assert_eq!((db["name"].as_str(), db["app_id"].as_str()), (Some("main"), Some(app_id.as_str())));
     assert_eq!(
         db["settings"],
-        json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 3, "allowed_cidrs": [] })
+        json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 3, "daily_backups": true,
+                "effective_backup_hour": 3, "allowed_cidrs": [] })
     );
     assert_eq!(db["endpoint"], Value::Null);
     let (_, list) = owner.get(&format!("/v1/apps/{app_id}/databases")).await;
@@ -386,11 +387,14 @@ async fn settings_are_read_and_patched_with_their_rules() {
     let db = db_of(&create);
     let path = format!("/v1/databases/{db}/settings");
     let (s, settings) = owner.get(&path).await;
+    // No hour chosen: the platform's, derived from the database.
+    let chosen = pgplane_core::backup::daily::platform_hour(db.parse().unwrap());
     assert_eq!(
         (s, settings),
         (
             StatusCode::OK,
-            json!({ "force_tls": false, "internet_exposure": false, "backup_hour": null, "allowed_cidrs": [] })
+            json!({ "force_tls": false, "internet_exposure": false, "backup_hour": null, "daily_backups": true,
+                    "effective_backup_hour": chosen, "allowed_cidrs": [] })
         )
     );
     // Settings reach the running database through an operation: not before it is available.
@@ -422,20 +426,21 @@ async fn settings_are_read_and_patched_with_their_rules() {
     for (patch, expected, changed) in [
         (
             json!({ "backup_hour": 0 }),
-            json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 0, "allowed_cidrs": [] }),
+            json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 0, "daily_backups": true,
+                    "effective_backup_hour": 0, "allowed_cidrs": [] }),
             vec!["backup_hour"],
         ),
         (
             json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23,
                     "allowed_cidrs": ["203.0.113.9/24", "2001:db8::1", "203.0.113.0/24"] }),
-            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23,
-                    "allowed_cidrs": ["203.0.113.0/24", "2001:db8::1/128"] }),
+            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23, "daily_backups": true,
+                    "effective_backup_hour": 23, "allowed_cidrs": ["203.0.113.0/24", "2001:db8::1/128"] }),
             vec!["force_tls", "internet_exposure", "allowed_cidrs", "backup_hour"],
         ),
         (
             json!({}),
-            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23,
-                    "allowed_cidrs": ["203.0.113.0/24", "2001:db8::1/128"] }),
+            json!({ "force_tls": true, "internet_exposure": true, "backup_hour": 23, "daily_backups": true,
+                    "effective_backup_hour": 23, "allowed_cidrs": ["203.0.113.0/24", "2001:db8::1/128"] }),
             none.to_vec(),
         ),
     ] {
@@ -459,7 +464,8 @@ async fn settings_are_read_and_patched_with_their_rules() {
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     assert_eq!(
         owner.get(&path).await.1,
-        json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 23, "allowed_cidrs": [] })
+        json!({ "force_tls": false, "internet_exposure": false, "backup_hour": 23, "daily_backups": true,
+                "effective_backup_hour": 23, "allowed_cidrs": [] })
     );
 }
 

@@ -1,7 +1,8 @@
 //! Runs a `BackupTask` on this node: finds the member's socket, port, major version and
 //! tenant database from its persisted spec, fences by generation, and hands the work to the
 //! `pgdump` driver with the node's backup storage (the agent's own configuration: the task only
-//! names a location). The answer is the JSON the job reports.
+//! names a location). The answer is the JSON the job reports; a verification whose backup does not
+//! restore answers `ok: false` with the reason (the host's own failures stay job errors).
 
 use crate::node::{Node, NodeError};
 use crate::patroni::{MemberPaths, SUPERUSER};
@@ -17,6 +18,11 @@ pub async fn run(node: &Node, store: &BackupStore, task: &BackupTask) -> Result<
     match task {
         BackupTask::Dump { database_id, generation, member, backup } => {
             let (spec, target) = member_target(node, *database_id, *generation, member)?;
+            // A retry: what an attempt killed mid-upload staged under this key goes first.
+            let swept = store.sweep_key(&backup.key)?;
+            if swept > 0 {
+                tracing::warn!(key = %backup.key, swept, "removed the staging files of an interrupted dump");
+            }
             let report = pgdump::dump(&target, &spec.secrets.app_database, store, &backup.key).await?;
             Ok(serde_json::to_value(report).context("reporting the dump")?)
         }
@@ -30,9 +36,32 @@ pub async fn run(node: &Node, store: &BackupStore, task: &BackupTask) -> Result<
             let expected: RowCounts =
                 serde_json::from_value(row_counts.clone()).context("the row counts recorded at dump time")?;
             let bin_dir = crate::node::bin_dir_for(version)?;
-            let verification = pgdump::verify(&bin_dir, store, &backup.key, Some(sha256), &expected).await?;
-            Ok(serde_json::to_value(verification).context("reporting the verification")?)
+            match pgdump::verify(&bin_dir, store, &backup.key, Some(sha256), &expected).await {
+                Ok(verification) => Ok(serde_json::to_value(verification).context("reporting the verification")?),
+                Err(e) => match unrestorable(&e) {
+                    // The backup itself is bad: that is the verification's answer, not the job's failure.
+                    Some(reason) => {
+                        tracing::warn!(key = %backup.key, error = %format!("{e:#}"), "verification: the backup does not restore");
+                        Ok(json!({ "ok": false, "problems": [reason], "error": format!("{e:#}") }))
+                    }
+                    // The host could not try (no scratch server, storage unreachable): retried.
+                    None => Err(e.into()),
+                },
+            }
         }
+    }
+}
+
+/// What a tenant reads when the backup itself does not restore (its checksum differs, or
+/// pg_restore refuses its content); `None` when the failure is the host's, not the backup's.
+fn unrestorable(e: &anyhow::Error) -> Option<&'static str> {
+    let text = format!("{e:#}");
+    if text.contains("is damaged: its SHA-256") {
+        Some("the backup's content does not match its SHA-256: it was altered or damaged in storage")
+    } else if text.contains("pg_restore failed") {
+        Some("the backup could not be restored: pg_restore refused its content")
+    } else {
+        None
     }
 }
 

@@ -84,8 +84,14 @@ pub async fn create(url: &str) -> Result<Fixture> {
     let tenant = store.tenant_create(&actor, "bench").await?;
     let app = store.app_create(tenant.id, "web").await?;
     let plan = store.plan_get(PLAN).await?;
-    let settings =
-        DatabaseSettings { force_tls: false, internet_exposure: false, backup_hour: None, allowed_cidrs: Vec::new() };
+    let settings = DatabaseSettings {
+        force_tls: false,
+        internet_exposure: false,
+        backup_hour: None,
+        daily_backups: true,
+        effective_backup_hour: None,
+        allowed_cidrs: Vec::new(),
+    };
     let new = NewDatabase {
         tenant_id: tenant.id,
         app_id: app.id,

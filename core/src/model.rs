@@ -344,6 +344,15 @@ pub struct DatabaseSettings {
     /// Preferred UTC hour (0–23) of the daily backup; absent lets the platform choose.
     #[schema(minimum = 0, maximum = 23)]
     pub backup_hour: Option<i32>,
+    /// Whether the database takes a daily backup: on by default where the plan keeps daily
+    /// backups, always off where it keeps none (Sandbox).
+    #[serde(default)]
+    pub daily_backups: bool,
+    /// The UTC hour the daily backup runs at: `backup_hour`, or the hour the platform chose for
+    /// this database when `backup_hour` is absent; absent while daily backups are off.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 23, read_only)]
+    pub effective_backup_hour: Option<i32>,
     /// The networks (IPv4/IPv6 CIDRs, normalized) that may connect from the internet while it
     /// is exposed; empty admits every address. The gateways refuse other clients before they
     /// reach PostgreSQL.
@@ -357,10 +366,12 @@ pub struct DatabaseSettings {
 pub struct UpdateDatabaseSettings {
     pub force_tls: Option<bool>,
     pub internet_exposure: Option<bool>,
-    /// Preferred UTC hour (0–23) of the daily backup.
-    #[serde(default, deserialize_with = "crate::validate::integer")]
-    #[schema(minimum = 0, maximum = 23)]
-    pub backup_hour: Option<i32>,
+    /// Preferred UTC hour (0–23) of the daily backup; `null` lets the platform choose again.
+    #[serde(default, deserialize_with = "crate::validate::nullable_integer")]
+    #[schema(value_type = Option<i32>, minimum = 0, maximum = 23)]
+    pub backup_hour: Option<Option<i32>>,
+    /// Turns the daily backup on or off (refused on a plan without daily backups).
+    pub daily_backups: Option<bool>,
     /// Replaces the allowlist (at most 64 networks such as `203.0.113.0/24`, `2001:db8::/32`, or
     /// single addresses); `[]` admits every address.
     #[schema(max_items = 64)]
@@ -531,6 +542,12 @@ string_enum!(
         Switchover = "switchover",
         /// Settings applied to the running members and gateways (TLS, exposure, allowlist).
         UpdateSettings = "update_settings",
+        /// A logical backup (`pg_dump -Fc`) into backup storage.
+        Backup = "backup",
+        /// A backup restored in place: the content replaced, the connection URL unchanged.
+        Restore = "restore",
+        /// A daily backup restored into a scratch server and checked (verified restores).
+        VerifyBackup = "verify_backup",
     }
 );
 

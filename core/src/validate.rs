@@ -226,6 +226,16 @@ where
     }
 }
 
+/// Like `integer`, for a field where `null` means something (e.g. "let the platform choose"):
+/// absent is `None` (with `#[serde(default)]`), `null` is `Some(None)`.
+pub fn nullable_integer<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    integer(deserializer).map(Some)
+}
+
 pub fn hour(field: &str, value: i32) -> Result<(), FieldError> {
     if (0..24).contains(&value) {
         Ok(())
@@ -296,6 +306,20 @@ mod tests {
         assert_eq!(n("{}"), Some(None));
         assert_eq!(n(r#"{"n": 3.5}"#), None);
         assert_eq!(n(r#"{"n": -1}"#), None);
+        assert_eq!(n(r#"{"n": "3"}"#), None);
+    }
+
+    #[test]
+    fn nullable_integers_tell_null_from_absent() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "nullable_integer")]
+            n: Option<Option<u8>>,
+        }
+        let n = |s: &str| serde_json::from_str::<T>(s).map(|t| t.n).ok();
+        assert_eq!(n(r#"{"n": 3}"#), Some(Some(Some(3))));
+        assert_eq!(n(r#"{"n": null}"#), Some(Some(None)));
+        assert_eq!(n("{}"), Some(None));
         assert_eq!(n(r#"{"n": "3"}"#), None);
     }
 

@@ -5,6 +5,7 @@
 
 pub mod agent_api;
 pub mod config;
+pub mod daily;
 pub mod divergence;
 pub mod engine;
 mod etcd_users;

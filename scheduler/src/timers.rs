@@ -1,14 +1,15 @@
 //! The scheduler's clock-driven work: a loop that fires due timers (the store's
 //! `timer_fire_due`: each due time exactly once across schedulers, a missed one once), and a
-//! worker for the jobs of the timer queue. Its first user is the retention sweep, a timer made
-//! at start (`every` N minutes, upserted by name, so several schedulers share one); the daily
-//! backup timers of the next issue will run here too. The clock is injectable: tests move it.
+//! worker for the jobs of the timer queue: the retention sweep, a timer made at start (`every`
+//! N minutes, upserted by name, so several schedulers share one; it applies the backups'
+//! retention too), and each database's daily backup (`crate::daily`). The clock is injectable:
+//! tests move it.
 
 use chrono::{DateTime, Utc};
 use pgplane_core::timer::Schedule;
 use pgplane_store::jobs::Claimed;
 use pgplane_store::retention::Retention;
-use pgplane_store::timers::{NewTimer, TIMER_QUEUE};
+use pgplane_store::timers::{NewTimer, BACKUP_JOB, TIMER_QUEUE};
 use pgplane_store::Store;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -116,6 +117,14 @@ pub async fn run<C: Clock>(
             _ = shutdown_wait.changed() => return,
         }
     }
+    // Databases made before their daily backup timers existed, or whose timer a crash left
+    // behind, get what their state says (idempotent: several schedulers may do it at once).
+    match store.daily_backup_timers_reconcile(clock.now()).await {
+        Ok(n) => tracing::info!(databases = n, "daily backup timers reconciled"),
+        Err(e) => {
+            tracing::warn!(error = %e, "reconciling the daily backup timers failed; workflows set them as they go")
+        }
+    }
     let mut worker = WorkerConfig::new(TIMER_QUEUE, name);
     worker.concurrency = 2;
     let handler = Arc::new(TimerJobs { store: store.clone(), clock: clock.clone(), retention: config.retention });
@@ -165,6 +174,16 @@ impl<C: Clock> Handler for TimerJobs<C> {
                     .retention_sweep(self.clock.now(), &self.retention)
                     .await
                     .map_err(|e| JobError::Retryable(e.to_string()))?;
+                // Scheduled backups a plan change no longer keeps (each backup's own success
+                // applies retention too).
+                let backups = self
+                    .store
+                    .backup_retention_sweep(self.clock.now())
+                    .await
+                    .map_err(|e| JobError::Retryable(e.to_string()))?;
+                if backups > 0 {
+                    tracing::info!(backups, "retention dropped scheduled backups");
+                }
                 if swept != Default::default() {
                     tracing::info!(
                         jobs = swept.jobs,
@@ -175,6 +194,7 @@ impl<C: Clock> Handler for TimerJobs<C> {
                 }
                 Ok(Done::Result(json!(swept)))
             }
+            BACKUP_JOB => crate::daily::run_timer_job(&self.store, &job, self.clock.now()).await,
             other => Err(JobError::Fatal(format!("no handler for timer jobs of kind {other:?}"))),
         }
     }

@@ -2,7 +2,8 @@
 //! its operation (and, for billing, the addon's plan periods) in one transaction.
 
 use chrono::{DateTime, Utc};
-use pgplane_core::ids::{AddonId, AddonPeriodId, AppId, DatabaseId, OperationId, TenantId};
+use pgplane_core::backup::daily;
+use pgplane_core::ids::{AddonId, AddonPeriodId, AppId, BackupId, DatabaseId, OperationId, TenantId, UserId};
 use pgplane_core::model::{
     Database, DatabaseSettings, DatabaseStatus, Endpoint, Operation, OperationKind, OperationStatus, Plan,
 };
@@ -31,6 +32,8 @@ struct DatabaseRow {
     force_tls: bool,
     internet_exposure: bool,
     backup_hour: Option<i32>,
+    daily_backups: bool,
+    plan_daily_backups: bool,
     allowed_cidrs: Vec<String>,
     endpoint_host: Option<String>,
     endpoint_port: Option<i32>,
@@ -40,6 +43,9 @@ struct DatabaseRow {
 
 impl DatabaseRow {
     fn into_database(self) -> Result<Database> {
+        let daily_backups = self.daily_backups && self.plan_daily_backups;
+        let effective_backup_hour =
+            daily::effective_hour(self.id, self.backup_hour, daily_backups, true).map(i32::from);
         Ok(Database {
             id: self.id,
             tenant_id: self.tenant_id,
@@ -53,6 +59,8 @@ impl DatabaseRow {
                 force_tls: self.force_tls,
                 internet_exposure: self.internet_exposure,
                 backup_hour: self.backup_hour,
+                daily_backups,
+                effective_backup_hour,
                 allowed_cidrs: self.allowed_cidrs,
             },
             endpoint: match (self.endpoint_host, self.endpoint_port) {
@@ -66,7 +74,9 @@ impl DatabaseRow {
 }
 
 const DB_COLUMNS: &str = "d.id, d.tenant_id, d.app_id, d.addon_id, d.name, d.plan_id, d.version, d.status, \
-     d.force_tls, d.internet_exposure, d.backup_hour, d.allowed_cidrs, d.endpoint_host, d.endpoint_port, d.created_at, d.updated_at";
+     d.force_tls, d.internet_exposure, d.backup_hour, d.daily_backups, \
+     (SELECT p.daily_backup_retention_days > 0 FROM plans p WHERE p.id = d.plan_id) AS plan_daily_backups, \
+     d.allowed_cidrs, d.endpoint_host, d.endpoint_port, d.created_at, d.updated_at";
 
 #[derive(FromRow)]
 struct OperationRow {
@@ -124,6 +134,18 @@ pub(crate) async fn operation_insert(
     kind: OperationKind,
     params: serde_json::Value,
 ) -> Result<Operation> {
+    operation_insert_by(tx, Some(actor.user_id), tenant, database, kind, params).await
+}
+
+/// `operation_insert`, asked for by a user or (`None`) by the platform itself (a timer).
+pub(crate) async fn operation_insert_by(
+    tx: &mut sqlx::PgConnection,
+    requested_by: Option<UserId>,
+    tenant: TenantId,
+    database: DatabaseId,
+    kind: OperationKind,
+    params: serde_json::Value,
+) -> Result<Operation> {
     let row: OperationRow = sqlx::query_as(&format!(
         "INSERT INTO operations AS o (id, tenant_id, database_id, kind, status, params, requested_by) \
          VALUES ($1, $2, $3, $4, 'pending', $5, $6) RETURNING {OP_COLUMNS}"
@@ -133,8 +155,8 @@ pub(crate) async fn operation_insert(
     .bind(database)
     .bind(kind.as_str())
     .bind(params)
-    .bind(actor.user_id)
-    .fetch_one(&mut **tx)
+    .bind(requested_by)
+    .fetch_one(&mut *tx)
     .await
     .map_err(db_error)?;
     let op = row.into_operation()?;
@@ -188,6 +210,17 @@ impl Store {
     /// Records a new database (status `creating`), its addon and first plan period, and the
     /// pending `create` operation, atomically.
     pub async fn database_create(&self, actor: &Actor, new: NewDatabase<'_>) -> Result<(Database, Operation)> {
+        self.database_create_from(actor, new, None).await
+    }
+
+    /// `database_create`, then (`restore_from`) the backup restored into it before it is
+    /// available: its `create` operation's params carry `restore_from`.
+    pub async fn database_create_from(
+        &self,
+        actor: &Actor,
+        new: NewDatabase<'_>,
+        restore_from: Option<BackupId>,
+    ) -> Result<(Database, Operation)> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let addon = AddonId::new();
         let live_app: bool =
@@ -210,8 +243,8 @@ impl Store {
         addon_switch_period(&mut tx, addon, Some(new.plan)).await?;
         let row: DatabaseRow = sqlx::query_as(&format!(
             "INSERT INTO databases AS d (id, tenant_id, app_id, addon_id, name, plan_id, version, status, \
-                force_tls, internet_exposure, backup_hour, allowed_cidrs, synchronous_replication) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11, $12) RETURNING {DB_COLUMNS}"
+                force_tls, internet_exposure, backup_hour, daily_backups, allowed_cidrs, synchronous_replication) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $13, $11, $12) RETURNING {DB_COLUMNS}"
         ))
         .bind(DatabaseId::new())
         .bind(new.tenant_id)
@@ -227,6 +260,8 @@ impl Store {
         // A plan with a follower starts with synchronous replication (no acknowledged write is
         // lost in a failover); the tenant may turn it off.
         .bind(new.plan.data_nodes >= 2)
+        // Off only when asked: on a plan without daily backups the choice waits for a plan with them.
+        .bind(new.settings.daily_backups || !daily::plan_has_daily(new.plan))
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -237,7 +272,10 @@ impl Store {
             new.tenant_id,
             database.id,
             OperationKind::Create,
-            json!({ "plan": new.plan.id, "version": new.version }),
+            match restore_from {
+                None => json!({ "plan": new.plan.id, "version": new.version }),
+                Some(b) => json!({ "plan": new.plan.id, "version": new.version, "restore_from": b }),
+            },
         )
         .await?;
         tx.commit().await.map_err(db_error)?;
@@ -368,6 +406,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            // A pending backup canceled with it ends in error (it never started: no object).
+            crate::backups::backup_fail_of_operation_in(&mut tx, active.id, "canceled: the database is being deleted")
+                .await?;
         }
         let op = operation_insert(&mut tx, actor, db.tenant_id, id, OperationKind::Delete, json!({})).await?;
         sqlx::query(
@@ -378,6 +419,24 @@ impl Store {
         .await
         .map_err(db_error)?;
         addon_switch_period(&mut tx, db.addon_id, None).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(op)
+    }
+
+    /// Asks for backup `backup` (of any database of the same tenant: the caller checked) to be
+    /// restored in place into the available database `id`.
+    pub async fn database_restore(&self, actor: &Actor, id: DatabaseId, backup: BackupId) -> Result<Operation> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let db = Self::database_lock(&mut tx, id).await?;
+        if db.status != DatabaseStatus::Available {
+            return Err(Error::conflict(
+                "not_available",
+                format!("only an available database can be restored into; it is {}", db.status),
+            ));
+        }
+        let op =
+            operation_insert(&mut tx, actor, db.tenant_id, id, OperationKind::Restore, json!({ "backup_id": backup }))
+                .await?;
         tx.commit().await.map_err(db_error)?;
         Ok(op)
     }
@@ -426,6 +485,7 @@ impl Store {
             ("internet_exposure", old.internet_exposure != settings.internet_exposure),
             ("allowed_cidrs", old.allowed_cidrs != settings.allowed_cidrs),
             ("backup_hour", old.backup_hour != settings.backup_hour),
+            ("daily_backups", old.daily_backups != settings.daily_backups),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -440,14 +500,16 @@ impl Store {
         )
         .await?;
         sqlx::query(
-            "UPDATE databases SET force_tls = $2, internet_exposure = $3, backup_hour = $4, allowed_cidrs = $5, \
-                generation = generation + 1, updated_at = now() WHERE id = $1",
+            "UPDATE databases d SET force_tls = $2, internet_exposure = $3, backup_hour = $4, allowed_cidrs = $5, \
+                daily_backups = CASE WHEN p.daily_backup_retention_days > 0 THEN $6 ELSE d.daily_backups END, \
+                generation = generation + 1, updated_at = now() FROM plans p WHERE d.id = $1 AND p.id = d.plan_id",
         )
         .bind(id)
         .bind(settings.force_tls)
         .bind(settings.internet_exposure)
         .bind(settings.backup_hour)
         .bind(&settings.allowed_cidrs)
+        .bind(settings.daily_backups)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;

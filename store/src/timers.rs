@@ -5,11 +5,12 @@
 //! scheduler was down fires once. `now` is the caller's clock (tests move it).
 
 use chrono::{DateTime, Utc};
+use pgplane_core::backup::daily;
 use pgplane_core::ids::{DatabaseId, JobId};
 use pgplane_core::page::PageRequest;
 use pgplane_core::timer::{Schedule, Timer};
 use serde_json::json;
-use sqlx::FromRow;
+use sqlx::{FromRow, PgConnection};
 
 use crate::jobs::{job_enqueue_in, NewJob};
 use crate::{db_error, Error, Result, Store};
@@ -93,8 +94,21 @@ impl Store {
     /// Creates the timer, or updates the one of that name (idempotent: schedulers call it at
     /// every start). An unchanged schedule keeps its next due time; a new one starts from `now`.
     pub async fn timer_upsert(&self, timer: &NewTimer, now: DateTime<Utc>) -> Result<Timer> {
-        timer.schedule.check().map_err(|e| Error::invalid("schedule", "invalid", e))?;
-        let row: TimerRow = sqlx::query_as(&format!(
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        timer_upsert_in(&mut conn, timer, now).await
+    }
+
+    /// Removes a timer; false when there was none of that name.
+    pub async fn timer_remove(&self, name: &str) -> Result<bool> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        timer_remove_in(&mut conn, name).await
+    }
+}
+
+/// `Store::timer_upsert` in the caller's transaction.
+pub async fn timer_upsert_in(conn: &mut PgConnection, timer: &NewTimer, now: DateTime<Utc>) -> Result<Timer> {
+    timer.schedule.check().map_err(|e| Error::invalid("schedule", "invalid", e))?;
+    let row: TimerRow = sqlx::query_as(&format!(
             "INSERT INTO timers AS t (id, name, kind, schedule, database_id, job_queue, job_kind, job_payload, next_fire_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, schedule = EXCLUDED.schedule, \
@@ -113,19 +127,20 @@ impl Store {
         .bind(&timer.job_kind)
         .bind(&timer.job_payload)
         .bind(timer.schedule.first(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
-        Ok(row.into_model())
-    }
+    Ok(row.into_model())
+}
 
-    /// Removes a timer; false when there was none of that name.
-    pub async fn timer_remove(&self, name: &str) -> Result<bool> {
-        let done =
-            sqlx::query("DELETE FROM timers WHERE name = $1").bind(name).execute(&self.pool).await.map_err(db_error)?;
-        Ok(done.rows_affected() == 1)
-    }
+/// `Store::timer_remove` in the caller's transaction.
+pub async fn timer_remove_in(conn: &mut PgConnection, name: &str) -> Result<bool> {
+    let done =
+        sqlx::query("DELETE FROM timers WHERE name = $1").bind(name).execute(&mut *conn).await.map_err(db_error)?;
+    Ok(done.rows_affected() == 1)
+}
 
+impl Store {
     pub async fn timer_get(&self, name: &str) -> Result<Timer> {
         let row: Option<TimerRow> = sqlx::query_as(&format!("SELECT {TIMER_COLUMNS} FROM timers WHERE name = $1"))
             .bind(name)
@@ -194,24 +209,98 @@ impl Store {
         Ok(fired)
     }
 
-    /// The daily backup timer of a database, the hook of the backups to come: `Some(hour)`
-    /// creates or moves "every day at `hour` UTC for this database" (`backup:<id>`, a `backup`
-    /// job on the timer queue), `None` removes it. Nothing calls it yet: no worker runs
-    /// `backup` jobs before the backups issue.
+    /// The daily backup timer of a database: `Some(hour)` creates or moves "every day at `hour`
+    /// UTC for this database" (`backup:<id>`, a `backup` job on the timer queue), `None` removes it.
     pub async fn timer_set_daily_backup(
         &self,
         database: DatabaseId,
         hour: Option<u8>,
         now: DateTime<Utc>,
     ) -> Result<Option<Timer>> {
-        let name = format!("backup:{database}");
-        let Some(hour) = hour else {
-            self.timer_remove(&name).await?;
-            return Ok(None);
-        };
-        let mut timer = NewTimer::new(name, Schedule::Daily { hour }, BACKUP_JOB);
-        timer.database_id = Some(database);
-        timer.job_payload = json!({ "database_id": database });
-        Ok(Some(self.timer_upsert(&timer, now).await?))
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        timer_set_daily_backup_in(&mut conn, database, hour, now).await
     }
+
+    /// Makes every database's daily backup timer what its state says (`daily_backup_timer_sync_in`
+    /// for each database not deleted): run at a scheduler's start, so databases made before the
+    /// timers existed get theirs. Returns how many databases take a daily backup.
+    pub async fn daily_backup_timers_reconcile(&self, now: DateTime<Utc>) -> Result<usize> {
+        let ids: Vec<DatabaseId> = sqlx::query_scalar(
+            "SELECT id FROM databases WHERE status <> 'deleted' \
+             UNION SELECT database_id FROM timers WHERE job_kind = $1 AND database_id IS NOT NULL",
+        )
+        .bind(BACKUP_JOB)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut taking = 0;
+        for id in ids {
+            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            if daily_backup_timer_sync_in(&mut tx, id, now).await?.is_some() {
+                taking += 1;
+            }
+            tx.commit().await.map_err(db_error)?;
+        }
+        Ok(taking)
+    }
+}
+
+/// How long after a daily backup timer is made (or its hour moves) its first firing may come.
+pub const FIRST_DAILY_BACKUP_AFTER: chrono::Duration = chrono::Duration::hours(1);
+
+/// The name of a database's daily backup timer.
+pub fn daily_backup_timer_name(database: DatabaseId) -> String {
+    format!("backup:{database}")
+}
+
+/// `Store::timer_set_daily_backup` in the caller's transaction.
+pub async fn timer_set_daily_backup_in(
+    conn: &mut PgConnection,
+    database: DatabaseId,
+    hour: Option<u8>,
+    now: DateTime<Utc>,
+) -> Result<Option<Timer>> {
+    let name = daily_backup_timer_name(database);
+    let Some(hour) = hour else {
+        timer_remove_in(conn, &name).await?;
+        return Ok(None);
+    };
+    let mut timer = NewTimer::new(name, Schedule::Daily { hour }, BACKUP_JOB);
+    timer.database_id = Some(database);
+    timer.job_payload = json!({ "database_id": database });
+    Ok(Some(timer_upsert_in(conn, &timer, now).await?))
+}
+
+/// Makes the database's daily backup timer what its stored state says, in the caller's
+/// transaction: at its effective hour while it is not being deleted, its plan keeps daily backups
+/// and the tenant left them on; removed otherwise. Idempotent: every workflow that changes one of
+/// these calls it (create, settings, plan change, delete). An unchanged hour keeps its next due
+/// time; a new timer, or a new hour, is first due at its hour after `FIRST_DAILY_BACKUP_AFTER`.
+pub async fn daily_backup_timer_sync_in(
+    conn: &mut PgConnection,
+    database: DatabaseId,
+    now: DateTime<Utc>,
+) -> Result<Option<Timer>> {
+    #[derive(FromRow)]
+    struct Row {
+        status: String,
+        backup_hour: Option<i32>,
+        daily_backups: bool,
+        plan_daily: bool,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT d.status, d.backup_hour, d.daily_backups, p.daily_backup_retention_days > 0 AS plan_daily \
+         FROM databases d JOIN plans p ON p.id = d.plan_id WHERE d.id = $1",
+    )
+    .bind(database)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let hour = row.and_then(|r| {
+        let live = !matches!(r.status.as_str(), "deleting" | "deleted");
+        daily::effective_hour(database, r.backup_hour, r.daily_backups && live, r.plan_daily)
+    });
+    // A new or moved timer's first backup is at least `FIRST_DAILY_BACKUP_AFTER` away: a database
+    // just created has little to save, and the operation that made it settles first.
+    timer_set_daily_backup_in(conn, database, hour, now + FIRST_DAILY_BACKUP_AFTER).await
 }

@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::response::Response;
+use pgplane_core::backup::daily;
 use pgplane_core::error::Validator;
 use pgplane_core::ids::{AppId, DatabaseId, OperationId};
 use pgplane_core::model::{
@@ -35,10 +36,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(operation_get))
 }
 
-/// Applies a partial change to settings and checks the result as a whole.
+/// Applies a partial change to settings and checks the result as a whole. `plan_daily` says
+/// whether the database's plan keeps daily backups (`None`: the plan is unknown, refused already).
 fn merge_settings(
     current: &DatabaseSettings,
     patch: &UpdateDatabaseSettings,
+    plan_daily: Option<bool>,
     prefix: &str,
     v: &mut Validator,
 ) -> DatabaseSettings {
@@ -53,11 +56,21 @@ fn merge_settings(
     let merged = DatabaseSettings {
         force_tls: patch.force_tls.unwrap_or(current.force_tls),
         internet_exposure: patch.internet_exposure.unwrap_or(current.internet_exposure),
-        backup_hour: patch.backup_hour.or(current.backup_hour),
+        backup_hour: patch.backup_hour.unwrap_or(current.backup_hour),
+        daily_backups: patch.daily_backups.unwrap_or(current.daily_backups) && plan_daily != Some(false),
+        // Derived by the store from what is stored.
+        effective_backup_hour: None,
         allowed_cidrs,
     };
-    if let Some(h) = patch.backup_hour {
+    if let Some(Some(h)) = patch.backup_hour {
         v.check(validate::hour(&format!("{prefix}backup_hour"), h));
+    }
+    if patch.daily_backups == Some(true) && plan_daily == Some(false) {
+        v.push(FieldError::new(
+            format!("{prefix}daily_backups"),
+            "not_in_plan",
+            "this plan has no daily backups; change to a plan that keeps them (see GET /v1/plans)",
+        ));
     }
     if merged.internet_exposure && !merged.force_tls {
         v.push(FieldError::new(
@@ -87,9 +100,14 @@ async fn database_create(
     let tenant = app.item.tenant_id;
     let mut v = Validator::new();
     v.check(validate::database_name("name", &input.name));
-    let defaults =
-        DatabaseSettings { force_tls: false, internet_exposure: false, backup_hour: None, allowed_cidrs: Vec::new() };
-    let settings = merge_settings(&defaults, &input.settings.clone().unwrap_or_default(), "settings.", &mut v);
+    let defaults = DatabaseSettings {
+        force_tls: false,
+        internet_exposure: false,
+        backup_hour: None,
+        daily_backups: true,
+        effective_backup_hour: None,
+        allowed_cidrs: Vec::new(),
+    };
     let plan = match state.store.plan_for_tenant(tenant, &input.plan, "plan").await {
         Ok(p) => Some(p),
         Err(Error::Validation { errors }) => {
@@ -98,6 +116,9 @@ async fn database_create(
         }
         Err(e) => return Err(e.into()),
     };
+    let plan_daily = plan.as_ref().map(daily::plan_has_daily);
+    let settings =
+        merge_settings(&defaults, &input.settings.clone().unwrap_or_default(), plan_daily, "settings.", &mut v);
     let version = match state.store.version_resolve(input.version.as_deref()).await {
         Ok(ver) => Some(ver),
         Err(Error::Validation { errors }) => {
@@ -204,8 +225,9 @@ async fn settings_get(
 }
 
 /// Changes settings (members): force TLS, internet exposure (refused unless force TLS is
-/// on), the IP allowlist of the public address, preferred daily backup hour. Absent fields
-/// keep their value. Answers 202 with the `update_settings` operation that applies them to the
+/// on), the IP allowlist of the public address, the daily backup (on or off; its UTC hour, or
+/// `null` to let the platform choose one, shown as `effective_backup_hour`). Absent fields keep
+/// their value. Answers 202 with the `update_settings` operation that applies them to the
 /// running database (members reload, no restart; gateways take a new allowlist without
 /// dropping connections); `GET …/settings` shows the desired settings at once. Only an
 /// available database with no other operation in progress takes a change (409 otherwise).
@@ -222,8 +244,9 @@ async fn settings_update(
 ) -> ApiResult<Response> {
     let db = state.store.database_get(&actor, id).await?;
     require_role(db.role, TenantRole::Member)?;
+    let plan = state.store.plan_get(&db.item.plan).await?;
     let mut v = Validator::new();
-    let merged = merge_settings(&db.item.settings, &patch, "", &mut v);
+    let merged = merge_settings(&db.item.settings, &patch, Some(daily::plan_has_daily(&plan)), "", &mut v);
     v.finish()?;
     Ok(accepted(state.store.database_update_settings(&actor, id, &merged).await?))
 }

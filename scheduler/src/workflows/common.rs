@@ -8,6 +8,7 @@ use pgplane_core::agent::{
 use pgplane_core::model::Plan;
 use pgplane_store::engine::{agents_alive_in, member_leader_in};
 use pgplane_store::jobs::{job_enqueue_in, NewJob};
+use pgplane_store::timers::daily_backup_timer_sync_in;
 use pgplane_store::vips::vip_of_in;
 use pgplane_store::workflow::*;
 use rand::distributions::{Alphanumeric, DistString};
@@ -45,6 +46,7 @@ fn task_kind(task: &AgentTask) -> &'static str {
         AgentTask::PatchConfig { .. } => "patch_config",
         AgentTask::Switchover { .. } => "switchover",
         AgentTask::DrainMember { .. } => "drain_member",
+        AgentTask::Backup { task } => task.job_kind(),
     }
 }
 
@@ -233,7 +235,7 @@ impl Workflows {
 
     /// The operation is done and the database available at its endpoint: its VIP when it has
     /// one (gateways on several hosts), else the first gateway's address (shared by the gateways
-    /// on one host).
+    /// on one host). Its daily backup timer is set from what it is now (plan, settings).
     pub(crate) async fn finish_available(&self, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
         let gw = gateways_of_in(tx, st.database_id).await?;
         let first = gw.first().ok_or_else(|| JobError::fatal("database without a gateway"))?;
@@ -242,6 +244,8 @@ impl Workflows {
             None => (first.host.clone(), first.port),
         };
         database_available_in(tx, st.database_id, &host, port).await?;
+        // Created, on a new plan, with new settings: its daily backup follows what it is now.
+        daily_backup_timer_sync_in(tx, st.database_id, chrono::Utc::now()).await?;
         operation_finish_in(tx, st.operation.id, None).await?;
         Ok(())
     }

@@ -3,12 +3,13 @@
 //! the rest.
 //!
 //! ```text
-//! start ─RemoveDatabase on each live agent─▶ finish (deleted; etcd user and keys, ports,
+//! start ─daily backup timer removed; RemoveDatabase on each live agent─▶ finish (deleted; etcd user and keys, ports,
 //!        capacity, secrets released)
 //! ```
 
 use pgplane_core::agent::{AgentId, AgentTask};
 use pgplane_store::engine::agents_alive_in;
+use pgplane_store::timers::daily_backup_timer_sync_in;
 use pgplane_store::workflow::*;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -38,6 +39,8 @@ pub(crate) async fn run(w: &Workflows, tx: &mut PgConnection, st: &OperationStat
 
 /// Asks every live agent that holds a part of the database to remove it.
 async fn start(w: &Workflows, tx: &mut PgConnection, st: &OperationState) -> Result<(), JobError> {
+    // No daily backup of a database being deleted (its status says so: the timer goes).
+    daily_backup_timer_sync_in(tx, st.database_id, chrono::Utc::now()).await?;
     let mut agents: Vec<AgentId> = members_of_in(tx, st.database_id).await?.iter().map(|m| m.agent_id).collect();
     agents.extend(gateways_of_in(tx, st.database_id).await?.iter().map(|g| g.agent_id));
     agents.sort();

@@ -1,7 +1,8 @@
 //! Settings applied to what runs: force TLS and exposure re-render every member (pg_hba,
 //! certificates naming the public addresses; Patroni reloads, no restart), then every gateway
 //! (its binds); an allowlist change only the gateways (they take it without dropping a
-//! connection); the backup hour needs nothing running.
+//! connection); the daily backup (hour, on/off) needs nothing running, only its timer moves
+//! (every path ends by setting the timer from the stored settings).
 //!
 //! ```text
 //! start ─EnsureMember on each member─▶ gateways ─EnsureGateway─▶ finish
@@ -9,6 +10,7 @@
 //! start ─(backup hour only)─▶ done
 //! ```
 
+use pgplane_store::timers::daily_backup_timer_sync_in;
 use pgplane_store::workflow::*;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -45,6 +47,8 @@ async fn start(w: &Workflows, tx: &mut PgConnection, st: &OperationState) -> Res
     } else if changed.contains(&"allowed_cidrs") {
         w.ensure_gateways(tx, st, (Step::Start, Step::Finish)).await
     } else {
+        // The daily backup (its hour, on or off) needs nothing running: only its timer moves.
+        daily_backup_timer_sync_in(tx, st.database_id, chrono::Utc::now()).await?;
         operation_finish_in(tx, st.operation.id, None).await?;
         Ok(())
     }
