@@ -3,6 +3,7 @@
 
 mod agents;
 mod apps;
+mod backup_downloads;
 mod billing;
 mod config;
 mod databases;
@@ -33,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tenants::router())
         .merge(apps::router())
         .merge(databases::router())
+        .merge(backup_downloads::router())
         .merge(config::router())
         .merge(billing::router())
         .merge(jobs::router())
