@@ -2,14 +2,16 @@
 //! the time (UTC): how many manual backups are used and remain today, when the next one is
 //! allowed, which one the next evicts (the oldest finished manual one, deleted only after the new
 //! one succeeded), and which scheduled backups the daily/weekly/monthly retention deletes.
-//! Failed backups hold no object and count against nothing.
+//! Failed backups hold no object and count against nothing. Also the backup as a tenant sees
+//! it (`Backup`) and how a restore is asked for (`RestoreRequest`).
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::BackupId;
+use crate::ids::{AppId, BackupId, DatabaseId, OperationId};
 use crate::model::Plan;
+use crate::page_of;
 
 /// How a backup was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -29,6 +31,92 @@ pub enum BackupStatus {
     Running,
     Done,
     Error,
+}
+
+/// The text form of a few-valued enum (stored as `text`, sent as snake_case JSON).
+macro_rules! text_form {
+    ($name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
+        impl $name {
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($s => Ok($name::$variant),)+ other => Err(format!("unknown {} {other:?}", stringify!($name))) }
+            }
+        }
+    };
+}
+
+text_form!(BackupMethod { Manual = "manual", Scheduled = "scheduled" });
+text_form!(BackupStatus { Pending = "pending", Running = "running", Done = "done", Error = "error" });
+
+/// How the last verified restore of a backup ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupVerification {
+    /// Restored into a scratch server: every table read back, every row count as at dump time.
+    Passed,
+    /// The restore failed or a count differed; `verification_detail` says what.
+    Failed,
+}
+text_form!(BackupVerification { Passed = "passed", Failed = "failed" });
+
+/// A logical backup (`pg_dump -Fc`) of a database, as its tenant sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Backup {
+    pub id: BackupId,
+    pub database_id: DatabaseId,
+    pub method: BackupMethod,
+    pub status: BackupStatus,
+    /// Why it failed, when `status` is `error`.
+    pub error: Option<String>,
+    /// The operation (kind `backup`) that takes it.
+    pub operation_id: Option<OperationId>,
+    /// The member it was taken on (a Business database's follower when it streams).
+    pub member: Option<String>,
+    /// The PostgreSQL version of the server dumped, e.g. `15.14`.
+    pub postgres_version: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Size of the dump in bytes, once done.
+    pub size_bytes: Option<i64>,
+    /// SHA-256 of the dump (lowercase hex), once done.
+    pub sha256: Option<String>,
+    /// When a restore of it into a scratch server was last checked.
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verification: Option<BackupVerification>,
+    /// What differed, when the verification failed.
+    pub verification_detail: Option<String>,
+}
+page_of!(BackupPage, Backup);
+
+/// Where a backup is restored to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "target", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RestoreRequest {
+    /// Replace the content of the database the backup was taken of, or of `database_id` (another
+    /// database of the same tenant). The connection URL is unchanged; followers catch up through
+    /// replication.
+    InPlace {
+        #[serde(default)]
+        database_id: Option<DatabaseId>,
+    },
+    /// Order a new database on `plan` (in `app_id`, by default the backup's database's app) and
+    /// restore the backup into it. Its version is the backup's database's.
+    NewDatabase {
+        name: String,
+        plan: String,
+        #[serde(default)]
+        app_id: Option<AppId>,
+    },
 }
 
 /// What quotas and retention need to know of one existing backup.

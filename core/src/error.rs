@@ -45,6 +45,10 @@ pub enum Error {
     /// Too many requests for this token.
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
+    /// A quota of the plan is used up for now: another may start at `next_allowed_at` (429, with
+    /// `Retry-After`; absent when waiting cannot help).
+    #[error("{message}")]
+    QuotaExceeded { code: &'static str, message: String, next_allowed_at: Option<chrono::DateTime<chrono::Utc>> },
     /// The request body is larger than the limit.
     #[error("request body too large")]
     PayloadTooLarge,

@@ -531,6 +531,10 @@ string_enum!(
         Switchover = "switchover",
         /// Settings applied to the running members and gateways (TLS, exposure, allowlist).
         UpdateSettings = "update_settings",
+        /// A logical backup (`pg_dump -Fc`) into backup storage.
+        Backup = "backup",
+        /// A backup restored in place: the content replaced, the connection URL unchanged.
+        Restore = "restore",
     }
 );
 

@@ -21,6 +21,9 @@ pub struct Problem {
     /// For conflicts: a stable code such as `name_taken` or `operation_in_progress`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// For a used-up quota: when the next request may succeed (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_allowed_at: Option<chrono::DateTime<chrono::Utc>>,
     /// For validation failures: one entry per invalid field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
@@ -44,6 +47,7 @@ fn problem(status: StatusCode, slug: &str, title: &str, detail: String) -> Probl
         status: status.as_u16(),
         detail,
         code: None,
+        next_allowed_at: None,
         errors: Vec::new(),
     }
 }
@@ -80,6 +84,11 @@ impl ApiError {
                 "Too many requests",
                 format!("rate limit exceeded for this token; retry in {retry_after_secs} s"),
             ),
+            Error::QuotaExceeded { code, message, next_allowed_at } => Problem {
+                code: Some((*code).to_string()),
+                next_allowed_at: *next_allowed_at,
+                ..problem(StatusCode::TOO_MANY_REQUESTS, "quota-exceeded", "Quota exceeded", message.clone())
+            },
             Error::PayloadTooLarge => problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
@@ -121,6 +130,10 @@ impl IntoResponse for ApiError {
         let mut res = problem_response(&self.to_problem());
         if let Error::RateLimited { retry_after_secs } = self.0 {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if let Error::QuotaExceeded { next_allowed_at: Some(at), .. } = self.0 {
+            let secs = (at - chrono::Utc::now()).num_seconds().max(1) as u64;
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

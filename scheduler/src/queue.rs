@@ -53,6 +53,7 @@ impl From<pgplane_core::Error> for JobError {
             | E::Conflict { .. }
             | E::Forbidden { .. }
             | E::Unauthorized { .. }
+            | E::QuotaExceeded { .. }
             | E::PayloadTooLarge => JobError::Fatal(e.to_string()),
         }
     }

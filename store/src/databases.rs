@@ -2,7 +2,7 @@
 //! its operation (and, for billing, the addon's plan periods) in one transaction.
 
 use chrono::{DateTime, Utc};
-use pgplane_core::ids::{AddonId, AddonPeriodId, AppId, DatabaseId, OperationId, TenantId};
+use pgplane_core::ids::{AddonId, AddonPeriodId, AppId, BackupId, DatabaseId, OperationId, TenantId, UserId};
 use pgplane_core::model::{
     Database, DatabaseSettings, DatabaseStatus, Endpoint, Operation, OperationKind, OperationStatus, Plan,
 };
@@ -124,6 +124,18 @@ pub(crate) async fn operation_insert(
     kind: OperationKind,
     params: serde_json::Value,
 ) -> Result<Operation> {
+    operation_insert_by(tx, Some(actor.user_id), tenant, database, kind, params).await
+}
+
+/// `operation_insert`, asked for by a user or (`None`) by the platform itself (a timer).
+pub(crate) async fn operation_insert_by(
+    tx: &mut sqlx::PgConnection,
+    requested_by: Option<UserId>,
+    tenant: TenantId,
+    database: DatabaseId,
+    kind: OperationKind,
+    params: serde_json::Value,
+) -> Result<Operation> {
     let row: OperationRow = sqlx::query_as(&format!(
         "INSERT INTO operations AS o (id, tenant_id, database_id, kind, status, params, requested_by) \
          VALUES ($1, $2, $3, $4, 'pending', $5, $6) RETURNING {OP_COLUMNS}"
@@ -133,8 +145,8 @@ pub(crate) async fn operation_insert(
     .bind(database)
     .bind(kind.as_str())
     .bind(params)
-    .bind(actor.user_id)
-    .fetch_one(&mut **tx)
+    .bind(requested_by)
+    .fetch_one(&mut *tx)
     .await
     .map_err(db_error)?;
     let op = row.into_operation()?;
@@ -188,6 +200,17 @@ impl Store {
     /// Records a new database (status `creating`), its addon and first plan period, and the
     /// pending `create` operation, atomically.
     pub async fn database_create(&self, actor: &Actor, new: NewDatabase<'_>) -> Result<(Database, Operation)> {
+        self.database_create_from(actor, new, None).await
+    }
+
+    /// `database_create`, then (`restore_from`) the backup restored into it before it is
+    /// available: its `create` operation's params carry `restore_from`.
+    pub async fn database_create_from(
+        &self,
+        actor: &Actor,
+        new: NewDatabase<'_>,
+        restore_from: Option<BackupId>,
+    ) -> Result<(Database, Operation)> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let addon = AddonId::new();
         let live_app: bool =
@@ -237,7 +260,10 @@ impl Store {
             new.tenant_id,
             database.id,
             OperationKind::Create,
-            json!({ "plan": new.plan.id, "version": new.version }),
+            match restore_from {
+                None => json!({ "plan": new.plan.id, "version": new.version }),
+                Some(b) => json!({ "plan": new.plan.id, "version": new.version, "restore_from": b }),
+            },
         )
         .await?;
         tx.commit().await.map_err(db_error)?;
@@ -378,6 +404,24 @@ impl Store {
         .await
         .map_err(db_error)?;
         addon_switch_period(&mut tx, db.addon_id, None).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(op)
+    }
+
+    /// Asks for backup `backup` (of any database of the same tenant: the caller checked) to be
+    /// restored in place into the available database `id`.
+    pub async fn database_restore(&self, actor: &Actor, id: DatabaseId, backup: BackupId) -> Result<Operation> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let db = Self::database_lock(&mut tx, id).await?;
+        if db.status != DatabaseStatus::Available {
+            return Err(Error::conflict(
+                "not_available",
+                format!("only an available database can be restored into; it is {}", db.status),
+            ));
+        }
+        let op =
+            operation_insert(&mut tx, actor, db.tenant_id, id, OperationKind::Restore, json!({ "backup_id": backup }))
+                .await?;
         tx.commit().await.map_err(db_error)?;
         Ok(op)
     }

@@ -7,6 +7,7 @@ pub mod agent_retire;
 pub mod agents;
 pub mod apps;
 pub mod backup_downloads;
+pub mod backups;
 pub mod billing;
 pub mod config;
 pub mod databases;

@@ -128,6 +128,12 @@ pub async fn operation_finish_in(conn: &mut PgConnection, id: OperationId, error
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
+    if let (Some((_, kind)), Some(reason)) = (&db, error) {
+        if kind == OperationKind::Backup.as_str() {
+            // The backup it was taking failed with it (its object, if any, is deleted).
+            crate::backups::backup_fail_of_operation_in(conn, id, reason).await?;
+        }
+    }
     if let (Some((db, kind)), Some(_)) = (db, error) {
         if [OperationKind::Create.as_str(), OperationKind::ChangePlan.as_str()].contains(&kind.as_str()) {
             sqlx::query("UPDATE databases SET status = 'error', updated_at = now() WHERE id = $1")

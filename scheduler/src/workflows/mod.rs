@@ -76,6 +76,9 @@ impl Step {
             OperationKind::Switchover => Step::Switchover(serde_json::from_value(v.clone()).map_err(bad)?),
             OperationKind::Delete => Step::Delete(serde_json::from_value(v.clone()).map_err(bad)?),
             OperationKind::UpdateSettings => Step::UpdateSettings(serde_json::from_value(v.clone()).map_err(bad)?),
+            OperationKind::Backup | OperationKind::Restore => {
+                return Err(JobError::fatal(format!("the {kind} workflow is not built yet")))
+            }
         })
     }
 
