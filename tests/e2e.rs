@@ -48,6 +48,7 @@ async fn a_starter_database_from_the_api_to_psql_over_verified_tls_and_back() {
         port_min,
         port_max,
         root: agent_dir.0.clone(),
+        backup_storage: None,
     };
     let agent = tokio::spawn(pgplane_agent::runtime::run(config, stopped));
 

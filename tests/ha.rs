@@ -95,6 +95,7 @@ async fn platform_with(agents: usize, not_streaming_grace: Duration) -> Platform
             port_min,
             port_max,
             root: dir.0.clone(),
+            backup_storage: None,
         };
         dirs.push(dir);
         started.push(Agent::start(config));

@@ -79,6 +79,16 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("POST /v1/databases/{database_id}/backups/{backup_id}/link", NotFound, Some(json!({}))),
         ("GET /v1/backup-links/{database_id}/{backup_id}", SignedOnly, None),
         ("GET /v1/databases/{database_id}/operations", NotFound, None),
+        ("GET /v1/databases/{database_id}/backups", NotFound, None),
+        ("POST /v1/databases/{database_id}/backups", NotFound, None),
+        ("GET /v1/databases/{database_id}/backups/{backup_id}", NotFound, None),
+        ("DELETE /v1/databases/{database_id}/backups/{backup_id}", NotFound, None),
+        ("GET /v1/databases/{database_id}/backup-quota", NotFound, None),
+        (
+            "POST /v1/databases/{database_id}/backups/{backup_id}/restore",
+            NotFound,
+            Some(json!({ "target": "new_database", "name": "stolen", "plan": "sandbox" })),
+        ),
         ("GET /v1/operations/{operation_id}", NotFound, None),
         ("GET /v1/billing/periods", PlatformOnly, None),
         ("GET /v1/jobs", PlatformOnly, None),
@@ -147,11 +157,21 @@ async fn victim(app: &TestApp, alice: &Client) -> Victim {
         })
         .await
         .expect("an agent");
-    let database = op["database_id"].as_str().unwrap();
-    let backup = crate::backup_downloads::stored_backup(app, database, "done", b"tenant A's data").await;
+    // A finished backup of A's database (the database is not provisioned here: the row is written).
+    let backup = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO backups (id, tenant_id, database_id, method, status, object_key, size_bytes, sha256, finished_at) \
+         VALUES ($1, $2::uuid, $3::uuid, 'manual', 'done', 'databases/x/backups/y.dump', 1, repeat('a', 64), now())",
+    )
+    .bind(backup)
+    .bind(&tenant)
+    .bind(op["database_id"].as_str().unwrap())
+    .execute(app.store.pool())
+    .await
+    .expect("a backup of A's database");
     Victim {
         ids: vec![
-            ("{backup_id}", backup),
+            ("{backup_id}", backup.to_string()),
             ("{tenant_id}", tenant),
             ("{app_id}", app_id),
             ("{database_id}", op["database_id"].as_str().unwrap().to_string()),

@@ -399,6 +399,7 @@ async fn two_schedulers_do_each_step_once() {
         gateway_vips: None,
         not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
         agent_lost_after: pgplane_tests::AGENT_LOST_AFTER,
+        backup_storage: None,
     };
     tokio::spawn(pgplane_scheduler::run::run(app.store.clone(), config, listener, stopped));
     // One agent talks to each scheduler.

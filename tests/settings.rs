@@ -63,6 +63,7 @@ async fn platform() -> Platform {
             port_min,
             port_max,
             root: dir.0.clone(),
+            backup_storage: None,
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(pgplane_agent::runtime::run_with(

@@ -17,6 +17,11 @@ pub async fn run(node: &Node, store: &BackupStore, task: &BackupTask) -> Result<
     match task {
         BackupTask::Dump { database_id, generation, member, backup } => {
             let (spec, target) = member_target(node, *database_id, *generation, member)?;
+            // A retry: what an attempt killed mid-upload staged under this key goes first.
+            let swept = store.sweep_key(&backup.key)?;
+            if swept > 0 {
+                tracing::warn!(key = %backup.key, swept, "removed the staging files of an interrupted dump");
+            }
             let report = pgdump::dump(&target, &spec.secrets.app_database, store, &backup.key).await?;
             Ok(serde_json::to_value(report).context("reporting the dump")?)
         }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::lifecycle::{Lifecycle, OnExit};
-use crate::node::Node;
+use crate::node::{Node, NodeError};
+use pgplane_storage::{BackupStore, StorageConfig};
 
 /// How an agent finds the scheduler and describes its host.
 #[derive(Clone)]
@@ -31,9 +32,16 @@ pub struct AgentConfig {
     pub port_max: i32,
     /// Where databases' files live on this host.
     pub root: PathBuf,
+    /// Where backups go (`--backup-storage`); without it, backup tasks fail with a clear error.
+    pub backup_storage: Option<StorageConfig>,
 }
 
-pgplane_core::redacted_debug!(AgentConfig { scheduler_url, name, host, public_host, memory_mb, disk_gb, port_min, port_max, root } secret { bootstrap_token });
+pgplane_core::redacted_debug!(AgentConfig { scheduler_url, name, host, public_host, memory_mb, disk_gb, port_min, port_max, root, backup_storage } secret { bootstrap_token });
+
+/// Staging files of uploads interrupted longer ago than this are removed (at start, then every
+/// `STAGING_SWEEP_EVERY`): an upload in progress writes its staging file all the time.
+const STAGING_ABANDONED_AFTER: Duration = Duration::from_secs(600);
+const STAGING_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 struct Session {
     http: reqwest::Client,
@@ -41,6 +49,8 @@ struct Session {
     /// What this host can do, from the checks run at start; sent with each registration.
     capabilities: Capabilities,
     credential: tokio::sync::RwLock<String>,
+    /// The backup storage, when configured.
+    backups: Option<BackupStore>,
 }
 
 impl Session {
@@ -139,12 +149,22 @@ async fn serve(
     node: Arc<Node>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let backups = match &config.backup_storage {
+        None => None,
+        Some(storage) => {
+            let store = BackupStore::open(storage)?;
+            tracing::info!(agent = %config.name, "backups go to {store}");
+            Some(store)
+        }
+    };
     let session = Arc::new(Session {
         http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?,
         config,
         capabilities,
         credential: Default::default(),
+        backups: backups.clone(),
     });
+    let _sweeps = backups.map(|store| AbortOnDrop(tokio::spawn(sweep_staging(store))));
     while let Err(e) = session.register().await {
         tracing::warn!(error = %e, "cannot register with the scheduler; retrying");
         tokio::select! {
@@ -200,6 +220,23 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Removes the staging files of uploads a killed agent left behind, now and then.
+async fn sweep_staging(store: BackupStore) {
+    loop {
+        let swept = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.sweep(STAGING_ABANDONED_AFTER)).await
+        };
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::warn!(files = n, "removed the staging files of interrupted uploads"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping the backup storage's staging files failed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping the backup storage's staging files panicked"),
+        }
+        tokio::time::sleep(STAGING_SWEEP_EVERY).await;
     }
 }
 
@@ -266,11 +303,9 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
         _ => None,
     };
     let outcome = match &job.task {
-        _ if unable.is_some() => Err(crate::node::NodeError::Unable(format!(
-            "agent {}: {}",
-            session.config.name,
-            unable.unwrap_or_default()
-        ))),
+        _ if unable.is_some() => {
+            Err(NodeError::Unable(format!("agent {}: {}", session.config.name, unable.unwrap_or_default())))
+        }
         _ if stale.is_some() => Err(stale.expect("a stale task")),
         AgentTask::EnsureMember { spec } => {
             node.ensure_member(spec).await.map(|s| json!({ "member": format!("{s:?}") }))
@@ -307,6 +342,13 @@ async fn execute(session: &Arc<Session>, node: &Node, job: AgentJob) {
         AgentTask::RemoveDatabase { database_id, generation } => {
             node.remove_database(*database_id, *generation).await.map(|_| json!({}))
         }
+        AgentTask::Backup { task } => match &session.backups {
+            Some(store) => crate::backup::run(node, store, task).await,
+            None => Err(NodeError::Unable(format!(
+                "agent {} has no backup storage configured (--backup-storage / PGPLANE_BACKUP_STORAGE)",
+                session.config.name
+            ))),
+        },
     };
     keepalive.abort();
     let outcome = match outcome {

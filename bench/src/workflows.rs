@@ -167,6 +167,7 @@ async fn measure(args: &Args, pg: &ControlPg) -> Result<Vec<Phase>> {
         gateway_vips: None,
         not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
         agent_lost_after: pgplane_scheduler::engine::AGENT_LOST_AFTER,
+        backup_storage: None,
     };
     tokio::spawn(pgplane_scheduler::run::run(scheduler_store, config, listener, stopped.clone()));
 

@@ -120,6 +120,10 @@ pub struct SchedulerArgs {
     /// cluster-wide requests go through another member.
     #[arg(long, env = "PGPLANE_AGENT_LOST_AFTER_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(10..))]
     agent_lost_after_secs: u64,
+    /// The backup storage's configuration (the agents' `--backup-storage` file): the scheduler
+    /// deletes evicted and deleted backups' objects there.
+    #[arg(long, env = "PGPLANE_BACKUP_STORAGE")]
+    backup_storage: Option<PathBuf>,
 }
 
 impl SchedulerArgs {
@@ -142,6 +146,10 @@ async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
         gateway_vips: args.gateway_vips.clone(),
         not_streaming_grace: std::time::Duration::from_secs(args.not_streaming_grace_secs),
         agent_lost_after: std::time::Duration::from_secs(args.agent_lost_after_secs),
+        backup_storage: match &args.backup_storage {
+            Some(file) => Some(pgplane_storage::BackupStore::open(&pgplane_storage::StorageConfig::load(file)?)?),
+            None => None,
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.agent_listen)
         .await
@@ -187,6 +195,11 @@ pub struct AgentArgs {
     /// Folder for the databases' files on this host.
     #[arg(long, env = "PGPLANE_AGENT_ROOT", default_value = "/var/lib/pgplane/agent")]
     root: PathBuf,
+    /// The backup storage's configuration: a JSON file, `{"kind": "local", "root": "/srv/backups"}`
+    /// or `{"kind": "s3", "endpoint": …, "bucket": …, "credentials_file": …, "ca_file": …}`.
+    /// Without it this host takes no backups (its backup jobs fail saying so).
+    #[arg(long, env = "PGPLANE_BACKUP_STORAGE")]
+    backup_storage: Option<PathBuf>,
     /// On SIGTERM/SIGINT, stop the databases too. By default they keep running (the data plane
     /// outlives the agent, as after a crash) and the next agent re-adopts them; under systemd use
     /// KillMode=process so that stopping the unit does not kill them either.
@@ -195,8 +208,8 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    pub fn config(&self) -> pgplane_agent::runtime::AgentConfig {
-        pgplane_agent::runtime::AgentConfig {
+    pub fn config(&self) -> Result<pgplane_agent::runtime::AgentConfig> {
+        Ok(pgplane_agent::runtime::AgentConfig {
             scheduler_url: self.scheduler_url.clone(),
             bootstrap_token: self.bootstrap_token.expose_secret().to_string(),
             name: self.name.clone(),
@@ -207,7 +220,8 @@ impl AgentArgs {
             port_min: self.port_min,
             port_max: self.port_max,
             root: self.root.clone(),
-        }
+            backup_storage: self.backup_storage.as_deref().map(pgplane_storage::StorageConfig::load).transpose()?,
+        })
     }
 }
 
@@ -222,7 +236,7 @@ async fn run_agent(args: AgentArgs) -> Result<()> {
     } else {
         pgplane_agent::lifecycle::OnExit::LeaveRunning
     };
-    pgplane_agent::runtime::run_with(args.config(), rx, on_exit).await
+    pgplane_agent::runtime::run_with(args.config()?, rx, on_exit).await
 }
 
 fn init_logging(format: &str) {

@@ -31,7 +31,10 @@ Starts a whole pgplane on one machine, on embedded defaults, and keeps it runnin
   Three agents              local-1, local-2 and local-3, all on 127.0.0.1 (so a Business
                             database's members land on distinct \"hosts\"), with ports
                             25000-25199, 25200-25399 and 25400-25599 and their databases in
-                            STATE/agents/local-N. They run Patroni, PostgreSQL and HAProxy.";
+                            STATE/agents/local-N. They run Patroni, PostgreSQL and HAProxy.
+  Backup storage            A local folder, STATE/backups, named by STATE/backup-storage.json (the
+                            agents' and the scheduler's --backup-storage file): edit that file to
+                            use an S3-compatible store instead.";
 
 /// The rest of `pgplane up --help`: the state folder and Ctrl-C.
 pub const AFTER_HELP: &str = "\
@@ -77,6 +80,18 @@ pub fn default_state_dir() -> PathBuf {
     home.join(".local/state/pgplane")
 }
 
+/// The backup storage of `up`'s agents and scheduler: what `STATE/backup-storage.json` says,
+/// written on first use to name the local folder `STATE/backups`.
+fn local_backup_storage(state_dir: &Path) -> Result<pgplane_storage::StorageConfig> {
+    let file = state_dir.join("backup-storage.json");
+    if !file.exists() {
+        let config = serde_json::json!({ "kind": "local", "root": state_dir.join("backups") });
+        std::fs::write(&file, serde_json::to_string_pretty(&config)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    pgplane_storage::StorageConfig::load(&file)
+}
+
 /// Reads a secret kept in the state folder, creating it on first use.
 fn state_secret(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
     if let Ok(s) = std::fs::read_to_string(path) {
@@ -120,12 +135,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let (stop_scheduler, stopped) = tokio::sync::watch::channel(false);
     let etcd_dir = state_dir.join("etcd");
     let etcd = tokio::task::spawn_blocking(move || pgplane_agent::LocalEtcd::start(&etcd_dir)).await??;
+    let backup_storage = local_backup_storage(&state_dir)?;
     let scheduler_config = pgplane_scheduler::config::SchedulerConfig {
         etcd: etcd.admin(),
         bootstrap_token: bootstrap_token.clone(),
         gateway_vips: None,
         not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
         agent_lost_after: pgplane_scheduler::engine::AGENT_LOST_AFTER,
+        backup_storage: Some(pgplane_storage::BackupStore::open(&backup_storage)?),
     };
     let scheduler =
         tokio::spawn(pgplane_scheduler::run::run(store.clone(), scheduler_config, agent_listener, stopped.clone()));
@@ -143,6 +160,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             port_min,
             port_max: port_min + 199,
             root: state_dir.join("agents").join(format!("local-{i}")),
+            backup_storage: Some(backup_storage.clone()),
         };
         agents.push(tokio::spawn(pgplane_agent::runtime::run(config, stopped.clone())));
     }

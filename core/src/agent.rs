@@ -342,6 +342,8 @@ pub enum AgentTask {
     DrainMember { database_id: DatabaseId, generation: i64, member: String, drain: bool, for_secs: u32 },
     /// Stop and remove everything of the database on this host: processes, data, ports.
     RemoveDatabase { database_id: DatabaseId, generation: i64 },
+    /// Backup work (dump, restore in place, verify) with this host's backup storage.
+    Backup { task: BackupTask },
 }
 
 impl AgentTask {
@@ -358,13 +360,13 @@ impl AgentTask {
             | AgentTask::Switchover { database_id, generation, .. }
             | AgentTask::DrainMember { database_id, generation, .. }
             | AgentTask::RemoveDatabase { database_id, generation } => (*database_id, *generation),
+            AgentTask::Backup { task } => task.fence(),
         }
     }
 }
 
-/// The backup work an agent does (issue 11): dump, restore in place, verify restore. Its own
-/// enum until the backup workflows exist; they will carry it to the agents as `AgentTask`
-/// variants, which `pgplane_agent::backup::run` executes.
+/// The backup work an agent does (issue 11): dump, restore in place, verify restore, carried to
+/// the agents as `AgentTask::Backup` and executed by `pgplane_agent::backup::run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackupTask {
@@ -386,6 +388,28 @@ pub enum BackupTask {
         #[schema(value_type = Object)]
         row_counts: serde_json::Value,
     },
+}
+
+impl BackupTask {
+    /// The database and generation it was issued under. A verify touches no member (it restores
+    /// into a scratch server): it is never stale, so it answers the newest generation.
+    pub fn fence(&self) -> (DatabaseId, i64) {
+        match self {
+            BackupTask::Dump { database_id, generation, .. } | BackupTask::Restore { database_id, generation, .. } => {
+                (*database_id, *generation)
+            }
+            BackupTask::Verify { database_id, .. } => (*database_id, i64::MAX),
+        }
+    }
+
+    /// The kind its job is stored under: `backup_dump`, `backup_restore`, `backup_verify`.
+    pub fn job_kind(&self) -> &'static str {
+        match self {
+            BackupTask::Dump { .. } => "backup_dump",
+            BackupTask::Restore { .. } => "backup_restore",
+            BackupTask::Verify { .. } => "backup_verify",
+        }
+    }
 }
 
 /// Where a backup is in the backup storage the agents are configured with: a location, never

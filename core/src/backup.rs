@@ -228,6 +228,16 @@ pub fn admit_manual(
     }
 }
 
+/// The manual backups to delete now that manual backup `new` succeeded: the oldest finished
+/// ones beyond the plan's total (never `new` itself), oldest first.
+pub fn evictions(limits: &BackupLimits, backups: &[BackupFacts], new: BackupId) -> Vec<BackupId> {
+    let mut manual: Vec<&BackupFacts> =
+        backups.iter().filter(|b| b.method == BackupMethod::Manual && counts(b.status)).collect();
+    let over = manual.len().saturating_sub(limits.manual_total.max(1) as usize);
+    manual.sort_by_key(|b| (b.started_at, b.id.0));
+    manual.into_iter().filter(|b| b.id != new && b.status == BackupStatus::Done).take(over).map(|b| b.id).collect()
+}
+
 /// Why a manual backup is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -23,9 +23,13 @@ pub struct SchedulerConfig {
     /// An agent not heard from for this long is lost: operations waiting on it end in `error`,
     /// and cluster-wide requests go through another member (`engine::AGENT_LOST_AFTER`).
     pub agent_lost_after: Duration,
+    /// The backup storage the agents write to: the scheduler deletes the objects of evicted,
+    /// deleted and failed backups there. Without it those objects stay (logged) and backup
+    /// deletions wait.
+    pub backup_storage: Option<pgplane_storage::BackupStore>,
 }
 
-pgplane_core::redacted_debug!(SchedulerConfig { etcd, gateway_vips, not_streaming_grace } secret { bootstrap_token });
+pgplane_core::redacted_debug!(SchedulerConfig { etcd, gateway_vips, not_streaming_grace, backup_storage } secret { bootstrap_token });
 
 /// A range of IPv4 addresses on the gateway hosts' private network, reserved for databases'
 /// virtual IPs (`first-last`, or one address), at most 255 (one VRRP router id each).

@@ -42,6 +42,8 @@ pub fn task_deadline(task: &AgentTask) -> Duration {
         AgentTask::DrainMember { .. } => 120,
         AgentTask::ReinitMember { .. } => 3600,
         AgentTask::RemoveDatabase { .. } => 600,
+        // A dump or restore streams the whole database: hours for a large one.
+        AgentTask::Backup { .. } => 6 * 3600,
     })
 }
 

@@ -88,6 +88,9 @@ pub fn task_description(task_kind: Option<&str>) -> &'static str {
         Some("switchover") => "moving the leader",
         Some("drain_member") => "draining a member in the gateways",
         Some("reinit_member") => "re-cloning a replica",
+        Some("backup_dump") => "dumping the database into backup storage",
+        Some("backup_restore") => "restoring the backup",
+        Some("backup_verify") => "verifying the backup",
         _ => "a step of the operation",
     }
 }

@@ -253,6 +253,26 @@ impl BackupStore {
         Ok(Some(url.to_string()))
     }
 
+    /// Removes the staging files an interrupted upload to `key` left behind, whatever their age
+    /// (call it where no other upload to `key` can be running: before a retried dump, or when
+    /// the backup is deleted). Returns how many were removed.
+    pub fn sweep_key(&self, key: &str) -> Result<usize> {
+        let Some(root) = &self.local_root else { return Ok(0) };
+        let path = root.join(Self::path(key)?.as_ref());
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return Ok(0) };
+        let prefix = format!("{}#", name.to_string_lossy());
+        let mut removed = 0;
+        for entry in std::fs::read_dir(dir).into_iter().flatten() {
+            let entry = entry?;
+            let file = entry.file_name().to_string_lossy().to_string();
+            if file.strip_prefix(&prefix).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes what interrupted uploads left behind and older than `older_than`: the local
     /// store's staging files (`name#N`). Returns how many were removed. (On S3 the incomplete
     /// multipart uploads are the bucket lifecycle rule's to abort.)

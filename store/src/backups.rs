@@ -434,3 +434,48 @@ impl Store {
         Ok(())
     }
 }
+
+/// What the last done agent job of kind `kind` of operation `op` reported.
+pub async fn operation_job_result_in(
+    conn: &mut PgConnection,
+    op: OperationId,
+    kind: &str,
+) -> Result<Option<serde_json::Value>> {
+    let result: Option<Option<serde_json::Value>> = sqlx::query_scalar(
+        "SELECT result FROM jobs WHERE operation_id = $1 AND kind = $2 AND status = 'done' \
+         ORDER BY finished_at DESC LIMIT 1",
+    )
+    .bind(op)
+    .bind(kind)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(result.flatten())
+}
+
+/// A member with its role and state as last observed (`leader`/`replica`, `streaming`, …).
+#[derive(Debug, Clone, FromRow)]
+pub struct MemberRole {
+    pub name: String,
+    pub role: String,
+    pub state: String,
+}
+
+/// The database's members with their observed roles and states, in name order.
+pub async fn member_roles_in(conn: &mut PgConnection, db: DatabaseId) -> Result<Vec<MemberRole>> {
+    sqlx::query_as("SELECT name, role, state FROM database_members WHERE database_id = $1 ORDER BY name")
+        .bind(db)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)
+}
+
+/// The plan limits of a database's plan.
+pub async fn backup_limits_in(conn: &mut PgConnection, db: DatabaseId) -> Result<BackupLimits> {
+    let plan_id: String = sqlx::query_scalar("SELECT plan_id FROM databases WHERE id = $1")
+        .bind(db)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(BackupLimits::of(&crate::plans::plan_get_in(conn, &plan_id).await?))
+}

@@ -371,6 +371,7 @@ pub fn scheduler_config(etcd: pgplane_core::agent::EtcdAccess) -> pgplane_schedu
         gateway_vips: None,
         not_streaming_grace: pgplane_scheduler::truth::NOT_STREAMING_GRACE,
         agent_lost_after: AGENT_LOST_AFTER,
+        backup_storage: None,
     }
 }
 

@@ -207,6 +207,10 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
                 "shared_buffers": format!("{}MB", size.shared_buffers_mb),
                 "effective_cache_size": format!("{}MB", size.effective_cache_size_mb),
                 "logging_collector": "on",
+                // A follower's long dump (a backup) is not cancelled by recovery conflicts: the
+                // leader keeps the rows it still sees, and replay waits for its snapshot.
+                "hot_standby_feedback": "on",
+                "max_standby_streaming_delay": "-1",
             },
             "pg_hba": pg_hba(spec.force_tls),
             "basebackup": { "checkpoint": "fast" },

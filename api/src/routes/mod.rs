@@ -4,6 +4,7 @@
 mod agents;
 mod apps;
 mod backup_downloads;
+mod backups;
 mod billing;
 mod config;
 mod databases;
@@ -34,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tenants::router())
         .merge(apps::router())
         .merge(databases::router())
+        .merge(backups::router())
         .merge(backup_downloads::router())
         .merge(config::router())
         .merge(billing::router())

@@ -148,3 +148,18 @@ fn retention_ignores_manual_backups() {
         retention_deletes(&LIMITS, &[m, scheduled(at(2026, 11, 29, 2, 0, 0))], at(2026, 11, 29, 3, 0, 0)).is_empty()
     );
 }
+
+#[test]
+fn once_the_new_one_succeeded_the_oldest_done_manual_beyond_the_total_goes() {
+    let l = BackupLimits { manual_per_day: 10, ..LIMITS };
+    let old = manual(at(2026, 11, 1, 8, 0, 0));
+    let mid = manual(at(2026, 11, 2, 8, 0, 0));
+    let young = manual(at(2026, 11, 3, 8, 0, 0));
+    let new = manual(at(2026, 11, 4, 8, 0, 0));
+    let daily = scheduled(at(2026, 10, 1, 8, 0, 0));
+    let all = [daily, young, old, mid, new];
+    assert_eq!(evictions(&l, &all, new.id), vec![old.id]);
+    // Under the total nothing goes; the new one is never evicted.
+    assert!(evictions(&l, &all[..4], new.id).is_empty());
+    assert!(evictions(&BackupLimits { manual_total: 1, ..LIMITS }, &[new], new.id).is_empty());
+}

@@ -45,6 +45,7 @@ fn task_kind(task: &AgentTask) -> &'static str {
         AgentTask::PatchConfig { .. } => "patch_config",
         AgentTask::Switchover { .. } => "switchover",
         AgentTask::DrainMember { .. } => "drain_member",
+        AgentTask::Backup { task } => task.job_kind(),
     }
 }
 

@@ -4,7 +4,11 @@
 //! ```text
 //! start ─place, secrets, etcd user; EnsureMember on each member's agent─▶ gateways
 //!       ─EnsureGateway on each gateway's agent─▶ finish (available at its endpoint)
+//!                                   └─(restore_from)─▶ restore ─Backup{Restore} on the leader─▶ finish
 //! ```
+//!
+//! With `restore_from` (a restore into a new database) the backup is restored on the leader
+//! before the database is available (see `restore`).
 
 use pgplane_core::agent::DatabaseSecrets;
 use pgplane_store::engine::database_name_in;
@@ -23,12 +27,23 @@ pub enum Step {
     Start,
     Gateways,
     Finish,
+    /// Restore `restore_from` into the new database.
+    Restore,
 }
 
 pub(crate) async fn run(w: &Workflows, tx: &mut PgConnection, st: &OperationState, step: Step) -> Result<(), JobError> {
     match step {
         Step::Start => start(w, tx, st).await,
-        Step::Gateways => w.ensure_gateways(tx, st, (Step::Gateways, Step::Finish)).await,
+        Step::Gateways => {
+            let then = if st.operation.params.get("restore_from").is_some() { Step::Restore } else { Step::Finish };
+            w.ensure_gateways(tx, st, (Step::Gateways, then)).await
+        }
+        Step::Restore => {
+            let backup = super::restore::backup_param(st, "restore_from")?;
+            super::restore::restore_into_leader(w, tx, st, backup, (Step::Restore, Step::Finish)).await?;
+            operation_progress_in(tx, st.operation.id, 80, "restoring the backup").await?;
+            Ok(())
+        }
         Step::Finish => w.finish_available(tx, st).await,
     }
 }

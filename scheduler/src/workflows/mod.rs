@@ -8,9 +8,12 @@
 //!
 //! Each module draws its states in its header: `create`, `change_plan` (with `relocate`, a
 //! member moving to a host with room), `delete`, `restart`, `configure`, `switchover`,
-//! `update_settings`. `placement` places members and gateways for `create` and `change_plan`;
+//! `update_settings`, `backup`, `restore` (in place; into a new database it is `create` with
+//! `restore_from`). Scheduler jobs of kind `backup_delete` (not steps of an operation) delete a
+//! backup's object, then its row (`delete_backup`). `placement` places members and gateways for `create` and `change_plan`;
 //! `common` holds the specs sent to agents and the live member cluster-wide requests go through.
 
+pub mod backup;
 pub mod change_plan;
 mod common;
 pub mod configure;
@@ -19,6 +22,7 @@ pub mod delete;
 pub(crate) mod placement;
 mod relocate;
 pub mod restart;
+pub mod restore;
 pub mod switchover;
 pub mod update_settings;
 
@@ -61,6 +65,8 @@ pub enum Step {
     Switchover(switchover::Step),
     Delete(delete::Step),
     UpdateSettings(update_settings::Step),
+    Backup(backup::Step),
+    Restore(restore::Step),
 }
 
 impl Step {
@@ -76,9 +82,8 @@ impl Step {
             OperationKind::Switchover => Step::Switchover(serde_json::from_value(v.clone()).map_err(bad)?),
             OperationKind::Delete => Step::Delete(serde_json::from_value(v.clone()).map_err(bad)?),
             OperationKind::UpdateSettings => Step::UpdateSettings(serde_json::from_value(v.clone()).map_err(bad)?),
-            OperationKind::Backup | OperationKind::Restore => {
-                return Err(JobError::fatal(format!("the {kind} workflow is not built yet")))
-            }
+            OperationKind::Backup => Step::Backup(serde_json::from_value(v.clone()).map_err(bad)?),
+            OperationKind::Restore => Step::Restore(serde_json::from_value(v.clone()).map_err(bad)?),
         })
     }
 
@@ -92,6 +97,8 @@ impl Step {
             Step::Switchover(s) => json!(s),
             Step::Delete(s) => json!(s),
             Step::UpdateSettings(s) => json!(s),
+            Step::Backup(s) => json!(s),
+            Step::Restore(s) => json!(s),
         }
     }
 }
@@ -124,6 +131,9 @@ pub const WAITING_FOR_CAPACITY: &str = "waiting for capacity";
 
 impl Handler for Workflows {
     async fn run(&self, job: Claimed) -> Result<Done, JobError> {
+        if job.kind == pgplane_store::backups::BACKUP_DELETE_JOB {
+            return self.delete_backup(&job).await;
+        }
         let op = job.operation_id;
         let outcome = self.run_step(job).await;
         if let (Err(JobError::Retryable(why)), Some(op)) = (&outcome, op) {
@@ -154,6 +164,8 @@ impl Workflows {
                 Step::Switchover(s) => switchover::run(self, &mut tx, &st, s).await?,
                 Step::Delete(s) => delete::run(self, &mut tx, &st, s).await?,
                 Step::UpdateSettings(s) => update_settings::run(self, &mut tx, &st, s).await?,
+                Step::Backup(s) => backup::run(self, &mut tx, &st, s).await?,
+                Step::Restore(s) => restore::run(self, &mut tx, &st, s).await?,
             }
         }
         if !job_complete_in(&mut tx, job.id, job.lease_id, &json!({ "step": job.payload.get("step") })).await? {
@@ -161,6 +173,30 @@ impl Workflows {
         }
         tx.commit().await.map_err(pgplane_store::db_error)?;
         Ok(Done::Committed)
+    }
+
+    /// A `backup_delete` job: the backup's object (and what an interrupted upload staged for it)
+    /// is deleted from storage, then, unless the row is kept to show a failure, its row.
+    async fn delete_backup(&self, job: &Claimed) -> Result<Done, JobError> {
+        let id: pgplane_core::ids::BackupId = serde_json::from_value(job.payload["backup_id"].clone())
+            .map_err(|e| JobError::fatal(format!("a backup_delete job without a backup id: {e}")))?;
+        let keep_row = job.payload["keep_row"].as_bool().unwrap_or(false);
+        let mut conn = self.store.begin().await?;
+        let Some(b) = pgplane_store::backups::backup_object_in(&mut conn, id).await? else {
+            return Ok(Done::Result(json!({ "deleted": id, "already": true })));
+        };
+        let Some(storage) = &self.config.backup_storage else {
+            return Err(JobError::retry("the scheduler has no backup storage configured (--backup-storage)"));
+        };
+        let key = b.object_key.clone();
+        let swept = storage.sweep_key(&key).map_err(|e| JobError::retry(format!("sweeping {key}: {e:#}")))?;
+        storage.delete(&key).await.map_err(|e| JobError::retry(format!("deleting {key}: {e:#}")))?;
+        if !keep_row {
+            pgplane_store::backups::backup_row_delete_in(&mut conn, id).await?;
+        }
+        conn.commit().await.map_err(pgplane_store::db_error)?;
+        tracing::info!(backup = %id, %key, swept, keep_row, "backup object deleted");
+        Ok(Done::Result(json!({ "deleted": id, "key": key })))
     }
 
     /// How long an agent may stay silent before it counts as lost.
