@@ -3,47 +3,18 @@
 //! download without a token, take ranges, expire, and cannot be altered or turned to another
 //! backup, database or tenant; a deleted backup's link finds nothing.
 
-use pgplane_core::agent::BackupLocation;
-use pgplane_core::ids::{BackupId, DatabaseId};
 use pgplane_tests::{assert_problem, spawn_app, Client, TestApp};
 use reqwest::header::{HeaderMap, RANGE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// A backup row of `database` in `status`; a `done` one gets `data` as its object.
-pub(crate) async fn stored_backup(app: &TestApp, database: &str, status: &str, data: &[u8]) -> String {
-    let database_id: DatabaseId = database.parse().expect("database id");
-    let id = BackupId::new();
-    let key = BackupLocation::of(database_id, id).key;
-    let (size, sha256) = if status == "done" {
-        let up = app.backup_store().upload(&key, data).await.expect("upload");
-        (Some(up.size as i64), Some(up.sha256))
-    } else {
-        (None, None)
-    };
-    sqlx::query(
-        "INSERT INTO backups (id, tenant_id, database_id, method, status, object_key, size_bytes, sha256, \
-         started_at, finished_at) \
-         SELECT $1, tenant_id, id, 'manual', $3, $4, $5, $6, '2026-11-28T10:42:07Z', now() FROM databases WHERE id = $2",
-    )
-    .bind(id)
-    .bind(database_id)
-    .bind(status)
-    .bind(&key)
-    .bind(size)
-    .bind(sha256)
-    .execute(app.store.pool())
-    .await
-    .expect("backup row");
-    id.to_string()
-}
-
 /// A tenant with a database; returns (database id, owner's client).
 async fn tenant_database(app: &TestApp, email: &str) -> (String, Client) {
     let owner = app.user(email).await;
     let (_, app_id) = app.tenant_with_app(&owner, email).await;
-    let (s, op) = owner.post(&format!("/v1/apps/{app_id}/databases"), &json!({ "name": "main", "plan": "sandbox" })).await;
+    let (s, op) =
+        owner.post(&format!("/v1/apps/{app_id}/databases"), &json!({ "name": "main", "plan": "sandbox" })).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{op}");
     (op["database_id"].as_str().expect("database id").to_string(), owner)
 }
@@ -119,7 +90,7 @@ async fn backups_download_whole_and_by_ranges_with_a_token_or_a_signed_link() {
     let (db, alice) = tenant_database(&app, "alice@a.test").await;
     // More than one 5 MiB upload part, not a multiple of any chunk size.
     let data: Vec<u8> = (0..6_000_123u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let backup = stored_backup(&app, &db, "done", &data).await;
+    let backup = app.stored_backup(&db, "done", &data).await;
     let path = format!("/v1/databases/{db}/backups/{backup}/download");
 
     // With a token.
@@ -127,7 +98,7 @@ async fn backups_download_whole_and_by_ranges_with_a_token_or_a_signed_link() {
 
     // Not done yet, or failed: nothing to download, nor to link to.
     for (status, code) in [("pending", "backup_not_done"), ("running", "backup_not_done"), ("error", "backup_failed")] {
-        let other = stored_backup(&app, &db, status, &[]).await;
+        let other = app.stored_backup(&db, status, &[]).await;
         let (s, body) = alice.get(&format!("/v1/databases/{db}/backups/{other}/download")).await;
         assert_problem(s, &body, StatusCode::CONFLICT, "conflict");
         assert_eq!(body["code"], code, "{body}");
@@ -154,7 +125,7 @@ async fn backups_download_whole_and_by_ranges_with_a_token_or_a_signed_link() {
     }
 
     // Altered links are refused: the signature, the expiry, the backup, the database.
-    let second = stored_backup(&app, &db, "done", b"another backup").await;
+    let second = app.stored_backup(&db, "done", b"another backup").await;
     let (bob_db, bob) = tenant_database(&app, "bob@b.test").await;
     let (signature_at, expires_at) = (url.find("signature=").unwrap() + 10, url.find("expires=").unwrap() + 8);
     let mut flipped = url.clone().into_bytes();
@@ -176,7 +147,7 @@ async fn backups_download_whole_and_by_ranges_with_a_token_or_a_signed_link() {
     // Another tenant cannot make a link to it, nor turn a link of their own to it.
     let (s, body) = bob.post(&link_path, &json!({})).await;
     assert_problem(s, &body, StatusCode::NOT_FOUND, "not-found");
-    let bobs_backup = stored_backup(&app, &bob_db, "done", b"bob's data").await;
+    let bobs_backup = app.stored_backup(&bob_db, "done", b"bob's data").await;
     let (s, bobs) = bob.post(&format!("/v1/databases/{bob_db}/backups/{bobs_backup}/link"), &json!({})).await;
     assert_eq!(s, StatusCode::OK, "{bobs}");
     let bobs = bobs["url"].as_str().unwrap();

@@ -24,9 +24,10 @@ use tracing::Span;
 
 pub use auth::JwtKeys;
 use links::LinkSigner;
-use pgplane_storage::BackupStore;
 pub use openapi::openapi;
+use pgplane_storage::BackupStore;
 use ratelimit::RateLimiter;
+pub use routes::SHA256_HEADER;
 
 /// problem+json errors and extractors, shared with the scheduler's agent API.
 pub use pgplane_http::{error, extract, BODY_LIMIT};

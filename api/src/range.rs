@@ -93,7 +93,9 @@ mod tests {
 
     #[test]
     fn ignored_ones_ask_for_the_whole() {
-        for header in ["items=0-9", "bytes=0-9,20-29", "bytes=9-0", "bytes=a-b", "bytes=", "bytes=-", "0-9", "bytes=--1"] {
+        for header in
+            ["items=0-9", "bytes=0-9,20-29", "bytes=9-0", "bytes=a-b", "bytes=", "bytes=-", "0-9", "bytes=--1"]
+        {
             assert_eq!(of(header, 100), Whole, "{header}");
         }
         assert_eq!(ask(Some("bytes=0-9"), Some("\"other\""), "\"e\"", 100), Whole);

@@ -1,6 +1,8 @@
 //! The `pgplane` binary.
 
+mod backups;
 mod bootstrap;
+mod client;
 mod doctor;
 mod etcd;
 mod up;
@@ -38,6 +40,9 @@ enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// Prints the OpenAPI document.
     Openapi,
+    /// A database's logical backups, through the API: list, create, show, delete, download,
+    /// restore, quota.
+    Backups(backups::BackupsArgs),
     /// Runs the scheduler: workflows, lease reaping and the agent API.
     Scheduler(SchedulerArgs),
     /// Runs a node agent: drives PostgreSQL, Patroni and HAProxy on this host.
@@ -280,6 +285,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Scheduler(args) => run_scheduler(args).await,
+        Command::Backups(args) => backups::run(args).await,
         Command::Agent(args) => run_agent(args).await,
         Command::Doctor(args) => {
             if !doctor::run(args).await? {

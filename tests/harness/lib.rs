@@ -98,8 +98,8 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
     let secret: [u8; 32] = rand_bytes();
     let backup_root = std::env::temp_dir().join(format!("pgplane-test-backups-{}", uuid::Uuid::new_v4().simple()));
     let backups = pgplane_storage::BackupStore::local(backup_root.clone()).expect("local backup storage");
-    let state =
-        AppState::new(store.clone(), JwtKeys::from_secret(&secret), &config).with_backup_storage(backups, &secret, None);
+    let state = AppState::new(store.clone(), JwtKeys::from_secret(&secret), &config)
+        .with_backup_storage(backups, &secret, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -183,6 +183,35 @@ impl TestApp {
     /// The backup storage the API serves downloads from.
     pub fn backup_store(&self) -> pgplane_storage::BackupStore {
         pgplane_storage::BackupStore::local(self.backup_root.clone()).expect("local backup storage")
+    }
+
+    /// A backup row of `database` in `status`, as if a backup workflow had written it; a `done`
+    /// one gets `data` as its object in `backup_store`. Returns its id.
+    pub async fn stored_backup(&self, database: &str, status: &str, data: &[u8]) -> String {
+        let database_id: pgplane_core::ids::DatabaseId = database.parse().expect("database id");
+        let id = pgplane_core::ids::BackupId::new();
+        let key = pgplane_core::agent::BackupLocation::of(database_id, id).key;
+        let (size, sha256) = if status == "done" {
+            let up = self.backup_store().upload(&key, data).await.expect("upload");
+            (Some(up.size as i64), Some(up.sha256))
+        } else {
+            (None, None)
+        };
+        sqlx::query(
+            "INSERT INTO backups (id, tenant_id, database_id, method, status, object_key, size_bytes, sha256, \
+             started_at, finished_at) \
+             SELECT $1, tenant_id, id, 'manual', $3, $4, $5, $6, '2026-11-28T10:42:07Z', now() FROM databases WHERE id = $2",
+        )
+        .bind(id)
+        .bind(database_id)
+        .bind(status)
+        .bind(&key)
+        .bind(size)
+        .bind(sha256)
+        .execute(self.store.pool())
+        .await
+        .expect("backup row");
+        id.to_string()
     }
 
     pub fn base(&self) -> String {

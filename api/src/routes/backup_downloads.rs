@@ -149,7 +149,9 @@ async fn backup_link_download(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (Some(expires), Some(signature)) = (link.expires, link.signature) else {
-        return Err(Error::forbidden("this link is not signed: ask for one with POST …/backups/{backup_id}/link").into());
+        return Err(
+            Error::forbidden("this link is not signed: ask for one with POST …/backups/{backup_id}/link").into()
+        );
     };
     match downloads(&state)?.links.verify(database, backup, expires, &signature, Utc::now()) {
         Ok(()) => {}

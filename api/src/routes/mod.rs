@@ -4,6 +4,7 @@
 mod agents;
 mod apps;
 mod backup_downloads;
+pub use backup_downloads::SHA256_HEADER;
 mod backups;
 mod billing;
 mod config;
