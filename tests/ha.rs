@@ -3,7 +3,8 @@
 //! an unplanned failover (kill -9 of the leader's Patroni and PostgreSQL) while a client
 //! writes continuously: no acknowledged write is lost and the new leader takes writes. And a
 //! replica whose replication breaks: shown `not_streaming` (never the synchronous standby),
-//! re-cloned, streaming again.
+//! re-cloned, streaming again. And a Business backup taken on the streaming follower, then
+//! restored in place on the leader.
 
 use pgplane_agent::runtime::AgentConfig;
 use pgplane_agent::LocalEtcd;
@@ -75,9 +76,16 @@ async fn platform_with(agents: usize, not_streaming_grace: Duration) -> Platform
         tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await.unwrap().expect("etcd")
     };
     let mut app = spawn_app().await;
-    let config = SchedulerConfig { not_streaming_grace, ..pgplane_tests::scheduler_config(etcd.admin()) };
+    // Backups go to one local folder every agent and the scheduler share.
+    let backups = TempDir::new("b");
+    let storage = pgplane_storage::StorageConfig::Local { root: backups.0.join("store") };
+    let config = SchedulerConfig {
+        not_streaming_grace,
+        backup_storage: Some(pgplane_storage::BackupStore::open(&storage).expect("backup storage")),
+        ..pgplane_tests::scheduler_config(etcd.admin())
+    };
     let agent_api = app.start_scheduler_config(config).await;
-    let mut dirs = vec![etcd_dir];
+    let mut dirs = vec![etcd_dir, backups];
     let mut started = Vec::new();
     let mut roots = Vec::new();
     let (port_min, port_max) = pgplane_tests::port_window(20);
@@ -95,7 +103,7 @@ async fn platform_with(agents: usize, not_streaming_grace: Duration) -> Platform
             port_min,
             port_max,
             root: dir.0.clone(),
-            backup_storage: None,
+            backup_storage: Some(storage.clone()),
         };
         dirs.push(dir);
         started.push(Agent::start(config));
@@ -385,6 +393,43 @@ async fn business_configuration_switchover_and_failover_without_losing_writes() 
     p.run(&del, Duration::from_secs(90)).await;
     assert!(pids_mentioning(&db).is_empty(), "nothing of the database runs any more");
     p.stop_agents().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_business_backup_is_taken_on_the_streaming_follower_and_restores_on_the_leader() {
+    let p = platform(2).await;
+    let (s, op) =
+        p.owner.post(&format!("/v1/apps/{}/databases", p.app_id), &json!({ "name": "bk", "plan": "business-1" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    p.run(&op, Duration::from_secs(180)).await;
+    let db = op["database_id"].as_str().unwrap().to_string();
+    let url = p.url(&db).await;
+    eventually(
+        &url,
+        "CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS x; SELECT count(*) FROM t",
+        "1",
+        Duration::from_secs(30),
+    )
+    .await;
+    p.members_become(&db, &["leader", "replica"], Duration::from_secs(60)).await;
+    let (_, members) = p.owner.get(&format!("/v1/databases/{db}/members")).await;
+    let replica = members["items"].as_array().unwrap().iter().find(|m| m["role"] == "replica").unwrap()["name"].clone();
+
+    let (s, op) = p.owner.post(&format!("/v1/databases/{db}/backups"), &json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    p.run(&op, Duration::from_secs(180)).await;
+    let (_, page) = p.owner.get(&format!("/v1/databases/{db}/backups")).await;
+    let backup = page["items"][0].clone();
+    assert_eq!(backup["status"], "done", "{backup}");
+    assert_eq!(backup["member"], replica, "the dump ran on the streaming follower: {backup}");
+
+    // Written after the backup: a restore in place (on the leader) takes it away again.
+    psql(&url, "INSERT INTO t VALUES (2)").await.unwrap();
+    let path = format!("/v1/databases/{db}/backups/{}/restore", backup["id"].as_str().unwrap());
+    let (s, op) = p.owner.post(&path, &json!({ "target": "in_place" })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{op}");
+    p.run(&op, Duration::from_secs(180)).await;
+    eventually(&url, "SELECT count(*) FROM t", "1", Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

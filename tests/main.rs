@@ -7,6 +7,7 @@ mod backup;
 mod backup_downloads;
 mod backup_s3;
 mod backup_standby;
+mod backups_api;
 mod databases;
 mod e2e;
 mod engine;

@@ -320,6 +320,13 @@ impl Store {
         Ok((rows.into_iter().map(BackupRow::into_backup).collect::<Result<_>>()?, next))
     }
 
+    /// Where a backup's object is and what its dump recorded (no access checks: call it after
+    /// `backup_get`, e.g. to stream a download).
+    pub async fn backup_object(&self, id: BackupId) -> Result<Option<BackupObject>> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        backup_object_in(&mut conn, id).await
+    }
+
     /// The backups quotas and retention count, for a database.
     pub async fn backup_facts(&self, database: DatabaseId) -> Result<Vec<BackupFacts>> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;

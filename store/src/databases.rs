@@ -394,6 +394,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            // A pending backup canceled with it ends in error (it never started: no object).
+            crate::backups::backup_fail_of_operation_in(&mut tx, active.id, "canceled: the database is being deleted")
+                .await?;
         }
         let op = operation_insert(&mut tx, actor, db.tenant_id, id, OperationKind::Delete, json!({})).await?;
         sqlx::query(

@@ -137,12 +137,17 @@ impl Plane {
             dir.join("api.log"),
         );
         let bootstrap = "crash-test-bootstrap-token";
+        // Backups go to a local folder both the agent and the scheduler are given.
+        let storage = dir.join("backup-storage.json");
+        let storage_json = json!({ "kind": "local", "root": dir.join("backups") });
+        std::fs::write(&storage, storage_json.to_string()).unwrap();
         let scheduler = Proc::new(
             vec![s("scheduler"), s("--database-url"), url.clone(), s("--agent-listen"), agent_api.clone()]
                 .into_iter()
                 .chain([s("--agent-bootstrap-token"), s(bootstrap), s("--etcd-endpoints"), etcd.endpoint()])
                 .chain([s("--etcd-ca-file"), path(etcd.ca_file()), s("--etcd-root-password-file")])
                 .chain([path(etcd.root_password_file())])
+                .chain([s("--backup-storage"), path(storage.clone())])
                 .collect(),
             dir.join("scheduler.log"),
         );
@@ -164,6 +169,8 @@ impl Plane {
                 &(port_min + 49).to_string(),
                 "--root",
                 root.to_str().unwrap(),
+                "--backup-storage",
+                storage.to_str().unwrap(),
             ]
             .map(String::from)
             .to_vec(),
@@ -255,6 +262,11 @@ impl Plane {
     /// The agent's log lines that contain `needle`.
     pub fn agent_log_matching(&self, needle: &str) -> Vec<String> {
         self.agent.log_lines().into_iter().filter(|l| l.contains(needle)).collect()
+    }
+
+    /// The local backup storage's folder.
+    pub fn backups_dir(&self) -> PathBuf {
+        self.dir.join("backups")
     }
 
     pub fn pg_dir(&self) -> &Path {

@@ -67,7 +67,8 @@ async fn start(w: &Workflows, tx: &mut PgConnection, st: &OperationState, b: &Ba
 }
 
 /// The member a dump runs on: a replica that streams, whose agent is alive (the first in name
-/// order), else the leader when its agent is alive. Neither: refused, nothing changed.
+/// order), else the leader when its agent is alive; while no leader is recorded (a database just
+/// created, a failover) the step is tried again shortly. No live member: refused, nothing changed.
 pub(crate) async fn dump_member(
     w: &Workflows,
     tx: &mut PgConnection,
@@ -85,6 +86,10 @@ pub(crate) async fn dump_member(
     let leader = member_leader_in(tx, st.database_id).await?;
     if let Some(m) = leader.as_deref().and_then(live) {
         return Ok(m.clone());
+    }
+    if leader.is_none() && members.iter().any(|m| alive.contains(&m.agent_id)) {
+        // Just created or failing over: the leader is not recorded yet.
+        return Err(JobError::retry("waiting for the database's leader to be known"));
     }
     Err(JobError::Refused {
         tenant: "no member of the database can be backed up right now (its hosts do not answer the platform); try \
