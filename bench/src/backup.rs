@@ -6,8 +6,9 @@
 //!   dumps (twice, the second kept: every run after the first reads a warm cache),
 //! - `POST …/backups` → the backup's operation `done` (API, scheduler, agent, upload, records),
 //! - the download of that backup through the API (streamed to /dev/null),
-//! - bare `pg_restore` of the file into a new database vs `POST …/restore` in place → `done`,
-//! with the agent's resident memory sampled every 50 ms while it streams the dump and the restore.
+//! - bare `pg_restore` of the file into a new database vs `POST …/restore` in place → `done`.
+//!
+//! The agent's resident memory is sampled every 50 ms while it streams the dump and the restore.
 
 use anyhow::{bail, Context, Result};
 use reqwest::Method;
