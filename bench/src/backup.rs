@@ -27,6 +27,9 @@ pub struct Args {
     /// Keep backups in S3 over TLS (moto) instead of a local folder.
     #[arg(long)]
     s3: bool,
+    /// Stop after the download (no restores).
+    #[arg(long)]
+    no_restore: bool,
     /// The S3 test server's virtual environment (gunicorn and moto).
     #[arg(long, env = "PGPLANE_S3_TEST_VENV", default_value = "/opt/pgplane/s3test")]
     s3_venv: PathBuf,
@@ -227,6 +230,9 @@ async fn bench(args: &Args, bin: &Path, p: &Platform, dir: &Path) -> Result<()> 
         mb(got as f64) / secs
     );
 
+    if args.no_restore {
+        return Ok(());
+    }
     // Restores: bare pg_restore of the file into a new database vs the restore in place.
     let out = as_postgres("createdb").arg("bare_restore").output().await?;
     anyhow::ensure!(out.status.success(), "createdb: {}", String::from_utf8_lossy(&out.stderr));

@@ -4,7 +4,7 @@
 //! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit | lab`
 //! `cargo run --release -p pgplane-bench -- workflows --databases 50`
 //! `cargo run --release -p pgplane-bench -- dump [--scale 70]`
-//! `cargo run --release -p pgplane-bench -- backup [--scale 70] [--s3]`
+//! `cargo run --release -p pgplane-bench -- backup [--scale 70] [--s3] [--no-restore]`
 
 mod api;
 mod backup;
