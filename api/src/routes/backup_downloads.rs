@@ -222,10 +222,7 @@ async fn serve(state: &AppState, database: DatabaseId, backup: BackupId, headers
         RangeAsk::Part(part) => Some(part),
         RangeAsk::Unsatisfiable => return Ok(unsatisfiable(size)),
     };
-    let read = storage
-        .read(&found.object_key, part.clone().or((size > 0).then_some(0..size)))
-        .await
-        .map_err(|e| Error::internal(format!("{e:#}")))?;
+    let read = storage.read(&found.object_key, part.clone()).await.map_err(|e| Error::internal(format!("{e:#}")))?;
     let Some(read) = read else {
         // Deleted while this request started, or lost from storage: either way, gone.
         tracing::warn!(%database, %backup, key = found.object_key, "a done backup has no object in storage");
