@@ -15,6 +15,8 @@ enum Expect {
     PlatformOnly,
     /// About the caller alone (or public): succeeds and shows nothing of tenant A.
     OwnOrPublic,
+    /// Public, but only with a valid signature (a download link): 403 without one.
+    SignedOnly,
 }
 use Expect::*;
 
@@ -73,6 +75,9 @@ fn table() -> Vec<(&'static str, Expect, Option<Value>)> {
         ("GET /v1/databases/{database_id}/connection", NotFound, None),
         ("GET /v1/databases/{database_id}/ca.pem", NotFound, None),
         ("PATCH /v1/databases/{database_id}/settings", NotFound, Some(json!({ "force_tls": true }))),
+        ("GET /v1/databases/{database_id}/backups/{backup_id}/download", NotFound, None),
+        ("POST /v1/databases/{database_id}/backups/{backup_id}/link", NotFound, Some(json!({}))),
+        ("GET /v1/backup-links/{database_id}/{backup_id}", SignedOnly, None),
         ("GET /v1/databases/{database_id}/operations", NotFound, None),
         ("GET /v1/databases/{database_id}/backups", NotFound, None),
         ("POST /v1/databases/{database_id}/backups", NotFound, None),
@@ -240,7 +245,7 @@ async fn another_tenant_gets_404_and_changes_nothing() {
         let (status, answer) = client.call(method, &path, body.as_ref()).await;
         let after = app.fingerprint().await;
         match expect {
-            NotFound | PlatformOnly => {
+            NotFound | PlatformOnly | SignedOnly => {
                 let (code, kind) = if expect == NotFound {
                     (StatusCode::NOT_FOUND, "not-found")
                 } else {

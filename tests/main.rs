@@ -4,6 +4,7 @@ mod agents;
 mod api_document;
 mod auth;
 mod backup;
+mod backup_downloads;
 mod backup_s3;
 mod backup_standby;
 mod backups_api;

@@ -5,7 +5,9 @@
 
 pub mod auth;
 mod idempotency;
+pub mod links;
 pub mod openapi;
+mod range;
 pub mod ratelimit;
 mod routes;
 
@@ -21,8 +23,11 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 pub use auth::JwtKeys;
+use links::LinkSigner;
 pub use openapi::openapi;
+use pgplane_storage::BackupStore;
 use ratelimit::RateLimiter;
+pub use routes::SHA256_HEADER;
 
 /// problem+json errors and extractors, shared with the scheduler's agent API.
 pub use pgplane_http::{error, extract, BODY_LIMIT};
@@ -48,6 +53,19 @@ pub struct AppState {
     pub store: Store,
     pub jwt: Arc<JwtKeys>,
     pub rate_limiter: Arc<RateLimiter>,
+    /// Where backups are read for downloads, and how their links are signed (`None`: this API
+    /// was given no backup storage, and downloads fail with a logged internal error).
+    pub downloads: Option<Arc<Downloads>>,
+}
+
+/// What backup downloads need: the backup storage the agents write to, the signer of download
+/// links, and the API's address as the platform's clients reach it (the links name it).
+#[derive(Debug)]
+pub struct Downloads {
+    pub storage: BackupStore,
+    pub links: LinkSigner,
+    /// E.g. `https://api.example.com`; without it, links name the `Host` the request was sent to.
+    pub public_url: Option<String>,
 }
 
 impl AppState {
@@ -56,7 +74,16 @@ impl AppState {
             store,
             jwt: Arc::new(jwt),
             rate_limiter: Arc::new(RateLimiter::new(config.rate_per_second, config.rate_burst)),
+            downloads: None,
         }
+    }
+
+    /// Serves backup downloads from `storage`, signing links with the key derived from the
+    /// access-token secret `jwt_secret` (see `links`).
+    pub fn with_backup_storage(mut self, storage: BackupStore, jwt_secret: &[u8], public_url: Option<String>) -> Self {
+        let public_url = public_url.map(|u| u.trim_end_matches('/').to_string());
+        self.downloads = Some(Arc::new(Downloads { storage, links: LinkSigner::derive(jwt_secret), public_url }));
+        self
     }
 }
 

@@ -30,7 +30,7 @@ use crate::error::{Problem, PROBLEM_JSON};
         (name = "tenants", description = "Tenants and their members"),
         (name = "apps", description = "Apps and their addons"),
         (name = "databases", description = "Databases, their settings and operations"),
-        (name = "backups", description = "Logical backups of a database: take, list, delete, quota, restore"),
+        (name = "backups", description = "Logical backups of a database: take, list, download, delete, quota, restore"),
         (name = "billing", description = "Plan periods for the billing service"),
         (name = "jobs", description = "The job queue (operators)"),
         (name = "agents", description = "Node agents and what their hosts can do (operators)"),

@@ -254,7 +254,7 @@ fn local_config(dir: &Path) -> Result<PathBuf> {
 }
 
 /// moto's S3 under gunicorn over TLS, stopped (by its pid) when dropped.
-struct S3Server(std::process::Child);
+pub struct S3Server(std::process::Child);
 
 impl Drop for S3Server {
     fn drop(&mut self) {
@@ -263,7 +263,7 @@ impl Drop for S3Server {
     }
 }
 
-async fn start_s3(venv: &Path, dir: &Path) -> Result<(S3Server, PathBuf)> {
+pub async fn start_s3(venv: &Path, dir: &Path) -> Result<(S3Server, PathBuf)> {
     let ca = pgplane_pki::DatabaseCa::generate("bench s3")?;
     let cert = ca.issue_server(&["127.0.0.1"])?;
     std::fs::write(dir.join("s3.crt"), &cert.cert_pem)?;

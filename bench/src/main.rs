@@ -4,8 +4,10 @@
 //! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit | lab`
 //! `cargo run --release -p pgplane-bench -- workflows --databases 50`
 //! `cargo run --release -p pgplane-bench -- dump [--scale 70]`
+//! `cargo run --release -p pgplane-bench -- backup [--scale 70] [--s3] [--no-restore]`
 
 mod api;
+mod backup;
 mod client;
 mod commit;
 mod controlpg;
@@ -69,6 +71,10 @@ enum Bench {
     /// streaming dump into a local folder and S3 over TLS, restore times, and the resident
     /// memory of the streaming process.
     Dump(dump::Args),
+    /// Logical backups through pgplane: `POST …/backups` → done (local folder or S3 over TLS) vs
+    /// bare `pg_dump -Fc`, the download, restore in place vs bare `pg_restore`, and the agent's
+    /// resident memory while it streams.
+    Backup(backup::Args),
     /// The streaming child of `dump` (not for direct use).
     #[command(hide = true)]
     DumpStream,
@@ -88,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Lab(args) => lab::run(args).await,
         Bench::Workflows(args) => workflows::run(args).await,
         Bench::Dump(args) => dump::run(args).await,
+        Bench::Backup(args) => backup::run(args).await,
         Bench::DumpStream => dump::stream().await,
     }
 }

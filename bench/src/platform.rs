@@ -83,12 +83,19 @@ pub struct Platform {
     pg: ControlPg,
     dir: PathBuf,
     torn_down: bool,
+    /// Given to the api, the scheduler and the agents as `PGPLANE_BACKUP_STORAGE`.
+    backup_storage: Option<PathBuf>,
 }
 
 const BOOTSTRAP_TOKEN: &str = "pgplane-bench-bootstrap-token";
 
 impl Platform {
     pub async fn start(agents: usize) -> Result<Platform> {
+        Self::start_with_backups(agents, None).await
+    }
+
+    /// `start`, with every service given the backup storage configuration `backup_storage`.
+    pub async fn start_with_backups(agents: usize, backup_storage: Option<PathBuf>) -> Result<Platform> {
         let dir = std::env::temp_dir().join(format!("pgb-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
@@ -120,6 +127,7 @@ impl Platform {
             pg,
             dir,
             torn_down: false,
+            backup_storage,
         };
         p.start_services(agents).await?;
         Ok(p)
@@ -131,6 +139,8 @@ impl Platform {
         let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let db = ("PGPLANE_DATABASE_URL", self.pg.url.clone());
         let token = ("PGPLANE_AGENT_BOOTSTRAP_TOKEN", BOOTSTRAP_TOKEN.to_string());
+        let storage: Vec<(&str, String)> =
+            self.backup_storage.iter().map(|f| ("PGPLANE_BACKUP_STORAGE", f.display().to_string())).collect();
         let s = |v: &str| v.to_string();
         self.services.push(Service::start(
             "api",
@@ -138,7 +148,7 @@ impl Platform {
                 .into_iter()
                 .chain(["--rate-limit-per-second", "1000000", "--rate-limit-burst", "1000000"].map(s))
                 .collect::<Vec<_>>(),
-            &[db.clone(), ("PGPLANE_JWT_SECRET", secret)],
+            &[vec![db.clone(), ("PGPLANE_JWT_SECRET", secret)], storage.clone()].concat(),
             self.dir.join("api.log"),
         )?);
         let etcd = self.etcd.as_ref().expect("etcd runs");
@@ -154,7 +164,8 @@ impl Platform {
         if password_file.exists() {
             args.extend([s("--etcd-root-password-file"), password_file.display().to_string()]);
         }
-        self.services.push(Service::start("scheduler", &args, &[db, token.clone()], self.dir.join("scheduler.log"))?);
+        let env = [vec![db, token.clone()], storage.clone()].concat();
+        self.services.push(Service::start("scheduler", &args, &env, self.dir.join("scheduler.log"))?);
         let (port_min, port_max) = port_window(200)?;
         for i in 0..agents {
             let root = self.dir.join(format!("a{i}"));
@@ -183,7 +194,7 @@ impl Platform {
             self.services.push(Service::start(
                 &format!("agent-{i}"),
                 &args,
-                std::slice::from_ref(&token),
+                &[vec![token.clone()], storage.clone()].concat(),
                 self.dir.join(format!("agent-{i}.log")),
             )?);
             self.roots.push(root);

@@ -1,6 +1,8 @@
 //! The `pgplane` binary.
 
+mod backups;
 mod bootstrap;
+mod client;
 mod doctor;
 mod etcd;
 mod up;
@@ -38,6 +40,9 @@ enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// Prints the OpenAPI document.
     Openapi,
+    /// A database's logical backups, through the API: list, create, show, delete, download,
+    /// restore, quota.
+    Backups(backups::BackupsArgs),
     /// Runs the scheduler: workflows, lease reaping and the agent API.
     Scheduler(SchedulerArgs),
     /// Runs a node agent: drives PostgreSQL, Patroni and HAProxy on this host.
@@ -76,6 +81,11 @@ pub struct ServeArgs {
     /// Connections the API keeps to the control-plane database.
     #[arg(long, env = "PGPLANE_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: u32,
+    /// The API's address as the platform's clients reach it, e.g. `https://api.example.com`:
+    /// backup download links name it. Without it, a link names the address its request was
+    /// sent to (`http://` and the `Host` header).
+    #[arg(long, env = "PGPLANE_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +101,10 @@ struct ApiArgs {
     /// File holding the signing secret (instead of --jwt-secret).
     #[arg(long, env = "PGPLANE_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
+    /// The backup storage's configuration (the agents' `--backup-storage` file): backups are
+    /// downloaded from there. Without it, downloads fail (logged as an internal error).
+    #[arg(long, env = "PGPLANE_BACKUP_STORAGE")]
+    backup_storage: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -271,6 +285,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Scheduler(args) => run_scheduler(args).await,
+        Command::Backups(args) => backups::run(args).await,
         Command::Agent(args) => run_agent(args).await,
         Command::Doctor(args) => {
             if !doctor::run(args).await? {
@@ -297,19 +312,37 @@ async fn run_api(args: ApiArgs) -> Result<()> {
             .to_vec(),
         (None, None) => anyhow::bail!("give the access-token signing secret with --jwt-secret or --jwt-secret-file"),
     };
+    let backups = match &args.backup_storage {
+        Some(file) => Some(pgplane_storage::BackupStore::open(&pgplane_storage::StorageConfig::load(file)?)?),
+        None => {
+            tracing::warn!("no --backup-storage: backups cannot be downloaded through this API");
+            None
+        }
+    };
     let store = Store::connect(args.db.database_url.expose_secret(), args.serve.db_pool_size).await?;
     store.migrate().await?;
-    serve(store, jwt_keys(&secret)?, &args.serve, |addr| tracing::info!(%addr, "API listening")).await
+    serve(store, &secret, backups, &args.serve, |addr| tracing::info!(%addr, "API listening")).await
 }
 
-/// Runs the API until Ctrl-C or SIGTERM.
-pub async fn serve(store: Store, jwt: JwtKeys, args: &ServeArgs, on_listen: impl FnOnce(SocketAddr)) -> Result<()> {
+/// Runs the API until Ctrl-C or SIGTERM: access tokens signed with `jwt_secret`, backups
+/// downloaded from `backups` (their links signed with a key derived from the same secret).
+pub async fn serve(
+    store: Store,
+    jwt_secret: &[u8],
+    backups: Option<pgplane_storage::BackupStore>,
+    args: &ServeArgs,
+    on_listen: impl FnOnce(SocketAddr),
+) -> Result<()> {
     let config = ApiConfig { rate_per_second: args.rate_limit_per_second, rate_burst: args.rate_limit_burst };
+    let mut state = AppState::new(store, jwt_keys(jwt_secret)?, &config);
+    if let Some(backups) = backups {
+        state = state.with_backup_storage(backups, jwt_secret, args.public_url.clone());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (choose another address with --listen)", args.listen))?;
     on_listen(listener.local_addr()?);
-    pgplane_api::serve(listener, AppState::new(store, jwt, &config), shutdown_signal()).await?;
+    pgplane_api::serve(listener, state, shutdown_signal()).await?;
     Ok(())
 }
 

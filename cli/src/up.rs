@@ -25,7 +25,8 @@ Starts a whole pgplane on one machine, on embedded defaults, and keeps it runnin
   etcd                      The databases' DCS, in STATE/etcd: https only on 127.0.0.1 with a CA of
                             its own (STATE/etcd/tls/ca.pem), authentication on, root's password in
                             STATE/etcd/root-password. Also started again if it dies.
-  API                       The public REST API on --listen (127.0.0.1:8080).
+  API                       The public REST API on --listen (127.0.0.1:8080); it serves backup
+                            downloads from the backup storage below.
   Scheduler                 Workflows, the job queue and lease reaping, with the agent API on
                             --agent-listen (127.0.0.1:8081).
   Three agents              local-1, local-2 and local-3, all on 127.0.0.1 (so a Business
@@ -33,8 +34,8 @@ Starts a whole pgplane on one machine, on embedded defaults, and keeps it runnin
                             25000-25199, 25200-25399 and 25400-25599 and their databases in
                             STATE/agents/local-N. They run Patroni, PostgreSQL and HAProxy.
   Backup storage            A local folder, STATE/backups, named by STATE/backup-storage.json (the
-                            agents' and the scheduler's --backup-storage file): edit that file to
-                            use an S3-compatible store instead.";
+                            agents', the scheduler's and the API's --backup-storage file): edit
+                            that file to use an S3-compatible store instead.";
 
 /// The rest of `pgplane up --help`: the state folder and Ctrl-C.
 pub const AFTER_HELP: &str = "\
@@ -165,8 +166,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         agents.push(tokio::spawn(pgplane_agent::runtime::run(config, stopped.clone())));
     }
 
-    let jwt = crate::jwt_keys(jwt_secret.as_bytes())?;
-    let result = crate::serve(store, jwt, &args.serve, |addr| {
+    let api_backups = pgplane_storage::BackupStore::open(&backup_storage)?;
+    let result = crate::serve(store, jwt_secret.as_bytes(), Some(api_backups), &args.serve, |addr| {
         let pg_line = match &local_pg {
             Some(pg) => format!("private PostgreSQL on 127.0.0.1:{} (data in {})", pg.port(), pg.dir().display()),
             None => "the database given by --database-url".to_string(),

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod backup;
+pub mod backup_link;
 pub mod error;
 pub mod ids;
 pub mod model;

@@ -12,14 +12,17 @@ mod config;
 pub use config::{S3Config, S3Credentials, StorageConfig};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt};
+use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,6 +34,22 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 pub const PARTS_IN_FLIGHT: usize = 2;
 /// How much is read from the source at a time.
 const CHUNK: usize = 256 * 1024;
+
+/// An object being read: its whole size and a stream of the bytes asked for.
+pub struct ObjectRead {
+    /// The size of the whole object.
+    pub size: u64,
+    /// The bytes the stream yields (the whole object unless a range was asked for).
+    pub range: Range<u64>,
+    /// The bytes, read from the store as the stream is polled (never all held in memory).
+    pub stream: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+impl std::fmt::Debug for ObjectRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRead").field("size", &self.size).field("range", &self.range).finish_non_exhaustive()
+    }
+}
 
 /// What an upload wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +201,21 @@ impl BackupStore {
         Ok(Uploaded { size, sha256: hex::encode(hasher.finalize()) })
     }
 
+    /// Opens the object `key` for reading, the bytes of `range` only when one is given (it must
+    /// be non-empty and within the object: check it against `size` first). `None` when there is
+    /// no object of that name. The bytes come as the stream is polled, a few chunks at a time.
+    pub async fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<Option<ObjectRead>> {
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
+        let got = match self.store.get_opts(&Self::path(key)?, options).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading the backup {key}")),
+        };
+        let (size, range) = (got.meta.size, got.range.clone());
+        let stream = got.into_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed();
+        Ok(Some(ObjectRead { size, range, stream }))
+    }
+
     /// The object's size, or `None` when there is no object of that name.
     pub async fn size(&self, key: &str) -> Result<Option<u64>> {
         match self.store.head(&Self::path(key)?).await {
@@ -322,6 +356,29 @@ mod tests {
         store.delete("a/b/one.dump").await.unwrap();
         store.delete("a/b/one.dump").await.unwrap();
         assert_eq!(store.size("a/b/one.dump").await.unwrap(), None);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_whole_objects_and_ranges() {
+        let root = folder("range");
+        let store = BackupStore::local(root.clone()).unwrap();
+        let data: Vec<u8> = (0..(CHUNK * 3 + 99)).map(|i| (i * 17 % 253) as u8).collect();
+        store.upload("r/one.dump", &data[..]).await.unwrap();
+        async fn collect(read: ObjectRead) -> Vec<u8> {
+            let chunks: Vec<Bytes> = read.stream.map(|c| c.unwrap()).collect().await;
+            chunks.concat()
+        }
+        let whole = store.read("r/one.dump", None).await.unwrap().unwrap();
+        assert_eq!((whole.size, whole.range.clone()), (data.len() as u64, 0..data.len() as u64));
+        assert_eq!(collect(whole).await, data);
+        let start = CHUNK as u64 - 5;
+        let part = store.read("r/one.dump", Some(start..start + 1000)).await.unwrap().unwrap();
+        assert_eq!((part.size, part.range.clone()), (data.len() as u64, start..start + 1000));
+        assert_eq!(collect(part).await, &data[start as usize..start as usize + 1000]);
+        let last = store.read("r/one.dump", Some(data.len() as u64 - 1..data.len() as u64)).await.unwrap().unwrap();
+        assert_eq!(collect(last).await, &data[data.len() - 1..]);
+        assert!(store.read("r/missing.dump", None).await.unwrap().is_none());
         std::fs::remove_dir_all(root).unwrap();
     }
 

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod agent_retire;
 pub mod agents;
 pub mod apps;
+pub mod backup_downloads;
 pub mod backups;
 pub mod billing;
 pub mod config;

@@ -64,6 +64,8 @@ pub struct TestApp {
     operator: Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     scheduler_stop: Option<tokio::sync::watch::Sender<bool>>,
+    /// The local backup storage the API serves downloads from (removed with the app).
+    pub backup_root: std::path::PathBuf,
 }
 
 impl Drop for TestApp {
@@ -74,6 +76,7 @@ impl Drop for TestApp {
         if let Some(tx) = self.scheduler_stop.take() {
             let _ = tx.send(true);
         }
+        let _ = std::fs::remove_dir_all(&self.backup_root);
     }
 }
 
@@ -93,7 +96,10 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
     let db_url = fresh_database().await.expect("fresh control-plane database");
     let store = Store::connect(&db_url, 8).await.expect("pool");
     let secret: [u8; 32] = rand_bytes();
-    let state = AppState::new(store.clone(), JwtKeys::from_secret(&secret), &config);
+    let backup_root = std::env::temp_dir().join(format!("pgplane-test-backups-{}", uuid::Uuid::new_v4().simple()));
+    let backups = pgplane_storage::BackupStore::local(backup_root.clone()).expect("local backup storage");
+    let state = AppState::new(store.clone(), JwtKeys::from_secret(&secret), &config)
+        .with_backup_storage(backups, &secret, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -110,6 +116,7 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
         operator: Client { http, base, bearer: None },
         shutdown: Some(tx),
         scheduler_stop: None,
+        backup_root,
     };
     app.operator = app.user_with_role("operator@platform.test", Some(PlatformRole::Operator)).await;
     app
@@ -171,6 +178,40 @@ impl TestApp {
             assert!(std::time::Instant::now() < deadline, "operation {op} did not finish in {timeout:?}: {body}");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// The backup storage the API serves downloads from.
+    pub fn backup_store(&self) -> pgplane_storage::BackupStore {
+        pgplane_storage::BackupStore::local(self.backup_root.clone()).expect("local backup storage")
+    }
+
+    /// A backup row of `database` in `status`, as if a backup workflow had written it; a `done`
+    /// one gets `data` as its object in `backup_store`. Returns its id.
+    pub async fn stored_backup(&self, database: &str, status: &str, data: &[u8]) -> String {
+        let database_id: pgplane_core::ids::DatabaseId = database.parse().expect("database id");
+        let id = pgplane_core::ids::BackupId::new();
+        let key = pgplane_core::agent::BackupLocation::of(database_id, id).key;
+        let (size, sha256) = if status == "done" {
+            let up = self.backup_store().upload(&key, data).await.expect("upload");
+            (Some(up.size as i64), Some(up.sha256))
+        } else {
+            (None, None)
+        };
+        sqlx::query(
+            "INSERT INTO backups (id, tenant_id, database_id, method, status, object_key, size_bytes, sha256, \
+             started_at, finished_at) \
+             SELECT $1, tenant_id, id, 'manual', $3, $4, $5, $6, '2026-11-28T10:42:07Z', now() FROM databases WHERE id = $2",
+        )
+        .bind(id)
+        .bind(database_id)
+        .bind(status)
+        .bind(&key)
+        .bind(size)
+        .bind(sha256)
+        .execute(self.store.pool())
+        .await
+        .expect("backup row");
+        id.to_string()
     }
 
     pub fn base(&self) -> String {

@@ -3,6 +3,8 @@
 
 mod agents;
 mod apps;
+mod backup_downloads;
+pub use backup_downloads::SHA256_HEADER;
 mod backups;
 mod billing;
 mod config;
@@ -35,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(apps::router())
         .merge(databases::router())
         .merge(backups::router())
+        .merge(backup_downloads::router())
         .merge(config::router())
         .merge(billing::router())
         .merge(jobs::router())
