@@ -57,6 +57,7 @@ fn member_spec(database_id: DatabaseId, generation: i64, etcd: EtcdAccess, ca: &
         },
         force_tls: true,
         synchronous_mode: false,
+        pitr: None,
     })
 }
 
