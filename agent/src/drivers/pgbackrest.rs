@@ -36,6 +36,19 @@ pub fn program() -> Result<PathBuf> {
         .map_err(|_| anyhow::anyhow!("pgbackrest was not found (set PGPLANE_PGBACKREST): run scripts/install-deps"))
 }
 
+/// The newest PostgreSQL major a pgBackRest version backs up (`PG_VERSION_MAX` of its source):
+/// 2.45, Debian 12's, refuses 16 ("unexpected control version").
+pub fn max_postgres_major(version: &str) -> Option<u32> {
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next()??, parts.next()??);
+    Some(match (major, minor) {
+        (2, 0..=45) => 15,
+        (2, 46..=51) => 16,
+        (2, 52..=54) => 17,
+        _ => 18,
+    })
+}
+
 /// The PostgreSQL server a stanza backs up, as pgBackRest reaches it: its data folder, and its
 /// socket as the OS superuser (peer authentication).
 #[derive(Debug, Clone)]
@@ -612,6 +625,9 @@ mod tests {
         let name = RestoreTarget::Name { name: "before".into(), lsn: Lsn(1) };
         assert_eq!(target_args(&name), ["--type=name", "--target=before"]);
         assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(max_postgres_major("2.45"), Some(15));
+        assert_eq!(max_postgres_major("2.55.1"), Some(18));
+        assert_eq!(max_postgres_major("two"), None);
         assert_eq!(shell_quote("/a b/c'd"), r"'/a b/c'\''d'");
     }
 
