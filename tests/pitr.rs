@@ -185,9 +185,12 @@ async fn plan(stanza: &Stanza, target: RestoreTarget, timeline: u32) -> Result<R
 /// copy must not push a timeline into the stanza), and returns its rows.
 async fn restored_rows(stanza: &Stanza, plan: &RestorePlan, dir: &Path) -> Result<String> {
     let mut copy = Member::at(dir)?;
-    stanza.restore(&copy.data(), plan, false).await?;
-    copy.start(&[("archive_mode", "off".into())]).await?;
-    let rows = copy.rows().await;
+    let rows = async {
+        stanza.restore(&copy.data(), plan, false).await?;
+        copy.start(&[("archive_mode", "off".into())]).await?;
+        copy.rows().await
+    }
+    .await;
     copy.stop();
     std::fs::remove_dir_all(dir)?;
     rows
@@ -278,6 +281,14 @@ async fn restores_reach_times_lsns_and_restore_points_and_an_in_place_restore_ca
     let after_f = a.commit("f").await?;
     let time_f = second_after(after_f).await;
     stanza.seal(&a.target()).await?;
+
+    // What pgBackRest and PostgreSQL do by themselves (the newest backup that ended before the
+    // target, the newest timeline) cannot go back: that backup (b2) is of timeline 1 past the
+    // point where timeline 2 left it, and timeline 2 never saw b..e.
+    let naive = RestorePlan { target: RestoreTarget::Time { time: before_restore }, timeline: None, set: None };
+    let refused = restored_rows(&stanza, &naive, &scratch).await;
+    let refused = format!("{:#}", refused.expect_err("a restore along the newest timeline"));
+    assert!(refused.contains("is not a child of this server's history"), "{refused}");
 
     // The wrong second: back to just before the first restore, on timeline 1.
     a.stop();
