@@ -267,15 +267,19 @@ async fn restores_reach_times_lsns_and_restore_points_and_an_in_place_restore_ca
     assert_eq!(p.set.as_deref(), Some(b2.label.as_str()));
     assert_eq!(restored_rows(&stanza, &p, &scratch).await?, "base,a,b,c,d");
 
-    // In place, to the time between a and b: the member's own folder (delta), same stanza; it
-    // comes back on timeline 2 and archives there.
+    // In place, to the time between a and b, same stanza: it comes back on timeline 2 and
+    // archives there.
     let before_restore = second_after(Utc::now()).await;
     // A commit after the target, archived: a time target stops at the first commit after it.
     stanza.seal(&a.target()).await?;
-    a.stop();
+    // Staged beside the running member, which stops only for the swap; the replaced folder
+    // goes once the restored server has promoted.
     let p = plan(&stanza, RestoreTarget::Time { time: time_ab }, 1).await?;
-    stanza.restore(&a.data(), &p, true).await?;
+    stanza.restore_staged(&a.data(), &p).await?;
+    a.stop();
+    pgbackrest::swap_in(&a.data())?;
     a.start(&stanza.archive_parameters()).await?;
+    pgbackrest::drop_replaced(&a.data())?;
     assert_eq!(a.rows().await?, "base,a");
     assert_eq!(pgbackrest::current_timeline(&a.target()).await?, 2);
     let after_f = a.commit("f").await?;
@@ -290,7 +294,8 @@ async fn restores_reach_times_lsns_and_restore_points_and_an_in_place_restore_ca
     let refused = format!("{:#}", refused.expect_err("a restore along the newest timeline"));
     assert!(refused.contains("is not a child of this server's history"), "{refused}");
 
-    // The wrong second: back to just before the first restore, on timeline 1.
+    // The wrong second: back to just before the first restore, on timeline 1 (this time into
+    // the member's own folder, stopped, with --delta).
     a.stop();
     let p = plan(&stanza, RestoreTarget::Time { time: before_restore }, 1).await?;
     assert_eq!(p.set.as_deref(), Some(b2.label.as_str()));

@@ -339,16 +339,37 @@ impl Stanza {
     /// Restores `plan` into `data` (an empty or missing folder, or with `delta` the folder of a
     /// stopped copy of the same database, whose unchanged files are kept). The folder then holds
     /// a server that replays WAL from the repository up to the target and promotes itself.
+    /// With `delta` the old content is gone as soon as the restore starts: an in-place restore
+    /// that must survive a crash with the old content or the new uses `restore_staged`.
     pub async fn restore(&self, data: &Path, plan: &RestorePlan, delta: bool) -> Result<()> {
+        self.restore_into(data, data, plan, delta).await
+    }
+
+    /// Restores `plan` beside the data folder `data` of a server that keeps running meanwhile
+    /// (into `staged_dir(data)`, started over if a crash left one), to run from `data` once
+    /// `swap_in` has put it there with the server stopped.
+    pub async fn restore_staged(&self, data: &Path, plan: &RestorePlan) -> Result<()> {
+        let staged = staged_dir(data);
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged).with_context(|| format!("removing {}", staged.display()))?;
+        }
+        self.restore_into(&staged, data, plan, false).await
+    }
+
+    async fn restore_into(&self, dir: &Path, runs_from: &Path, plan: &RestorePlan, delta: bool) -> Result<()> {
         plan.target.validate().map_err(anyhow::Error::msg)?;
-        if data.exists() && !delta {
-            let mut entries = std::fs::read_dir(data).with_context(|| format!("reading {}", data.display()))?;
+        if dir.exists() && !delta {
+            let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
             if entries.next().is_some() {
-                bail!("restoring into {}: the folder is not empty", data.display());
+                bail!("restoring into {}: the folder is not empty", dir.display());
             }
         }
-        ensure_dir(data, 0o700, Some(&self.runas))?;
-        let mut args = vec![format!("--pg1-path={}", data.display()), "--target-action=promote".to_string()];
+        ensure_dir(dir, 0o700, Some(&self.runas))?;
+        let mut args = vec![
+            format!("--pg1-path={}", dir.display()),
+            "--target-action=promote".to_string(),
+            format!("--recovery-option=restore_command={}", self.recovery_restore_command(runs_from)?),
+        ];
         args.extend(target_args(&plan.target));
         if let Some(timeline) = plan.timeline {
             args.push(format!("--target-timeline={timeline}"));
@@ -364,6 +385,27 @@ impl Stanza {
         self.run(&args).await.map(drop)
     }
 
+    /// The `restore_command` a restore writes into the restored `postgresql.auto.conf`: archive-get
+    /// reads the server's `pg_control` in `--pg1-path`, so it names the folder the server runs
+    /// from. pgBackRest writes the value between single quotes without escaping: the words are
+    /// double-quoted, and paths that would need more are refused.
+    fn recovery_restore_command(&self, runs_from: &Path) -> Result<String> {
+        let word = |p: &Path| -> Result<String> {
+            let text = p.display().to_string();
+            if text.contains(['"', '\'', '\\', '$', '`', '\n']) {
+                bail!("the path {text} cannot be written into restore_command");
+            }
+            Ok(format!("\"{text}\""))
+        };
+        Ok(format!(
+            "{} --config={} --stanza={} --pg1-path={} archive-get %f \"%p\"",
+            word(&self.program)?,
+            word(&self.paths.config)?,
+            self.name,
+            word(runs_from)?
+        ))
+    }
+
     /// Makes sure every transaction committed so far can be a time target: a commit record is
     /// written (a time target stops at the first commit after it, and recovery that finds none
     /// fails), then `check` switches WAL and waits until the segment is archived.
@@ -371,6 +413,75 @@ impl Stanza {
         server.sql("postgres", "BEGIN; SELECT pg_current_xact_id(); COMMIT;").await.context("writing a commit marker")?;
         self.check().await
     }
+}
+
+/// Where `restore_staged` puts a restore of the data folder `data` until `swap_in`.
+pub fn staged_dir(data: &Path) -> PathBuf {
+    sibling(data, "restoring")
+}
+
+/// Where `swap_in` keeps the replaced content until `drop_replaced`.
+pub fn replaced_dir(data: &Path) -> PathBuf {
+    sibling(data, "replaced")
+}
+
+fn sibling(data: &Path, suffix: &str) -> PathBuf {
+    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    data.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// With the server stopped, puts a staged restore in place: `data` becomes `replaced_dir`,
+/// `staged_dir` becomes `data` (two renames on one file system). Run again after a crash, it
+/// finishes what was started; `resolve_swap` decides what a crash left.
+pub fn swap_in(data: &Path) -> Result<()> {
+    let (staged, replaced) = (staged_dir(data), replaced_dir(data));
+    if !staged.exists() {
+        if data.exists() && replaced.exists() {
+            return Ok(()); // done before
+        }
+        bail!("no staged restore at {}", staged.display());
+    }
+    if data.exists() {
+        if replaced.exists() {
+            std::fs::remove_dir_all(&replaced).with_context(|| format!("removing {}", replaced.display()))?;
+        }
+        std::fs::rename(data, &replaced).with_context(|| format!("moving {} aside", data.display()))?;
+    }
+    std::fs::rename(&staged, data).with_context(|| format!("moving {} in", staged.display()))
+}
+
+/// Once the restored server has promoted, drops the content it replaced.
+pub fn drop_replaced(data: &Path) -> Result<()> {
+    let replaced = replaced_dir(data);
+    if replaced.exists() {
+        std::fs::remove_dir_all(&replaced).with_context(|| format!("removing {}", replaced.display()))?;
+    }
+    Ok(())
+}
+
+/// What an in-place restore interrupted by a crash left, made whole before the server starts:
+/// with `data` in place, a staged folder is an unfinished restore and goes (the old content
+/// stays); without `data`, the crash fell between the two renames of `swap_in`, which
+/// completes (the new content, which was whole before the swap began).
+pub fn resolve_swap(data: &Path) -> Result<SwapOutcome> {
+    let staged = staged_dir(data);
+    if !staged.exists() {
+        return Ok(SwapOutcome::Nothing);
+    }
+    if data.exists() {
+        std::fs::remove_dir_all(&staged).with_context(|| format!("removing {}", staged.display()))?;
+        return Ok(SwapOutcome::KeptOld);
+    }
+    std::fs::rename(&staged, data).with_context(|| format!("moving {} in", staged.display()))?;
+    Ok(SwapOutcome::CompletedNew)
+}
+
+/// What `resolve_swap` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapOutcome {
+    Nothing,
+    KeptOld,
+    CompletedNew,
 }
 
 /// `--type` and `--target` of a restore target.
@@ -629,6 +740,38 @@ mod tests {
         assert_eq!(max_postgres_major("2.55.1"), Some(18));
         assert_eq!(max_postgres_major("two"), None);
         assert_eq!(shell_quote("/a b/c'd"), r"'/a b/c'\''d'");
+    }
+
+    #[test]
+    fn a_swap_interrupted_anywhere_leaves_the_old_content_or_the_new() {
+        let base = std::env::temp_dir().join(format!("pgbackrest-swap-{}", uuid::Uuid::new_v4().simple()));
+        let data = base.join("data");
+        let content = |p: &Path| std::fs::read_to_string(p.join("PG_VERSION")).unwrap_or_default();
+        let make = |p: &Path, what: &str| {
+            std::fs::create_dir_all(p).unwrap();
+            std::fs::write(p.join("PG_VERSION"), what).unwrap();
+        };
+        // Crashed while restoring: the old content stays, the partial restore goes.
+        make(&data, "old");
+        make(&staged_dir(&data), "partial");
+        assert_eq!(resolve_swap(&data).unwrap(), SwapOutcome::KeptOld);
+        assert_eq!(content(&data), "old");
+        assert!(!staged_dir(&data).exists());
+        // Crashed between the two renames: the new content is completed.
+        make(&staged_dir(&data), "new");
+        std::fs::rename(&data, replaced_dir(&data)).unwrap();
+        assert_eq!(resolve_swap(&data).unwrap(), SwapOutcome::CompletedNew);
+        assert_eq!(content(&data), "new");
+        assert_eq!(resolve_swap(&data).unwrap(), SwapOutcome::Nothing);
+        // A whole swap, run twice.
+        drop_replaced(&data).unwrap();
+        make(&staged_dir(&data), "newer");
+        swap_in(&data).unwrap();
+        swap_in(&data).unwrap();
+        assert_eq!((content(&data), content(&replaced_dir(&data))), ("newer".into(), "new".into()));
+        drop_replaced(&data).unwrap();
+        assert!(!replaced_dir(&data).exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
