@@ -93,7 +93,8 @@ impl Member {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("postgres.log"))?;
         let mut cmd = Command::new(bin_dir().join("postgres"));
         cmd.arg("-D").arg(self.data()).args(["-p", &self.port.to_string()]);
-        cmd.args(["-c", "listen_addresses=", "-c"]).arg(format!("unix_socket_directories={}", self.dir.join("socket").display()));
+        cmd.args(["-c", "listen_addresses=", "-c"])
+            .arg(format!("unix_socket_directories={}", self.dir.join("socket").display()));
         cmd.args(["-c", "fsync=off", "-c", "wal_retrieve_retry_interval=200ms", "-c", "shared_buffers=32MB"]);
         for (name, value) in parameters {
             cmd.arg("-c").arg(format!("{name}={value}"));
@@ -177,7 +178,8 @@ async fn second_after(t: DateTime<Utc>) -> DateTime<Utc> {
 async fn plan(stanza: &Stanza, target: RestoreTarget, timeline: u32) -> Result<RestorePlan> {
     let info = stanza.info().await?;
     let history = stanza.timeline_history(info.archive_id.as_deref().context("an archive id")?, timeline).await?;
-    let set = pitr::choose_backup(&info.backups, &target, timeline, &history).context("no backup reaches the target")?;
+    let set =
+        pitr::choose_backup(&info.backups, &target, timeline, &history).context("no backup reaches the target")?;
     Ok(RestorePlan { target, timeline: Some(timeline), set: Some(set.label.clone()) })
 }
 
@@ -199,7 +201,8 @@ async fn restored_rows(stanza: &Stanza, plan: &RestorePlan, dir: &Path) -> Resul
 /// A member archiving into the stanza of `database` in `storage`, with a table `t`.
 async fn archiving_member(dir: &Path, database: DatabaseId, storage: &StorageConfig) -> Result<(Member, Stanza)> {
     let mut member = Member::init(&dir.join("a"))?;
-    let stanza = Stanza::configure(&dir.join("a/pgbackrest"), database, storage, &member.pg_server(), 7, &member.runas)?;
+    let stanza =
+        Stanza::configure(&dir.join("a/pgbackrest"), database, storage, &member.pg_server(), 7, &member.runas)?;
     member.start(&stanza.archive_parameters()).await?;
     stanza.create().await?;
     stanza.create().await.context("stanza-create again changes nothing")?;

@@ -4,6 +4,7 @@
 //! `cargo run --release -p pgplane-bench -- queue | provision | failover | switchover | migrate | commit | lab`
 //! `cargo run --release -p pgplane-bench -- workflows --databases 50`
 //! `cargo run --release -p pgplane-bench -- dump [--scale 70]`
+//! `cargo run --release -p pgplane-bench -- pitr [--scale 70 --wal-seconds 60]`
 
 mod api;
 mod client;
@@ -20,6 +21,7 @@ mod lab;
 mod loadgen;
 mod migrate;
 mod minimal;
+mod pitr;
 mod platform;
 mod procs;
 mod provision;
@@ -69,6 +71,9 @@ enum Bench {
     /// streaming dump into a local folder and S3 over TLS, restore times, and the resident
     /// memory of the streaming process.
     Dump(dump::Args),
+    /// Point-in-time recovery of a pgbench database with pgBackRest: full backup and restore to
+    /// a time after some pgbench WAL, through the agent's driver vs bare pgbackrest.
+    Pitr(pitr::Args),
     /// The streaming child of `dump` (not for direct use).
     #[command(hide = true)]
     DumpStream,
@@ -89,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Workflows(args) => workflows::run(args).await,
         Bench::Dump(args) => dump::run(args).await,
         Bench::DumpStream => dump::stream().await,
+        Bench::Pitr(args) => pitr::run(args).await,
     }
 }
 

@@ -304,12 +304,17 @@ mod tests {
 
     #[test]
     fn history_files_parse() {
-        let h = parse_history("1\t0/3000090\tbefore 2026-11-29 10:00:05+00\n\n2\t0/5000000\tno recovery target specified\n")
-            .unwrap();
-        assert_eq!(h, vec![
-            TimelineSwitch { parent: 1, switch_lsn: Lsn(0x3000090) },
-            TimelineSwitch { parent: 2, switch_lsn: Lsn(0x5000000) },
-        ]);
+        let h = parse_history(
+            "1\t0/3000090\tbefore 2026-11-29 10:00:05+00\n\n2\t0/5000000\tno recovery target specified\n",
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            vec![
+                TimelineSwitch { parent: 1, switch_lsn: Lsn(0x3000090) },
+                TimelineSwitch { parent: 2, switch_lsn: Lsn(0x5000000) },
+            ]
+        );
         assert_eq!(segment_timeline("000000030000000000000005"), Some(3));
     }
 

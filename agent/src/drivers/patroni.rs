@@ -523,7 +523,10 @@ mod tests {
         let p = &c["postgresql"]["parameters"];
         assert_eq!((&p["archive_mode"], &p["archive_timeout"]), (&json!("on"), &json!("60s")));
         let push = p["archive_command"].as_str().unwrap();
-        assert!(push.ends_with("--config='/srv/db/member-m1/pgbackrest/pgbackrest.conf' --stanza=db-x archive-push %p"), "{push}");
+        assert!(
+            push.ends_with("--config='/srv/db/member-m1/pgbackrest/pgbackrest.conf' --stanza=db-x archive-push %p"),
+            "{push}"
+        );
         let get = c["postgresql"]["recovery_conf"]["restore_command"].as_str().unwrap();
         assert!(get.ends_with("--stanza=db-x archive-get %f \"%p\""), "{get}");
     }

@@ -110,8 +110,15 @@ fn repo_options(storage: &StorageConfig, database: DatabaseId) -> Result<(Vec<(S
             };
             let host_port = rest.trim_end_matches('/');
             let (host, port) = match host_port.rsplit_once(':') {
-                Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) => {
-                    (h.trim_start_matches('[').trim_end_matches(']').to_string(), Some(p.parse::<u16>().with_context(|| format!("the port of {endpoint}"))?))
+                Some((h, p))
+                    if !p.is_empty()
+                        && p.chars().all(|c| c.is_ascii_digit())
+                        && (!h.contains(':') || h.ends_with(']')) =>
+                {
+                    (
+                        h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                        Some(p.parse::<u16>().with_context(|| format!("the port of {endpoint}"))?),
+                    )
                 }
                 _ => (host_port.to_string(), None),
             };
@@ -410,7 +417,10 @@ impl Stanza {
     /// written (a time target stops at the first commit after it, and recovery that finds none
     /// fails), then `check` switches WAL and waits until the segment is archived.
     pub async fn seal(&self, server: &PgTarget) -> Result<()> {
-        server.sql("postgres", "BEGIN; SELECT pg_current_xact_id(); COMMIT;").await.context("writing a commit marker")?;
+        server
+            .sql("postgres", "BEGIN; SELECT pg_current_xact_id(); COMMIT;")
+            .await
+            .context("writing a commit marker")?;
         self.check().await
     }
 }
@@ -627,7 +637,9 @@ pub async fn archive_health(server: &PgTarget) -> Result<ArchiveHealth> {
         )
         .await?;
     let f: Vec<&str> = row.split('|').collect();
-    let [archived, archived_at, failed, failed_at, pending, segment] = f[..] else { bail!("unexpected answer {row:?}") };
+    let [archived, archived_at, failed, failed_at, pending, segment] = f[..] else {
+        bail!("unexpected answer {row:?}")
+    };
     let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let time = |s: &str| -> Result<Option<DateTime<Utc>>> {
         if s.is_empty() {
@@ -683,12 +695,7 @@ mod tests {
     use super::*;
 
     fn server() -> PgServer {
-        PgServer {
-            data: "/srv/m/data".into(),
-            socket_dir: "/srv/m/socket".into(),
-            port: 5433,
-            user: "postgres".into(),
-        }
+        PgServer { data: "/srv/m/data".into(), socket_dir: "/srv/m/socket".into(), port: 5433, user: "postgres".into() }
     }
 
     #[test]
@@ -701,7 +708,10 @@ mod tests {
         let text = render_config("db-x", &repo, &StanzaPaths::new("/srv/m/pgbackrest".into()), &server(), 7).unwrap();
         assert!(text.contains(&format!("repo1-path={want}\n")), "{text}");
         assert!(text.contains("repo1-retention-full-type=time\nrepo1-retention-full=7\n"), "{text}");
-        assert!(text.contains("[db-x]\npg1-path=/srv/m/data\npg1-socket-path=/srv/m/socket\npg1-port=5433\n"), "{text}");
+        assert!(
+            text.contains("[db-x]\npg1-path=/srv/m/data\npg1-socket-path=/srv/m/socket\npg1-port=5433\n"),
+            "{text}"
+        );
     }
 
     #[test]
