@@ -91,9 +91,12 @@ pub struct Stanza {
     pub runas: RunAs,
 }
 
+/// `key=value` lines of a pgBackRest configuration section.
+type Options = Vec<(String, String)>;
+
 /// The repository options of `storage` for `database`'s stanza (`repo1-*` lines) and, for a
 /// local folder, the folder to make.
-fn repo_options(storage: &StorageConfig, database: DatabaseId) -> Result<(Vec<(String, String)>, Option<PathBuf>)> {
+fn repo_options(storage: &StorageConfig, database: DatabaseId) -> Result<(Options, Option<PathBuf>)> {
     let mut options = Vec::new();
     let mut put = |k: &str, v: String| options.push((k.to_string(), v));
     let local = match storage {
@@ -151,7 +154,7 @@ pub fn render_config(
     server: &PgServer,
     window_days: u32,
 ) -> Result<String> {
-    let mut global: Vec<(String, String)> = repo.to_vec();
+    let mut global: Options = repo.to_vec();
     let mut put = |k: &str, v: String| global.push((k.to_string(), v));
     // Time-based retention keeps the full backups (and their WAL) a restore to any second of the
     // last `window_days` days needs: the newest full backup older than the window stays.
