@@ -5,16 +5,22 @@
 //! target equal to a full backup's end and targets between two full backups. An in-place
 //! restore (a new timeline) can be undone by another restore back onto the old timeline, and
 //! the new timeline stays restorable too. A fork restored from a stanza archives into its own
-//! repository, never its source's.
+//! repository, never its source's. Patroni members of a PITR plan archive from whichever leads:
+//! a restore to a time after a switchover has the rows from both sides of it.
 
 use crate::backup_s3::start_s3;
+use crate::node::{another_member, member_spec, secret, start_etcd, StopOnDrop};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Duration as ChronoDuration, SubsecRound, Utc};
+use pgplane_agent::patroni::{MemberPaths, SUPERUSER};
 use pgplane_agent::pgbackrest::{self, BackupKind, PgServer, RestorePlan, Stanza};
 use pgplane_agent::pgdump::PgTarget;
+use pgplane_agent::Node;
+use pgplane_core::agent::PatroniApi;
 use pgplane_core::ids::DatabaseId;
-use pgplane_core::pitr::{self, Lsn, PitrBackup, RestoreTarget};
+use pgplane_core::pitr::{self, Lsn, PitrBackup, PitrSpec, RestoreTarget};
 use pgplane_localpg::{find_bindir, free_port, RunAs, Supervised};
+use pgplane_pki::DatabaseCa;
 use pgplane_storage::{BackupStore, StorageConfig};
 use pgplane_tests::data_plane::TempDir;
 use std::os::unix::fs::PermissionsExt;
@@ -371,5 +377,85 @@ async fn s3_over_tls_archives_restores_and_a_fork_keeps_its_own_repository() -> 
     );
     assert!(fork_objects.iter().any(|k| k.contains("00000002.history")), "{fork_objects:?}");
     assert!(fork_objects.iter().any(|k| k.contains("/backup/")), "{fork_objects:?}");
+    Ok(())
+}
+
+/// A Patroni member's socket, as the OS superuser.
+fn member_target(node: &Node, database: DatabaseId, member: &str, port: u16) -> Result<PgTarget> {
+    let paths = MemberPaths::new(node.member_dir(database, member));
+    Ok(PgTarget {
+        bin_dir: bin_dir(),
+        host: paths.socket_dir.display().to_string(),
+        port,
+        user: SUPERUSER.into(),
+        password: None,
+        runas: Some(RunAs::for_postgres()?),
+    })
+}
+
+/// The stanza handle of a member the node configured (configuring again changes nothing).
+fn member_stanza(
+    node: &Node,
+    database: DatabaseId,
+    member: &str,
+    port: u16,
+    storage: &StorageConfig,
+) -> Result<Stanza> {
+    let paths = MemberPaths::new(node.member_dir(database, member));
+    let server =
+        PgServer { data: paths.data.clone(), socket_dir: paths.socket_dir.clone(), port, user: SUPERUSER.into() };
+    Stanza::configure(&paths.pgbackrest, database, storage, &server, 7, &RunAs::for_postgres()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patroni_members_archive_from_whichever_leads_across_a_switchover() -> Result<()> {
+    let folder = TempDir::new("pitr-ha");
+    let etcd = start_etcd(folder.0.join("etcd")).await?;
+    let storage = StorageConfig::Local { root: folder.0.join("repo") };
+    let node = Node::new(folder.0.join("node"))?.with_backup_storage(storage.clone());
+    let _stop = StopOnDrop(&node);
+    let db = DatabaseId::new();
+    let ca = DatabaseCa::generate(&db.to_string())?;
+    let access = pgplane_etcd::Client::new(&etcd.admin())?.ensure_database_user(&db.to_string(), &secret()).await?;
+    let mut first = member_spec(db, 1, access, &ca)?;
+    first.pitr = Some(PitrSpec { stanza: pitr::stanza_name(db), window_days: 7 });
+    let second = another_member(&first, "m2", &ca)?;
+    node.ensure_member(&first).await?;
+    node.ensure_member(&second).await?;
+    let (m1, m2) = (member_target(&node, db, "m1", first.pg_port)?, member_target(&node, db, "m2", second.pg_port)?);
+    let (stanza1, stanza2) = (
+        member_stanza(&node, db, "m1", first.pg_port, &storage)?,
+        member_stanza(&node, db, "m2", second.pg_port, &storage)?,
+    );
+    assert_eq!(m1.sql("postgres", "SELECT pg_is_in_recovery();").await?, "f");
+    // The workflow's first step on the leader: the stanza, then a full backup.
+    stanza1.create().await?;
+    m1.sql("postgres", "CREATE TABLE t (id bigserial PRIMARY KEY, note text NOT NULL);").await?;
+    m1.sql("postgres", "INSERT INTO t (note) VALUES ('before');").await?;
+    full(&stanza1.backup(BackupKind::Full).await?)?;
+
+    let api = PatroniApi {
+        host: "127.0.0.1".into(),
+        patroni_port: first.patroni_port,
+        ca_pem: ca.cert_pem().into(),
+        restapi_password: first.secrets.restapi_password.clone(),
+    };
+    pgplane_agent::control::switchover(&api, Some("m2")).await?;
+    assert_eq!(m2.sql("postgres", "SELECT pg_is_in_recovery();").await?, "f");
+    m2.sql("postgres", "INSERT INTO t (note) VALUES ('after');").await?;
+    let after = Utc::now();
+    let time = second_after(after).await;
+    // The new leader archives (its timeline's history and segments) into the same stanza.
+    stanza2.seal(&m2).await?;
+    let timeline = pgbackrest::current_timeline(&m2).await?;
+    assert_eq!(timeline, 2);
+    let health = pgbackrest::archive_health(&m2).await?;
+    assert!(
+        !health.failing() && health.last_archived_wal.as_deref().is_some_and(|w| w.starts_with("00000002")),
+        "{health:?}"
+    );
+
+    let p = plan(&stanza2, RestoreTarget::Time { time }, timeline).await?;
+    assert_eq!(restored_rows(&stanza2, &p, &folder.0.join("copy")).await?, "before,after");
     Ok(())
 }
