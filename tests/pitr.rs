@@ -433,6 +433,16 @@ async fn patroni_members_archive_from_whichever_leads_across_a_switchover() -> R
     m1.sql("postgres", "CREATE TABLE t (id bigserial PRIMARY KEY, note text NOT NULL);").await?;
     m1.sql("postgres", "INSERT INTO t (note) VALUES ('before');").await?;
     full(&stanza1.backup(BackupKind::Full).await?)?;
+    // A segment the new leader holds in pg_wal that the repository has already: pushed again
+    // (as after a failover, for segments the lost leader may not have archived), accepted.
+    let wal = MemberPaths::new(node.member_dir(db, "m2")).data.join("pg_wal");
+    let archived = stanza1.info().await?.archive_max.context("an archived segment")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !wal.join(&archived).exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the replica has no {archived}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stanza2.push_segment(&wal.join(&archived)).await?;
 
     let api = PatroniApi {
         host: "127.0.0.1".into(),

@@ -224,8 +224,8 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
 
 /// A member of a PITR plan: every member has the archiving parameters of the database's stanza
 /// in its local configuration (`archive_mode` needs a restart, and no tenant may change them),
-/// so whichever member leads archives; replicas fetch from the repository what streaming no
-/// longer has (`restore_command`).
+/// so whichever member leads archives (see `pgbackrest::archive_parameters`); replicas fetch
+/// from the repository what streaming no longer has (`restore_command`).
 fn add_archiving(config: &mut Value, pitr: &pgplane_core::pitr::PitrSpec, paths: &MemberPaths) {
     use crate::pgbackrest;
     let program = pgbackrest::program().unwrap_or_else(|_| PathBuf::from("pgbackrest"));

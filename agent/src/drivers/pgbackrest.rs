@@ -217,9 +217,12 @@ pub fn restore_command(program: &Path, config: &Path, stanza: &str) -> String {
     )
 }
 
-/// The PostgreSQL parameters of a member that archives into `stanza`. Only the member that
-/// leads archives (`archive_mode = on`); every member has them, so whichever leads after a
-/// failover or switchover archives from its first segment on the new timeline.
+/// The PostgreSQL parameters of a member that archives into `stanza`. Every member has them and
+/// the one that leads archives (`archive_mode = on`), whichever it is after a failover or
+/// switchover. Not `always` (replicas archiving what they receive too, which would cover a
+/// segment a lost leader had not archived yet): pgBackRest 2.45's `backup` and `check` refuse it
+/// ("archive_mode=always not supported"). After a failover, `push_segment` sends the old
+/// timeline's segments the repository lacks from the new leader's `pg_wal`.
 pub fn archive_parameters(program: &Path, config: &Path, stanza: &str) -> Vec<(&'static str, String)> {
     vec![
         ("archive_mode", "on".into()),
@@ -327,6 +330,13 @@ impl Stanza {
     /// `expire`: deletes the full backups (and their WAL) retention no longer needs.
     pub async fn expire(&self) -> Result<()> {
         self.run(&["expire"]).await.map(drop)
+    }
+
+    /// Pushes one WAL segment file (a path in a member's `pg_wal`) into the repository, as
+    /// `archive_command` would: the same segment again is accepted, a different one refused.
+    pub async fn push_segment(&self, segment: &Path) -> Result<()> {
+        let path = segment.display().to_string();
+        self.run(&["archive-push", &path]).await.map(drop)
     }
 
     /// The stanza's backups and archive, parsed from `info --output=json`.
