@@ -146,6 +146,23 @@ pub fn reaches(timeline: u32, stop_lsn: Lsn, target_timeline: u32, history: &[Ti
     timeline == target_timeline || history.iter().any(|s| s.parent == timeline && stop_lsn <= s.switch_lsn)
 }
 
+/// When the database began writing on a timeline: its creation (timeline 1), each promotion
+/// after a failover or switchover, each in-place restore. The platform records them as it
+/// observes them (Patroni's `/cluster` shows each member's timeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TimelineStart {
+    pub timeline: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// The timeline the database was live on at `time`: the last one started at or before it. A
+/// restore to `time` follows it (`--target-timeline`): after an in-place restore the newest
+/// timeline branched in the past, and the database as it was before that restore lies on the
+/// older one.
+pub fn timeline_at(starts: &[TimelineStart], time: DateTime<Utc>) -> Option<u32> {
+    starts.iter().filter(|s| s.started_at <= time).max_by_key(|s| (s.started_at, s.timeline)).map(|s| s.timeline)
+}
+
 /// A physical backup in a stanza's repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PitrBackup {
@@ -300,6 +317,21 @@ mod tests {
         assert!(RestoreTarget::Name { name: "x".repeat(64), lsn: Lsn(1) }.validate().is_err());
         let json = serde_json::to_value(RestoreTarget::Lsn { lsn: Lsn(0x10) }).unwrap();
         assert_eq!(json, serde_json::json!({"type": "lsn", "lsn": "0/10"}));
+    }
+
+    #[test]
+    fn the_live_timeline_at_a_time_is_the_last_started() {
+        let starts = [
+            TimelineStart { timeline: 1, started_at: at(0) },
+            // An in-place restore at 100 to a time before it, then one back at 200.
+            TimelineStart { timeline: 2, started_at: at(100) },
+            TimelineStart { timeline: 3, started_at: at(200) },
+        ];
+        assert_eq!(timeline_at(&starts, at(50)), Some(1));
+        assert_eq!(timeline_at(&starts, at(100)), Some(2));
+        assert_eq!(timeline_at(&starts, at(150)), Some(2));
+        assert_eq!(timeline_at(&starts, at(250)), Some(3));
+        assert_eq!(timeline_at(&starts, at(-1)), None);
     }
 
     #[test]
