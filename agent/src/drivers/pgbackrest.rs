@@ -293,6 +293,7 @@ impl Stanza {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         self.runas.apply(&mut cmd);
+        die_with_the_agent(&mut cmd);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);
         let out = cmd.output().await.with_context(|| format!("running {}", self.program.display()))?;
@@ -505,6 +506,27 @@ pub enum SwapOutcome {
     Nothing,
     KeptOld,
     CompletedNew,
+}
+
+/// The kernel kills the child when the agent dies (kill -9 included; `kill_on_drop` only acts
+/// when the future is dropped): a restore the agent no longer waits for must not go on writing
+/// into a folder the retried step removes and restores again.
+#[allow(unsafe_code)]
+fn die_with_the_agent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent may have died before prctl took effect.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("the agent exited"));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// `--type` and `--target` of a restore target.
