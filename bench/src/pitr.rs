@@ -252,24 +252,33 @@ async fn bench(args: &Args, bin: &Path, root: &Path) -> Result<()> {
     copy.stop();
     std::fs::remove_dir_all(copy.data())?;
 
-    // Bare: the same restore, the same start.
-    let t = Instant::now();
-    bare(
-        &stanza,
-        &[
+    // Bare: the same restore, the same start; then with asynchronous archive-get (WAL fetched
+    // ahead into the spool folder by `process-max` workers while PostgreSQL replays).
+    let asynchronous = format!(
+        "--recovery-option=restore_command={} --config={} --stanza={} --pg1-path={} --archive-async archive-get %f \"%p\"",
+        stanza.program.display(),
+        stanza.paths.config.display(),
+        stanza.name,
+        copy.data().display()
+    );
+    for (label, extra) in [("bare pgbackrest", None), ("bare pgbackrest, async archive-get", Some(asynchronous))] {
+        let t = Instant::now();
+        let mut options = vec![
             format!("--pg1-path={}", copy.data().display()),
             "--type=time".into(),
             format!("--target={}", time.format("%Y-%m-%d %H:%M:%S+00")),
             "--target-action=promote".into(),
-            "restore".into(),
-        ],
-    )
-    .context("bare restore")?;
-    let files = t.elapsed().as_secs_f64();
-    copy.start(&[("archive_mode", "off".into())]).await?;
-    let total = t.elapsed().as_secs_f64();
-    println!("restore with bare pgbackrest: files {files:.1} s, first query after {total:.1} s");
-    copy.stop();
+        ];
+        options.extend(extra);
+        options.push("restore".into());
+        bare(&stanza, &options).context("bare restore")?;
+        let files = t.elapsed().as_secs_f64();
+        copy.start(&[("archive_mode", "off".into())]).await?;
+        let total = t.elapsed().as_secs_f64();
+        println!("restore with {label}: files {files:.1} s, first query after {total:.1} s");
+        copy.stop();
+        std::fs::remove_dir_all(copy.data())?;
+    }
     source.stop();
     Ok(())
 }
