@@ -15,11 +15,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The moto S3 server, stopped (by its pid) when dropped.
-struct S3Server {
+/// The moto S3 server, stopped (by its pid) when dropped (also used by `pitr`).
+pub(crate) struct S3Server {
     child: std::process::Child,
-    port: u16,
-    ca_pem: String,
+    pub(crate) port: u16,
+    pub(crate) ca_pem: String,
 }
 
 impl Drop for S3Server {
@@ -33,7 +33,7 @@ fn venv() -> PathBuf {
     std::env::var_os("PGPLANE_S3_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| "/opt/pgplane/s3test".into())
 }
 
-async fn start_s3(dir: &Path) -> Result<S3Server> {
+pub(crate) async fn start_s3(dir: &Path) -> Result<S3Server> {
     let gunicorn = venv().join("bin/gunicorn");
     anyhow::ensure!(
         gunicorn.exists(),
@@ -68,7 +68,7 @@ async fn start_s3(dir: &Path) -> Result<S3Server> {
 }
 
 impl S3Server {
-    fn client(&self) -> Result<reqwest::Client> {
+    pub(crate) fn client(&self) -> Result<reqwest::Client> {
         Ok(reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?)
             .build()?)

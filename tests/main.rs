@@ -20,6 +20,7 @@ mod lost_hosts;
 mod node;
 mod openapi;
 mod operators;
+mod pitr;
 mod queue;
 mod scheduler;
 mod settings;

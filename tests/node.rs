@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Stops every process of the node when dropped (they outlive a `Node` by design), so a failed
 /// assertion leaves nothing running.
-struct StopOnDrop<'a>(&'a Node);
+pub(crate) struct StopOnDrop<'a>(pub(crate) &'a Node);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
@@ -23,11 +23,16 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-fn member_spec(database_id: DatabaseId, generation: i64, etcd: EtcdAccess, ca: &DatabaseCa) -> Result<MemberSpec> {
+pub(crate) fn member_spec(
+    database_id: DatabaseId,
+    generation: i64,
+    etcd: EtcdAccess,
+    ca: &DatabaseCa,
+) -> Result<MemberSpec> {
     let server = ca.issue_server(&["127.0.0.1", "localhost"])?;
     Ok(MemberSpec {
         database_id,
@@ -57,6 +62,7 @@ fn member_spec(database_id: DatabaseId, generation: i64, etcd: EtcdAccess, ca: &
         },
         force_tls: true,
         synchronous_mode: false,
+        pitr: None,
     })
 }
 
@@ -85,7 +91,7 @@ fn backend(member: &MemberSpec) -> GatewayBackend {
 }
 
 /// A second member of the same database: same secrets, its own ports and certificate.
-fn another_member(first: &MemberSpec, name: &str, ca: &DatabaseCa) -> Result<MemberSpec> {
+pub(crate) fn another_member(first: &MemberSpec, name: &str, ca: &DatabaseCa) -> Result<MemberSpec> {
     let server = ca.issue_server(&["127.0.0.1"])?;
     let tls = TlsBundle { ca_pem: ca.cert_pem().into(), cert_pem: server.cert_pem, key_pem: server.key_pem };
     Ok(MemberSpec { member: name.into(), pg_port: free_port()?, patroni_port: free_port()?, tls, ..first.clone() })
@@ -102,7 +108,7 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
-async fn start_etcd(dir: PathBuf) -> Result<LocalEtcd> {
+pub(crate) async fn start_etcd(dir: PathBuf) -> Result<LocalEtcd> {
     tokio::task::spawn_blocking(move || LocalEtcd::start(&dir)).await?
 }
 

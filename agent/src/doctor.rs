@@ -53,9 +53,11 @@ pub fn run(opts: &Options) -> Capabilities {
     let mut patroni_ok = patroni.status == CheckStatus::Ok && runas.is_ok();
     let mut haproxy_ok = haproxy.status == CheckStatus::Ok && runas.is_ok();
     let pgbackrest_version = (pgbackrest.status == CheckStatus::Ok).then(|| pgbackrest.detail.clone());
+    let pgbackrest_reach = pgbackrest_version.as_deref().map(|v| pgbackrest_covers(v, &versions));
     let etcd_ok = etcd.status == CheckStatus::Ok;
     let keepalived_ok = haproxy_ok && keepalived.status == CheckStatus::Ok && nonlocal_bind.status == CheckStatus::Ok;
     checks.extend([patroni, etcd, haproxy, keepalived, pgbackrest]);
+    checks.extend(pgbackrest_reach);
     checks.push(state_dir(&opts.state_dir));
     checks.push(migrate_req());
     checks.push(nonlocal_bind);
@@ -226,6 +228,22 @@ fn program(name: &str, env: &str, version_args: &[&str], package: &str, required
     }
 }
 
+/// Which of the PostgreSQL versions found here pgBackRest `version` can back up (PITR plans):
+/// a warning names those it refuses.
+fn pgbackrest_covers(version: &str, postgres_versions: &[String]) -> Check {
+    const NAME: &str = "pgbackrest versions";
+    let Some(max) = crate::pgbackrest::max_postgres_major(version) else {
+        return warn(NAME, format!("unknown pgBackRest version {version:?}"));
+    };
+    let refused: Vec<&str> =
+        postgres_versions.iter().filter(|v| v.parse::<u32>().is_ok_and(|v| v > max)).map(String::as_str).collect();
+    if refused.is_empty() {
+        ok(NAME, format!("{version} backs up PostgreSQL up to {max}"))
+    } else {
+        warn(NAME, format!("{version} backs up PostgreSQL up to {max}: no PITR for {} here", refused.join(", ")))
+    }
+}
+
 /// `patroni 3.0.2` → `3.0.2`; `etcd Version: 3.4.23` → `3.4.23`; `HAProxy version 2.6.12-1 …` →
 /// `2.6.12-1`; `pgBackRest 2.45` → `2.45`: the first word that starts with a digit.
 fn version_line(name: &str, text: &str) -> String {
@@ -375,6 +393,16 @@ mod tests {
             "2.6.12-1+deb12u1"
         );
         assert_eq!(version_line("pgbackrest", "pgBackRest 2.45\n"), "2.45");
+    }
+
+    #[test]
+    fn pgbackrest_names_the_postgres_versions_it_refuses() {
+        let found = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(pgbackrest_covers("2.45", &found(&["15"])).status, CheckStatus::Ok);
+        let check = pgbackrest_covers("2.45", &found(&["15", "16", "18"]));
+        assert_eq!(check.status, CheckStatus::Warn);
+        assert!(check.detail.ends_with("no PITR for 16, 18 here"), "{}", check.detail);
+        assert_eq!(pgbackrest_covers("2.55.1", &found(&["15", "18"])).status, CheckStatus::Ok);
     }
 
     #[test]

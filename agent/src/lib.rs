@@ -21,7 +21,7 @@ pub mod runtime;
 mod specs;
 
 // The drivers by their short names, as the rest of the agent and other crates call them.
-pub use drivers::{control, etcd, haproxy, keepalived, patroni, pgdump, restart};
+pub use drivers::{control, etcd, haproxy, keepalived, patroni, pgbackrest, pgdump, restart};
 pub(crate) use drivers::{dcs, tenant};
 
 pub use etcd::LocalEtcd;

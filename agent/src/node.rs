@@ -7,13 +7,16 @@ use crate::files::{check_name, ensure_dir, write_atomic};
 use crate::haproxy::{self, GatewayPaths};
 use crate::keepalived::{self, VipPaths};
 use crate::patroni::{self, MemberPaths};
+use crate::pgbackrest::{PgServer, Stanza};
 use crate::process::{self, Managed};
 use crate::specs;
 use crate::tenant;
 use anyhow::{bail, Context, Result};
 use pgplane_core::agent::{GatewaySpec, MemberSpec};
 use pgplane_core::ids::DatabaseId;
+use pgplane_core::pitr::{stanza_name, PitrSpec};
 use pgplane_localpg::{find_bindir, RunAs};
+use pgplane_storage::StorageConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -67,6 +70,8 @@ pub struct Node {
     pub(crate) root: PathBuf,
     pub(crate) runas: RunAs,
     pub(crate) databases: Mutex<HashMap<DatabaseId, Arc<tokio::sync::Mutex<Processes>>>>,
+    /// Where members of PITR plans keep their pgBackRest repository (see `with_backup_storage`).
+    pub(crate) backup_storage: Option<StorageConfig>,
 }
 
 impl Node {
@@ -78,7 +83,14 @@ impl Node {
             bail!("the node's folder {} must be valid UTF-8", root.display());
         }
         ensure_dir(&root, 0o711, None)?;
-        Ok(Node { root, runas: RunAs::for_postgres()?, databases: Mutex::new(HashMap::new()) })
+        Ok(Node { root, runas: RunAs::for_postgres()?, databases: Mutex::new(HashMap::new()), backup_storage: None })
+    }
+
+    /// The backup storage of this host's agent: members of PITR plans archive into their
+    /// database's stanza there (without it, such a member is refused).
+    pub fn with_backup_storage(mut self, storage: StorageConfig) -> Self {
+        self.backup_storage = Some(storage);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -200,6 +212,9 @@ impl Node {
         for dir in [&paths.dir, &paths.tls_dir, &paths.socket_dir] {
             ensure_dir(dir, 0o700, owner)?;
         }
+        if let Some(pitr) = &spec.pitr {
+            self.write_stanza(spec, pitr, paths)?;
+        }
         let config = patroni::render(spec, paths, bin_dir);
         let tls = &spec.tls;
         let etcd_ca = spec.etcd.ca_pem.clone().unwrap_or_default();
@@ -215,6 +230,26 @@ impl Node {
             write_atomic(&paths.etcd_ca, &etcd_ca, owner)?;
         }
         Ok([config, tls.ca_pem.clone(), tls.cert_pem.clone(), tls.key_pem.clone(), etcd_ca].join("\n"))
+    }
+
+    /// The pgBackRest configuration of a PITR member's stanza (before Patroni starts, so that
+    /// its first `archive_command` finds it). Creating the stanza in the repository is the
+    /// workflow's step, on the member that leads.
+    fn write_stanza(&self, spec: &MemberSpec, pitr: &PitrSpec, paths: &MemberPaths) -> Result<()> {
+        let Some(storage) = &self.backup_storage else {
+            bail!("this agent has no backup storage configured (--backup-storage): it cannot run a PITR member");
+        };
+        if pitr.stanza != stanza_name(spec.database_id) {
+            bail!("stanza {} is not database {}'s", pitr.stanza, spec.database_id);
+        }
+        let server = PgServer {
+            data: paths.data.clone(),
+            socket_dir: paths.socket_dir.clone(),
+            port: spec.pg_port,
+            user: patroni::SUPERUSER.into(),
+        };
+        Stanza::configure(&paths.pgbackrest, spec.database_id, storage, &server, pitr.window_days, &self.runas)?;
+        Ok(())
     }
 
     /// Makes the gateway run `spec`, restarting HAProxy only when its configuration changed

@@ -5,6 +5,7 @@
 //! `cargo run --release -p pgplane-bench -- workflows --databases 50`
 //! `cargo run --release -p pgplane-bench -- dump [--scale 70]`
 //! `cargo run --release -p pgplane-bench -- backup [--scale 70] [--s3] [--no-restore]`
+//! `cargo run --release -p pgplane-bench -- pitr [--scale 70 --wal-seconds 60]`
 
 mod api;
 mod backup;
@@ -22,6 +23,7 @@ mod lab;
 mod loadgen;
 mod migrate;
 mod minimal;
+mod pitr;
 mod platform;
 mod procs;
 mod provision;
@@ -75,6 +77,9 @@ enum Bench {
     /// bare `pg_dump -Fc`, the download, restore in place vs bare `pg_restore`, and the agent's
     /// resident memory while it streams.
     Backup(backup::Args),
+    /// Point-in-time recovery of a pgbench database with pgBackRest: full backup and restore to
+    /// a time after some pgbench WAL, through the agent's driver vs bare pgbackrest.
+    Pitr(pitr::Args),
     /// The streaming child of `dump` (not for direct use).
     #[command(hide = true)]
     DumpStream,
@@ -96,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Dump(args) => dump::run(args).await,
         Bench::Backup(args) => backup::run(args).await,
         Bench::DumpStream => dump::stream().await,
+        Bench::Pitr(args) => pitr::run(args).await,
     }
 }
 

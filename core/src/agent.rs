@@ -223,6 +223,9 @@ pub struct MemberSpec {
     /// (later changes go through Patroni's `/config`).
     #[serde(default)]
     pub synchronous_mode: bool,
+    /// WAL archiving into the database's pgBackRest stanza, on plans with PITR (absent: none).
+    #[serde(default)]
+    pub pitr: Option<crate::pitr::PitrSpec>,
 }
 
 /// A backend of a gateway: one member's PostgreSQL and Patroni REST ports.

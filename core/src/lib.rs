@@ -11,6 +11,7 @@ pub mod ids;
 pub mod model;
 pub mod page;
 pub mod params;
+pub mod pitr;
 pub mod redact;
 pub mod timer;
 pub mod validate;

@@ -30,6 +30,8 @@ pub struct MemberPaths {
     pub pidfile: PathBuf,
     /// The last applied `MemberSpec` (secrets: 0600, readable by the agent only).
     pub spec: PathBuf,
+    /// The pgBackRest stanza's configuration, log, lock and spool folders (PITR plans).
+    pub pgbackrest: PathBuf,
 }
 
 /// The member's unix socket folder: inside its folder when the socket path fits PostgreSQL's
@@ -62,6 +64,7 @@ impl MemberPaths {
             pgpass: dir.join("pgpass"),
             pidfile: process::pidfile(&dir, "patroni"),
             spec: dir.join("spec.json"),
+            pgbackrest: dir.join("pgbackrest"),
             tls_dir: tls,
             dir,
         }
@@ -130,7 +133,7 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
     }
     let rest = host_port(&spec.host, spec.patroni_port);
     let pg = host_port(&spec.host, spec.pg_port);
-    let config = json!({
+    let mut config = json!({
         "scope": spec.scope,
         "name": spec.member,
         "restapi": {
@@ -217,7 +220,26 @@ pub fn render(spec: &MemberSpec, paths: &MemberPaths, bin_dir: &Path) -> String 
         },
         "watchdog": { "mode": "off" },
     });
+    if let Some(pitr) = &spec.pitr {
+        add_archiving(&mut config, pitr, paths);
+    }
     serde_json::to_string_pretty(&config).expect("JSON values serialize")
+}
+
+/// A member of a PITR plan: every member has the archiving parameters of the database's stanza
+/// in its local configuration (`archive_mode` needs a restart, and no tenant may change them),
+/// so whichever member leads archives (see `pgbackrest::archive_parameters`); replicas fetch
+/// from the repository what streaming no longer has (`restore_command`).
+fn add_archiving(config: &mut Value, pitr: &pgplane_core::pitr::PitrSpec, paths: &MemberPaths) {
+    use crate::pgbackrest;
+    let program = pgbackrest::program().unwrap_or_else(|_| PathBuf::from("pgbackrest"));
+    let stanza_config = pgbackrest::StanzaPaths::new(paths.pgbackrest.clone()).config;
+    let postgresql = &mut config["postgresql"];
+    for (name, value) in pgbackrest::archive_parameters(&program, &stanza_config, &pitr.stanza) {
+        postgresql["parameters"][name] = json!(value);
+    }
+    postgresql["recovery_conf"] =
+        json!({ "restore_command": pgbackrest::restore_command(&program, &stanza_config, &pitr.stanza) });
 }
 
 /// Starts Patroni on `paths.config` as `runas`, logging to `paths.log`, detached from the agent
@@ -489,7 +511,28 @@ mod tests {
             },
             force_tls,
             synchronous_mode: true,
+            pitr: None,
         }
+    }
+
+    #[test]
+    fn pitr_members_archive_into_their_stanza() {
+        let paths = MemberPaths::new(PathBuf::from("/srv/db/member-m1"));
+        let plain = render(&spec(false, https_etcd()), &paths, Path::new("/usr/lib/postgresql/15/bin"));
+        let c: Value = serde_json::from_str(&plain).unwrap();
+        assert!(c["postgresql"]["parameters"].get("archive_mode").is_none());
+        let mut with = spec(false, https_etcd());
+        with.pitr = Some(pgplane_core::pitr::PitrSpec { stanza: "db-x".into(), window_days: 7 });
+        let c: Value = serde_json::from_str(&render(&with, &paths, Path::new("/usr/lib/postgresql/15/bin"))).unwrap();
+        let p = &c["postgresql"]["parameters"];
+        assert_eq!((&p["archive_mode"], &p["archive_timeout"]), (&json!("on"), &json!("60s")));
+        let push = p["archive_command"].as_str().unwrap();
+        assert!(
+            push.ends_with("--config='/srv/db/member-m1/pgbackrest/pgbackrest.conf' --stanza=db-x archive-push %p"),
+            "{push}"
+        );
+        let get = c["postgresql"]["recovery_conf"]["restore_command"].as_str().unwrap();
+        assert!(get.ends_with("--stanza=db-x archive-get %f \"%p\""), "{get}");
     }
 
     fn https_etcd() -> EtcdAccess {

@@ -188,6 +188,8 @@ impl Workflows {
                 sizing: sizing(&st.plan),
                 force_tls: st.force_tls,
                 synchronous_mode: st.synchronous_replication,
+                // Issue 12's workflows set it from the plan's `pitr` (pgplane_core::pitr::PitrSpec).
+                pitr: None,
             };
             enqueue_agent_job(tx, m.agent_id, st, steps, &AgentTask::EnsureMember { spec }).await?;
         }
