@@ -98,7 +98,12 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow
 /// what should (from the persisted specs), then serves jobs while reconciling every few seconds.
 /// A job in progress at shutdown is dropped (it comes back when the agent registers again).
 pub async fn run_with(config: AgentConfig, shutdown: watch::Receiver<bool>, on_exit: OnExit) -> anyhow::Result<()> {
-    let node = Arc::new(Node::new(config.root.clone())?);
+    let mut node = Node::new(config.root.clone())?;
+    if let Some(storage) = &config.backup_storage {
+        // Members of PITR plans archive into their stanza in the same storage as the dumps.
+        node = node.with_backup_storage(storage.clone());
+    }
+    let node = Arc::new(node);
     let capabilities = check_host(&config).await;
     let lifecycle = Lifecycle::start(node.clone(), on_exit, shutdown.clone()).await;
     let result = serve(config, capabilities, node, shutdown).await;
