@@ -129,8 +129,10 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        // Read before the commit: once committed, the agent may claim the job at once.
+        let job = crate::jobs::job_get_in(&mut tx, id).await?;
         tx.commit().await.map_err(db_error)?;
-        self.job_get(id).await
+        Ok(job)
     }
 
     /// Kills a job that is waiting or running (a dead one stays as it is); see the module.

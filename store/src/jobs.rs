@@ -306,12 +306,8 @@ impl Store {
     }
 
     pub async fn job_get(&self, id: JobId) -> Result<Job> {
-        let row: Option<JobRow> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        row.ok_or(pgplane_core::Error::not_found("job"))?.into_job()
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        job_get_in(&mut conn, id).await
     }
 
     /// Jobs in one status (operators look at `dead` ones), oldest first.
@@ -354,4 +350,15 @@ impl Store {
             .await
             .map_err(db_error)
     }
+}
+
+/// One job as the caller's transaction sees it (an operator's answer must show the job as the
+/// change left it, not as an agent that claimed it a moment after the commit made it).
+pub(crate) async fn job_get_in(conn: &mut sqlx::PgConnection, id: JobId) -> Result<Job> {
+    let row: Option<JobRow> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    row.ok_or(pgplane_core::Error::not_found("job"))?.into_job()
 }
