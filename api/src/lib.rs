@@ -89,7 +89,8 @@ impl AppState {
 
 /// The whole HTTP application: routes, OpenAPI document, middleware.
 pub fn app(state: AppState) -> Router {
-    let (router, doc) = routes::router().split_for_parts();
+    let (router, mut doc) = routes::router().split_for_parts();
+    openapi::finish(&mut doc);
     let doc = Arc::new(doc);
     let request_id = HeaderName::from_static(REQUEST_ID);
     router

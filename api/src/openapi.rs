@@ -53,7 +53,32 @@ impl Modify for Security {
 
 /// The generated document.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    crate::routes::router().split_for_parts().1
+    let mut doc = crate::routes::router().split_for_parts().1;
+    finish(&mut doc);
+    doc
+}
+
+/// What the generated document needs after the routes made it (the served one and `openapi()`
+/// alike).
+pub(crate) fn finish(doc: &mut utoipa::openapi::OpenApi) {
+    close_variants(doc, &["RestoreRequest"]);
+}
+
+/// Says of each variant of these tagged enums that it takes no other field: their Rust types
+/// refuse unknown fields (`deny_unknown_fields`), which utoipa says of structs but not of an
+/// enum's variants, so a client reading the document would send what the API refuses.
+fn close_variants(doc: &mut utoipa::openapi::OpenApi, names: &[&str]) {
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    let Some(components) = doc.components.as_mut() else { return };
+    for name in names {
+        if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(*name) {
+            for item in one_of.items.iter_mut() {
+                if let RefOr::T(Schema::Object(object)) = item {
+                    object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
 }
 
 /// Declares a set of problem+json answers, for `responses(…)` of `#[utoipa::path]`.

@@ -16,7 +16,7 @@ pub const MAX_LINK_SECS: u32 = 24 * 3600;
 #[serde(deny_unknown_fields)]
 pub struct CreateBackupLink {
     /// Seconds the link stays valid: 1 to 86400 (a day); 900 (15 minutes) when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::validate::integer")]
     #[schema(minimum = 1, maximum = 86400)]
     pub expires_in: Option<u32>,
 }
