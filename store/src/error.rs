@@ -21,9 +21,15 @@ pub fn db_error(e: sqlx::Error) -> Error {
                     return Error::conflict(code, *message);
                 }
             }
-            // Class 22 (data exception): input PostgreSQL cannot store, such as a NUL byte.
+            // Class 22 (data exception): input PostgreSQL cannot store, such as a NUL character.
+            // Well-formed JSON that fits the schema can carry one, so this is invalid input
+            // (422), not a malformed request.
             if db.code().is_some_and(|c| c.starts_with("22")) {
-                return Error::bad_request("the input contains characters or values that cannot be stored");
+                return Error::invalid(
+                    "body",
+                    "unstorable",
+                    "the input contains characters or values that cannot be stored (such as a NUL character)",
+                );
             }
             Error::internal(e)
         }
