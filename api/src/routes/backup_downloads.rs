@@ -181,7 +181,13 @@ struct RangeHeaders {
 }
 
 fn downloads(state: &AppState) -> Result<&Downloads, Error> {
-    state.downloads.as_deref().ok_or_else(|| Error::internal("this API has no backup storage (--backup-storage)"))
+    // An API started without `--backup-storage`: the tenant can only tell the operators.
+    state.downloads.as_deref().ok_or_else(|| {
+        Error::conflict(
+            "backups_not_configured",
+            "this platform keeps no backup storage, so backups cannot be downloaded; tell its operators",
+        )
+    })
 }
 
 /// Refuses a backup that has nothing to download yet (or ever).
